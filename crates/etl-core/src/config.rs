@@ -1,0 +1,191 @@
+//! Configuration read from the environment, with a `.env` file in the working directory as a
+//! fallback that never overrides a variable the real environment already sets.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::str::FromStr;
+
+/// A configuration error: names the variable and what to do about it, never echoes a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}={value:?} is not valid: {expected}")]
+    Invalid {
+        var: String,
+        value: String,
+        expected: String,
+    },
+    /// For values that may carry a secret: the value itself is never shown.
+    #[error("{var} is not valid: {reason}")]
+    InvalidSecret { var: String, reason: String },
+    #[error("could not read {path}: {reason}; fix or remove the file")]
+    DotEnv { path: String, reason: String },
+}
+
+/// A snapshot of the environment. Jobs read configuration from this, never from `std::env`
+/// directly, so tests can hand in exactly the variables they mean.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+impl Env {
+    /// The process environment, after merging `.env` from the working directory (real variables
+    /// win). Call before starting any thread: loading `.env` sets process variables.
+    pub fn load() -> Result<Env, ConfigError> {
+        load_dotenv(Path::new(".env"))?;
+        Ok(Env::from_process())
+    }
+
+    pub fn from_process() -> Env {
+        Env {
+            vars: std::env::vars_os()
+                .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                .collect(),
+        }
+    }
+
+    pub fn from_pairs<I, K, V>(pairs: I) -> Env
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        Env {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// The raw value; an empty value counts as unset, as most shells and schedulers produce
+    /// `VAR=` when they mean "no value".
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    /// The raw value even when empty (a password may legitimately be empty).
+    pub fn get_raw(&self, name: &str) -> Option<&str> {
+        self.vars.get(name).map(String::as_str)
+    }
+
+    pub fn string_or(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or(default).to_string()
+    }
+
+    /// A parsed value, `default` when unset.
+    pub fn parse_or<T: FromStr>(
+        &self,
+        name: &str,
+        default: T,
+        expected: &str,
+    ) -> Result<T, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw.trim().parse().map_err(|_| ConfigError::Invalid {
+                var: name.to_string(),
+                value: raw.to_string(),
+                expected: expected.to_string(),
+            }),
+        }
+    }
+
+    /// A whole number of at least 1.
+    pub fn positive_or(&self, name: &str, default: u64) -> Result<u64, ConfigError> {
+        let value: u64 = self.parse_or(name, default, "expected a whole number of at least 1")?;
+        if value == 0 {
+            return Err(ConfigError::Invalid {
+                var: name.to_string(),
+                value: "0".to_string(),
+                expected: "expected a whole number of at least 1".to_string(),
+            });
+        }
+        Ok(value)
+    }
+
+    /// `true/false`, `1/0`, `yes/no`, `on/off`, any case.
+    pub fn bool_or(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(ConfigError::Invalid {
+                    var: name.to_string(),
+                    value: raw.to_string(),
+                    expected: "expected true or false".to_string(),
+                }),
+            },
+        }
+    }
+}
+
+/// Loads `path` into the process environment without overriding variables already set.
+/// A missing file is fine; a malformed one is a configuration error.
+pub fn load_dotenv(path: &Path) -> Result<(), ConfigError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    dotenvy::from_path(path).map_err(|err| ConfigError::DotEnv {
+        path: path.display().to_string(),
+        // dotenvy's message names the line, never the value.
+        reason: err.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_value_counts_as_unset() {
+        let env = Env::from_pairs([("A", " "), ("B", "7")]);
+        assert_eq!(env.positive_or("A", 3), Ok(3));
+        assert_eq!(env.positive_or("B", 3), Ok(7));
+    }
+
+    #[test]
+    fn bad_numbers_name_the_variable() {
+        let env = Env::from_pairs([("SEEDER_MAX_WORKERS", "abc"), ("Z", "0")]);
+        let err = env.positive_or("SEEDER_MAX_WORKERS", 8).unwrap_err();
+        assert!(err.to_string().contains("SEEDER_MAX_WORKERS"), "{err}");
+        assert!(env.positive_or("Z", 8).is_err());
+    }
+
+    #[test]
+    fn booleans() {
+        let env = Env::from_pairs([("T", "YES"), ("F", "off"), ("X", "maybe")]);
+        assert_eq!(env.bool_or("T", false), Ok(true));
+        assert_eq!(env.bool_or("F", true), Ok(false));
+        assert_eq!(env.bool_or("U", true), Ok(true));
+        assert!(env.bool_or("X", true).unwrap_err().to_string().contains("X="));
+    }
+
+    #[test]
+    fn dotenv_never_overrides_the_real_environment() {
+        let dir = std::env::temp_dir().join(format!("etl-core-dotenv-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(".env");
+        std::fs::write(
+            &file,
+            "ETL_CORE_TEST_REAL=from_file\nETL_CORE_TEST_ONLY_FILE=from_file\n",
+        )
+        .unwrap();
+        // The only test touching these variables, so mutating the process env is contained.
+        unsafe_free_set("ETL_CORE_TEST_REAL", "from_env");
+        load_dotenv(&file).unwrap();
+        let env = Env::from_process();
+        assert_eq!(env.get("ETL_CORE_TEST_REAL"), Some("from_env"));
+        assert_eq!(env.get("ETL_CORE_TEST_ONLY_FILE"), Some("from_file"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[allow(clippy::disallowed_methods)]
+    fn unsafe_free_set(k: &str, v: &str) {
+        // Edition 2021: set_var is safe; tests in this module never read these names concurrently.
+        std::env::set_var(k, v);
+    }
+}

@@ -1,0 +1,379 @@
+//! The database client: connection settings from the environment, a lazily connecting pool,
+//! and the classification of failures that the circuit breaker relies on.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use crate::config::{ConfigError, Env};
+
+/// A pooled connection; it goes back to the pool when dropped.
+pub type Connection = deadpool_postgres::Object;
+
+/// Hands out connections. The PostgreSQL implementation is a pool that connects on first use.
+#[async_trait]
+pub trait DatabaseClient: Send + Sync {
+    async fn connection(&self) -> Result<Connection, DbError>;
+    /// Where it connects, without the password, for messages.
+    fn target(&self) -> &str;
+}
+
+/// Connection parameters and their printable (password-free) form.
+#[derive(Clone)]
+pub struct ConnectionSettings {
+    config: tokio_postgres::Config,
+    target: String,
+}
+
+impl fmt::Debug for ConnectionSettings {
+    // Never print the config itself: it holds the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionSettings")
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl ConnectionSettings {
+    /// `DATABASE_URL` when set, otherwise `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_USER`, `DB_PASSWORD`.
+    pub fn from_env(env: &Env, application_name: &str) -> Result<ConnectionSettings, ConfigError> {
+        let mut config = match env.get("DATABASE_URL") {
+            Some(raw) => parse_database_url(raw)?,
+            None => {
+                let mut config = tokio_postgres::Config::new();
+                config
+                    .host(env.get("DB_HOST").unwrap_or("localhost"))
+                    .port(env.parse_or("DB_PORT", 5432u16, "expected a port number (1-65535)")?)
+                    .dbname(env.get("DB_NAME").unwrap_or("postgres"))
+                    .user(env.get("DB_USER").unwrap_or("postgres"));
+                if let Some(password) = env.get_raw("DB_PASSWORD").filter(|p| !p.is_empty()) {
+                    config.password(password);
+                }
+                config
+            }
+        };
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
+        }
+        config.application_name(application_name);
+        Ok(ConnectionSettings::from_config(config))
+    }
+
+    pub fn from_config(config: tokio_postgres::Config) -> ConnectionSettings {
+        let target = describe(&config);
+        ConnectionSettings { config, target }
+    }
+
+    /// The same server and credentials, another database.
+    pub fn with_dbname(&self, dbname: &str) -> ConnectionSettings {
+        let mut config = self.config.clone();
+        config.dbname(dbname);
+        ConnectionSettings::from_config(config)
+    }
+
+    pub fn dbname(&self) -> Option<&str> {
+        self.config.get_dbname()
+    }
+
+    pub fn user(&self) -> Option<&str> {
+        self.config.get_user()
+    }
+
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// A libpq connection string for `psql`, without the password (psql reads `PGPASSWORD`).
+    pub fn psql_conninfo(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(host) = self.config.get_hosts().first() {
+            match host {
+                tokio_postgres::config::Host::Tcp(h) => parts.push(format!("host={h}")),
+                tokio_postgres::config::Host::Unix(p) => {
+                    parts.push(format!("host={}", p.display()))
+                }
+            }
+        }
+        if let Some(port) = self.config.get_ports().first() {
+            parts.push(format!("port={port}"));
+        }
+        if let Some(user) = self.config.get_user() {
+            parts.push(format!("user={user}"));
+        }
+        if let Some(db) = self.config.get_dbname() {
+            parts.push(format!("dbname={db}"));
+        }
+        parts.join(" ")
+    }
+}
+
+fn parse_database_url(raw: &str) -> Result<tokio_postgres::Config, ConfigError> {
+    let invalid = |reason: String| ConfigError::InvalidSecret {
+        var: "DATABASE_URL".to_string(),
+        reason,
+    };
+    // url's errors never repeat the input, so the password cannot leak through them.
+    let url = url::Url::parse(raw.trim())
+        .map_err(|e| invalid(format!("{e}; expected postgres://user:password@host:port/dbname")))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(invalid(format!(
+            "scheme {:?} is not supported; expected postgres://user:password@host:port/dbname",
+            url.scheme()
+        )));
+    }
+    tokio_postgres::Config::from_str(raw.trim()).map_err(|_| {
+        invalid("could not be parsed as a PostgreSQL connection URL; expected postgres://user:password@host:port/dbname".to_string())
+    })
+}
+
+fn describe(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{}:{}/{}",
+        config.get_user().unwrap_or("postgres"),
+        host,
+        port,
+        config.get_dbname().unwrap_or("postgres")
+    )
+}
+
+/// The PostgreSQL client: a pool that opens connections when first asked for them.
+pub struct PostgresClient {
+    pool: Pool,
+    target: String,
+}
+
+impl PostgresClient {
+    pub fn new(settings: &ConnectionSettings, max_connections: usize) -> Result<Self, DbError> {
+        let manager = Manager::from_config(
+            settings.config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| DbError::other(format!("could not build the connection pool: {e}")))?;
+        Ok(PostgresClient {
+            pool,
+            target: settings.target.clone(),
+        })
+    }
+}
+
+/// The factory: picks the client for the configured database. PostgreSQL is the only kind today;
+/// the URL scheme has already been checked by [`ConnectionSettings::from_env`].
+pub fn client_from_env(
+    env: &Env,
+    application_name: &str,
+    max_connections: usize,
+) -> Result<(ConnectionSettings, PostgresClient), ConfigError> {
+    let settings = ConnectionSettings::from_env(env, application_name)?;
+    let client = PostgresClient::new(&settings, max_connections).map_err(|e| {
+        ConfigError::InvalidSecret {
+            var: "DATABASE_URL".to_string(),
+            reason: e.to_string(),
+        }
+    })?;
+    Ok((settings, client))
+}
+
+#[async_trait]
+impl DatabaseClient for PostgresClient {
+    async fn connection(&self) -> Result<Connection, DbError> {
+        self.pool.get().await.map_err(|err| match err {
+            deadpool_postgres::PoolError::Backend(e) => DbError::connect(&e, &self.target),
+            other => DbError {
+                kind: FailureKind::DatabaseTrouble,
+                code: None,
+                connect: true,
+                message: format!("could not get a connection to {}: {other}", self.target),
+            },
+        })
+    }
+
+    fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+/// What a failure says about the database: the circuit breaker counts only trouble.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The database is in trouble: connection lost or refused, too many connections, out of
+    /// memory or disk, shutting down, a timeout.
+    DatabaseTrouble,
+    /// The statement's own fault (syntax, missing column, division by zero): the database is fine.
+    OwnError,
+}
+
+/// Classifies by SQLSTATE; an error without one (I/O, closed connection) is trouble.
+pub fn classify(err: &tokio_postgres::Error) -> FailureKind {
+    match err.code() {
+        None => FailureKind::DatabaseTrouble,
+        Some(code) => classify_sqlstate(code.code()),
+    }
+}
+
+pub fn classify_sqlstate(code: &str) -> FailureKind {
+    let trouble = code.starts_with("08") // connection exception
+        || code.starts_with("53") // insufficient resources: disk full, out of memory, too many connections
+        || code.starts_with("58") // system error (I/O)
+        || code.starts_with("XX") // internal error, data corrupted
+        || code == SqlState::ADMIN_SHUTDOWN.code()
+        || code == SqlState::CRASH_SHUTDOWN.code()
+        || code == SqlState::CANNOT_CONNECT_NOW.code()
+        || code == SqlState::QUERY_CANCELED.code() // statement_timeout, cancel
+        || code == SqlState::LOCK_NOT_AVAILABLE.code() // lock_timeout
+        || code == SqlState::IDLE_SESSION_TIMEOUT.code();
+    if trouble {
+        FailureKind::DatabaseTrouble
+    } else {
+        FailureKind::OwnError
+    }
+}
+
+/// A database failure with PostgreSQL's own message, its SQLSTATE and what it says about the server.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct DbError {
+    pub kind: FailureKind,
+    pub code: Option<String>,
+    /// True when it happened while connecting.
+    pub connect: bool,
+    pub message: String,
+}
+
+impl DbError {
+    pub fn other(message: String) -> DbError {
+        DbError {
+            kind: FailureKind::DatabaseTrouble,
+            code: None,
+            connect: false,
+            message,
+        }
+    }
+
+    fn connect(err: &tokio_postgres::Error, target: &str) -> DbError {
+        let mut e = DbError::from(err);
+        e.connect = true;
+        e.message = format!("could not connect to {target}: {}", e.message);
+        e
+    }
+
+    /// A connection failure the operator must fix (credentials, database name) rather than retry.
+    pub fn is_configuration(&self) -> bool {
+        self.code.as_deref().is_some_and(|c| {
+            c.starts_with("28") || c == SqlState::INVALID_CATALOG_NAME.code()
+        })
+    }
+}
+
+impl From<&tokio_postgres::Error> for DbError {
+    fn from(err: &tokio_postgres::Error) -> DbError {
+        let message = match err.as_db_error() {
+            Some(db) => {
+                let mut m = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+                if let Some(detail) = db.detail() {
+                    m.push_str(&format!("; detail: {detail}"));
+                }
+                if let Some(hint) = db.hint() {
+                    m.push_str(&format!("; hint: {hint}"));
+                }
+                m
+            }
+            None => {
+                // tokio-postgres puts the useful part (e.g. "Connection refused") in the source.
+                let mut m = err.to_string();
+                let mut source = std::error::Error::source(err);
+                while let Some(s) = source {
+                    let text = s.to_string();
+                    if !m.contains(&text) {
+                        m.push_str(": ");
+                        m.push_str(&text);
+                    }
+                    source = s.source();
+                }
+                m
+            }
+        };
+        DbError {
+            kind: classify(err),
+            code: err.code().map(|c| c.code().to_string()),
+            connect: false,
+            message,
+        }
+    }
+}
+
+impl From<tokio_postgres::Error> for DbError {
+    fn from(err: tokio_postgres::Error) -> DbError {
+        DbError::from(&err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_that_mean_trouble() {
+        for code in ["08006", "08001", "53300", "53200", "53100", "57P01", "57014", "55P03"] {
+            assert_eq!(classify_sqlstate(code), FailureKind::DatabaseTrouble, "{code}");
+        }
+        for code in ["42601", "42703", "22012", "42P01", "23505"] {
+            assert_eq!(classify_sqlstate(code), FailureKind::OwnError, "{code}");
+        }
+    }
+
+    #[test]
+    fn url_wins_and_password_is_never_described() {
+        let env = Env::from_pairs([
+            ("DATABASE_URL", "postgres://alice:s3cret@db.example:6543/reports"),
+            ("DB_HOST", "ignored"),
+        ]);
+        let s = ConnectionSettings::from_env(&env, "t").unwrap();
+        assert_eq!(s.target(), "postgres://alice@db.example:6543/reports");
+        assert!(!format!("{s:?}").contains("s3cret"));
+        assert!(!s.psql_conninfo().contains("s3cret"));
+    }
+
+    #[test]
+    fn db_vars_are_used_without_url() {
+        let env = Env::from_pairs([("DB_HOST", "h"), ("DB_PORT", "7777"), ("DB_NAME", "d")]);
+        let s = ConnectionSettings::from_env(&env, "t").unwrap();
+        assert_eq!(s.target(), "postgres://postgres@h:7777/d");
+    }
+
+    #[test]
+    fn malformed_url_names_the_variable_and_hides_the_password() {
+        for bad in ["mysql://u:pw9secret@h/d", "not a url pw9secret", "postgres://u:pw9secret@h:99999/d"] {
+            let env = Env::from_pairs([("DATABASE_URL", bad)]);
+            let err = ConnectionSettings::from_env(&env, "t").unwrap_err().to_string();
+            assert!(err.contains("DATABASE_URL"), "{err}");
+            assert!(!err.contains("pw9secret"), "{err}");
+        }
+        let env = Env::from_pairs([("DB_PORT", "many")]);
+        let err = ConnectionSettings::from_env(&env, "t").unwrap_err().to_string();
+        assert!(err.contains("DB_PORT"), "{err}");
+    }
+}

@@ -1,0 +1,365 @@
+//! The job table and its runner: `list`, `help <job>`, `run <job> [--] [args…]`.
+//!
+//! A job is a named entry point with a one-line description; a binary declares all of its jobs
+//! in one static slice of [`JobEntry`] and hands it to [`main`].
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+
+use clap::{Arg, ArgAction, Command};
+
+use crate::config::{ConfigError, Env};
+
+/// How a job ended, as the process exit code orchestrators read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// Everything selected is done.
+    Success = 0,
+    /// At least one item failed or was skipped.
+    Failed = 1,
+    /// Usage or configuration error: nothing ran.
+    Usage = 2,
+    /// The database could not be reached at start: nothing ran, retry later.
+    Unavailable = 3,
+    /// SIGINT.
+    Interrupted = 130,
+    /// SIGTERM.
+    Terminated = 143,
+}
+
+impl From<ExitStatus> for ExitCode {
+    fn from(s: ExitStatus) -> ExitCode {
+        ExitCode::from(s as u8)
+    }
+}
+
+/// A job's failure before or instead of a normal outcome; `message` is printed as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct JobError {
+    pub status: ExitStatus,
+    pub message: String,
+}
+
+impl JobError {
+    pub fn usage(message: impl Into<String>) -> JobError {
+        JobError {
+            status: ExitStatus::Usage,
+            message: message.into(),
+        }
+    }
+    pub fn unavailable(message: impl Into<String>) -> JobError {
+        JobError {
+            status: ExitStatus::Unavailable,
+            message: message.into(),
+        }
+    }
+    pub fn failed(message: impl Into<String>) -> JobError {
+        JobError {
+            status: ExitStatus::Failed,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ConfigError> for JobError {
+    fn from(e: ConfigError) -> JobError {
+        JobError::usage(format!("configuration error: {e}"))
+    }
+}
+
+/// What every job receives: built once by the runner.
+#[derive(Debug, Clone)]
+pub struct JobContext {
+    pub env: Env,
+    /// The job's own name, for messages.
+    pub job: &'static str,
+}
+
+pub type JobFuture = Pin<Box<dyn Future<Output = Result<ExitStatus, JobError>> + Send>>;
+
+/// One line of the job table.
+pub struct JobEntry {
+    pub name: &'static str,
+    pub description: &'static str,
+    /// The job's argument parser; its help is what `help <job>` prints.
+    pub command: fn() -> Command,
+    /// Runs the job with parsed arguments.
+    pub run: fn(JobContext, clap::ArgMatches) -> JobFuture,
+}
+
+fn cli(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> Command {
+    let names: Vec<&'static str> = jobs.iter().map(|j| j.name).collect();
+    Command::new(bin)
+        .about(about)
+        .version(env!("CARGO_PKG_VERSION"))
+        .disable_help_subcommand(true)
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+        .after_help(format!("Jobs: {}\nRun `{bin} list` for their descriptions.", names.join(", ")))
+        .subcommand(Command::new("list").about("List every job with its one-line description"))
+        .subcommand(
+            Command::new("help")
+                .about("Show a job's usage (or this help)")
+                .arg(Arg::new("job").value_name("JOB")),
+        )
+        .subcommand(
+            Command::new("run")
+                .about("Run a job: `run <job> [--] [args…]`")
+                .arg(Arg::new("job").value_name("JOB").required(true))
+                .arg(
+                    Arg::new("args")
+                        .value_name("ARGS")
+                        .num_args(0..)
+                        .trailing_var_arg(true)
+                        .allow_hyphen_values(true)
+                        .action(ArgAction::Append)
+                        .value_parser(clap::value_parser!(OsString)),
+                ),
+        )
+}
+
+fn unknown_job(name: &str, jobs: &[JobEntry]) -> JobError {
+    let names: Vec<&str> = jobs.iter().map(|j| j.name).collect();
+    JobError::usage(format!(
+        "unknown job {name:?}; the jobs are: {}",
+        names.join(", ")
+    ))
+}
+
+/// What the command line asked for, before anything runs.
+pub enum Invocation<'a> {
+    /// Print this and exit with this status (list, help, usage errors).
+    Print { text: String, status: ExitStatus },
+    Run {
+        job: &'a JobEntry,
+        matches: clap::ArgMatches,
+    },
+}
+
+/// Parses the command line against the job table. No I/O, so it is unit-testable.
+pub fn parse<'a>(
+    bin: &'static str,
+    about: &'static str,
+    jobs: &'a [JobEntry],
+    args: impl IntoIterator<Item = OsString>,
+) -> Invocation<'a> {
+    let matches = match cli(bin, about, jobs).try_get_matches_from(args) {
+        Ok(m) => m,
+        Err(e) => return clap_print(e),
+    };
+    match matches.subcommand() {
+        Some(("list", _)) => {
+            let width = jobs.iter().map(|j| j.name.len()).max().unwrap_or(0);
+            let text = jobs
+                .iter()
+                .map(|j| format!("{:width$}  {}\n", j.name, j.description))
+                .collect();
+            Invocation::Print {
+                text,
+                status: ExitStatus::Success,
+            }
+        }
+        Some(("help", sub)) => match sub.get_one::<String>("job") {
+            None => Invocation::Print {
+                text: cli(bin, about, jobs).render_long_help().to_string(),
+                status: ExitStatus::Success,
+            },
+            Some(name) => match jobs.iter().find(|j| j.name == name) {
+                Some(job) => Invocation::Print {
+                    text: job_command(bin, job).render_long_help().to_string(),
+                    status: ExitStatus::Success,
+                },
+                None => usage_error(unknown_job(name, jobs)),
+            },
+        },
+        Some(("run", sub)) => {
+            let name = sub.get_one::<String>("job").cloned().unwrap_or_default();
+            let Some(job) = jobs.iter().find(|j| j.name == name) else {
+                return usage_error(unknown_job(&name, jobs));
+            };
+            let mut rest: Vec<OsString> = sub
+                .get_many::<OsString>("args")
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default();
+            // `run job -- args` and `run job args` mean the same.
+            if rest.first().is_some_and(|a| a == "--") {
+                rest.remove(0);
+            }
+            let argv = std::iter::once(OsString::from(job.name)).chain(rest);
+            match job_command(bin, job).try_get_matches_from(argv) {
+                Ok(matches) => Invocation::Run { job, matches },
+                Err(e) => clap_print(e),
+            }
+        }
+        _ => Invocation::Print {
+            text: cli(bin, about, jobs).render_help().to_string(),
+            status: ExitStatus::Usage,
+        },
+    }
+}
+
+fn job_command(bin: &'static str, job: &JobEntry) -> Command {
+    (job.command)()
+        .name(job.name)
+        .bin_name(format!("{bin} run {}", job.name))
+        .about(job.description)
+}
+
+fn usage_error(e: JobError) -> Invocation<'static> {
+    Invocation::Print {
+        text: format!("error: {}\n", e.message),
+        status: e.status,
+    }
+}
+
+fn clap_print(e: clap::Error) -> Invocation<'static> {
+    let status = if e.use_stderr() {
+        ExitStatus::Usage
+    } else {
+        ExitStatus::Success
+    };
+    Invocation::Print {
+        text: e.render().to_string(),
+        status,
+    }
+}
+
+/// The whole console entry point: parse, set up logging, run the job on a runtime, map the
+/// outcome to an exit code. `.env` is read before any thread starts.
+pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCode {
+    let invocation = parse(bin, about, jobs, std::env::args_os());
+    let (job, matches) = match invocation {
+        Invocation::Print { text, status } => {
+            if status == ExitStatus::Success {
+                print!("{text}");
+            } else {
+                eprint!("{text}");
+            }
+            return status.into();
+        }
+        Invocation::Run { job, matches } => (job, matches),
+    };
+    let env = match Env::load() {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("error: configuration error: {e}");
+            return ExitStatus::Usage.into();
+        }
+    };
+    crate::logging::init(&env);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: could not start the async runtime: {e}");
+            return ExitStatus::Failed.into();
+        }
+    };
+    let ctx = JobContext { env, job: job.name };
+    let outcome = runtime.block_on((job.run)(ctx, matches));
+    // In-flight work has been awaited by the job; don't wait for stray blocking tasks.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match outcome {
+        Ok(status) => status.into(),
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            e.status.into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noop(_: JobContext, _: clap::ArgMatches) -> JobFuture {
+        Box::pin(async { Ok(ExitStatus::Success) })
+    }
+
+    fn with_slug() -> Command {
+        Command::new("x")
+            .arg(Arg::new("slug").required(true))
+            .arg(Arg::new("flag").long("flag"))
+    }
+
+    const JOBS: &[JobEntry] = &[
+        JobEntry {
+            name: "alpha",
+            description: "first job",
+            command: || Command::new("alpha"),
+            run: noop,
+        },
+        JobEntry {
+            name: "beta",
+            description: "second job",
+            command: with_slug,
+            run: noop,
+        },
+    ];
+
+    fn argv(args: &[&str]) -> Vec<OsString> {
+        std::iter::once("tool")
+            .chain(args.iter().copied())
+            .map(OsString::from)
+            .collect()
+    }
+
+    #[test]
+    fn list_prints_every_job() {
+        match parse("tool", "about", JOBS, argv(&["list"])) {
+            Invocation::Print { text, status } => {
+                assert_eq!(status, ExitStatus::Success);
+                assert!(text.contains("alpha") && text.contains("first job"));
+                assert!(text.contains("beta") && text.contains("second job"));
+            }
+            Invocation::Run { .. } => panic!("list must not run"),
+        }
+    }
+
+    #[test]
+    fn unknown_job_is_a_usage_error_naming_the_jobs() {
+        for args in [&["run", "gamma"][..], &["help", "gamma"][..]] {
+            match parse("tool", "about", JOBS, argv(args)) {
+                Invocation::Print { text, status } => {
+                    assert_eq!(status, ExitStatus::Usage);
+                    assert!(text.contains("gamma") && text.contains("alpha, beta"), "{text}");
+                }
+                Invocation::Run { .. } => panic!("must not run"),
+            }
+        }
+    }
+
+    #[test]
+    fn double_dash_is_optional() {
+        for args in [&["run", "beta", "--", "gotham", "--flag", "v"][..], &["run", "beta", "gotham", "--flag", "v"][..]] {
+            match parse("tool", "about", JOBS, argv(args)) {
+                Invocation::Run { job, matches } => {
+                    assert_eq!(job.name, "beta");
+                    assert_eq!(matches.get_one::<String>("slug").map(String::as_str), Some("gotham"));
+                    assert_eq!(matches.get_one::<String>("flag").map(String::as_str), Some("v"));
+                }
+                Invocation::Print { text, .. } => panic!("{text}"),
+            }
+        }
+    }
+
+    #[test]
+    fn help_job_shows_its_usage_and_bad_args_are_usage_errors() {
+        match parse("tool", "about", JOBS, argv(&["help", "beta"])) {
+            Invocation::Print { text, status } => {
+                assert_eq!(status, ExitStatus::Success);
+                assert!(text.contains("tool run beta") && text.contains("<slug>"), "{text}");
+            }
+            Invocation::Run { .. } => panic!("help must not run"),
+        }
+        match parse("tool", "about", JOBS, argv(&["run", "beta"])) {
+            Invocation::Print { status, .. } => assert_eq!(status, ExitStatus::Usage),
+            Invocation::Run { .. } => panic!("missing slug must not run"),
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! Console entry point and job wiring: the job table, and the context every job builds once.
+
+pub mod context;
+
+use std::process::ExitCode;
+
+use etl_core::JobEntry;
+
+use crate::jobs;
+
+/// The job table. Adding a job is one file under `jobs/` and one line here.
+pub const JOBS: &[JobEntry] = &[
+    jobs::refresh_all::JOB,
+    jobs::refresh_agency::JOB,
+    jobs::refresh_table::JOB,
+    jobs::migrate::JOB,
+    jobs::demo::JOB,
+];
+
+pub const BIN: &str = "reporting-seeder";
+const ABOUT: &str = "Keeps a shared PostgreSQL's reporting materialized views up to date: reads the \
+manifest tables, then creates, refreshes or rebuilds one materialized view per enabled query, in \
+parallel, behind a circuit breaker, recording a history row per view.
+
+Exit codes: 0 every selected view is up to date; 1 a view failed or was skipped; 2 usage or \
+configuration error; 3 the database could not be reached at start; 130/143 interrupted.";
+
+pub fn main() -> ExitCode {
+    etl_core::job::main(BIN, ABOUT, JOBS)
+}

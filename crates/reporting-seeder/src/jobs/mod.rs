@@ -1,0 +1,16 @@
+//! One file per job: parse its arguments, build its dependencies, call a processor, map the
+//! outcome to an exit code.
+
+pub mod demo;
+pub mod migrate;
+pub mod refresh_agency;
+pub mod refresh_all;
+pub mod refresh_table;
+
+use clap::FromArgMatches;
+use etl_core::JobError;
+
+/// The job's typed arguments from what the runner parsed.
+pub(crate) fn args<A: FromArgMatches>(matches: &clap::ArgMatches) -> Result<A, JobError> {
+    A::from_arg_matches(matches).map_err(|e| JobError::usage(e.to_string()))
+}

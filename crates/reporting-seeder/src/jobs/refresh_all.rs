@@ -1,0 +1,38 @@
+//! `refresh_all`: every enabled manifest's view.
+
+use clap::{Args, CommandFactory, Parser};
+use etl_core::{JobContext, JobEntry, JobFuture};
+
+use crate::cli::context;
+use crate::processors::planner::{Scope, Selection, TypeFilter};
+
+pub const JOB: JobEntry = JobEntry {
+    name: "refresh_all",
+    description: "Create, refresh or rebuild the view of every enabled manifest",
+    command: Cli::command,
+    run,
+};
+
+#[derive(Debug, Parser)]
+#[command(after_help = "Example: reporting-seeder run refresh_all -- --report-type canned")]
+struct Cli {
+    #[command(flatten)]
+    report_type: ReportTypeArg,
+}
+
+/// Shared by the refresh jobs.
+#[derive(Debug, Clone, Args)]
+pub struct ReportTypeArg {
+    /// Which manifests to include.
+    #[arg(long, value_enum, default_value = "all")]
+    pub report_type: TypeFilter,
+}
+
+fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
+    Box::pin(async move {
+        let cli: Cli = super::args(&matches)?;
+        let selection = Selection { report_type: cli.report_type.report_type, scope: Scope::All };
+        let arguments = format!("--report-type {:?}", cli.report_type.report_type).to_lowercase();
+        context::refresh(&ctx.env, ctx.job, arguments, selection).await
+    })
+}

@@ -1,0 +1,131 @@
+//! An in-memory [`Store`] for unit tests of the processors.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use etl_core::{DbError, FailureKind};
+
+use crate::repositories::{
+    HistoryId, HistoryRoutes, ManifestRow, Outcome, Rel, RunCounts, Session, Store, ViewRecord,
+    ViewState, ViewStats,
+};
+
+#[derive(Default)]
+pub struct FakeState {
+    pub manifests: Vec<ManifestRow>,
+    pub views: HashMap<String, ViewState>,
+    /// Scripted failures by `schema.name` for create/refresh/rebuild.
+    pub failures: HashMap<String, DbError>,
+    /// Every DDL-ish call, in order: ("create" | "refresh" | "rebuild" | ..., key).
+    pub calls: Vec<(String, String)>,
+    /// (history id, table, status) of every history write.
+    pub started: Vec<(HistoryId, String)>,
+    pub finished: Vec<(Option<HistoryId>, String, Outcome)>,
+    pub connect_error: Option<DbError>,
+    next_id: HistoryId,
+    pub in_flight: usize,
+    pub peak_in_flight: usize,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeStore(pub Arc<Mutex<FakeState>>);
+
+impl FakeStore {
+    pub fn state(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+pub fn trouble(msg: &str) -> DbError {
+    DbError { kind: FailureKind::DatabaseTrouble, code: Some("57P01".into()), connect: false, message: msg.into() }
+}
+
+pub fn own_error(msg: &str) -> DbError {
+    DbError { kind: FailureKind::OwnError, code: Some("22012".into()), connect: false, message: msg.into() }
+}
+
+#[async_trait]
+impl Store for FakeStore {
+    async fn session(&self) -> Result<Box<dyn Session>, DbError> {
+        if let Some(e) = self.state().connect_error.clone() {
+            return Err(e);
+        }
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl FakeStore {
+    async fn ddl(&mut self, what: &str, key: String) -> Result<(), DbError> {
+        {
+            let mut s = self.state();
+            s.calls.push((what.to_string(), key.clone()));
+            s.in_flight += 1;
+            s.peak_in_flight = s.peak_in_flight.max(s.in_flight);
+        }
+        tokio::task::yield_now().await;
+        let mut s = self.state();
+        s.in_flight -= 1;
+        match s.failures.get(&key) {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+}
+
+#[async_trait]
+impl Session for FakeStore {
+    async fn migrate(&mut self) -> Result<Vec<String>, DbError> {
+        Ok(vec![])
+    }
+    async fn load_manifests(&mut self) -> Result<Vec<ManifestRow>, DbError> {
+        Ok(self.state().manifests.clone())
+    }
+    async fn inspect(&mut self, _views: &[Rel<'_>]) -> Result<HashMap<String, ViewState>, DbError> {
+        Ok(self.state().views.clone())
+    }
+    async fn history_routes(&mut self) -> Result<HistoryRoutes, DbError> {
+        Ok(HistoryRoutes::default())
+    }
+    async fn begin_run(&mut self, _: &str, _: &str, _: &str) -> Result<(), DbError> {
+        Ok(())
+    }
+    async fn finish_run(&mut self, _: &str, _: &str, _: RunCounts) -> Result<(), DbError> {
+        Ok(())
+    }
+    async fn record_start(&mut self, _: HistoryRoutes, _: &str, view: &ViewRecord) -> Result<HistoryId, DbError> {
+        let mut s = self.state();
+        s.next_id += 1;
+        let id = s.next_id;
+        s.started.push((id, view.table_name.clone()));
+        Ok(id)
+    }
+    async fn record_finish(
+        &mut self,
+        _: HistoryRoutes,
+        _: &str,
+        view: &ViewRecord,
+        history: Option<HistoryId>,
+        outcome: &Outcome,
+    ) -> Result<(), DbError> {
+        self.state().finished.push((history, view.table_name.clone(), outcome.clone()));
+        Ok(())
+    }
+    async fn create_view(&mut self, view: Rel<'_>, _: bool, _: &str, _: &str, _: &str) -> Result<u64, DbError> {
+        self.ddl("create", view.key()).await.map(|_| 1)
+    }
+    async fn refresh_view(&mut self, view: Rel<'_>, concurrently: bool) -> Result<(), DbError> {
+        let what = if concurrently { "refresh concurrently" } else { "refresh" };
+        self.ddl(what, view.key()).await
+    }
+    async fn rebuild_view(&mut self, view: Rel<'_>, _: &str, _: &str, _: &str, _: &str, _: u64) -> Result<u64, DbError> {
+        self.ddl("rebuild", view.key()).await.map(|_| 1)
+    }
+    async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError> {
+        self.state().calls.push(("drop".into(), view.key()));
+        Ok(())
+    }
+    async fn analyze_view(&mut self, _: Rel<'_>) -> Result<ViewStats, DbError> {
+        Ok(ViewStats { rows: 1, bytes: 8192 })
+    }
+}

@@ -1,0 +1,360 @@
+//! Planning: select manifest rows, merge the rows that name one view, validate each view.
+//! Pure functions over the rows the repository read.
+
+use std::collections::HashMap;
+
+use sha2::{Digest, Sha256};
+
+use super::validate::{validate_query, ViewName};
+use crate::repositories::{ManifestRow, ReportType, ViewRecord};
+
+/// Which report types a run covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TypeFilter {
+    #[default]
+    All,
+    Custom,
+    Canned,
+}
+
+impl TypeFilter {
+    fn admits(self, t: ReportType) -> bool {
+        match self {
+            TypeFilter::All => true,
+            TypeFilter::Custom => t == ReportType::Custom,
+            TypeFilter::Canned => t == ReportType::Canned,
+        }
+    }
+}
+
+/// What a refresh job selects.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Scope {
+    #[default]
+    All,
+    /// One agency's custom views and the canned views mapped to it (shared or not).
+    Agency(String),
+    /// One view, by `schema.table`.
+    Table(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Selection {
+    pub report_type: TypeFilter,
+    pub scope: Scope,
+}
+
+/// One view of the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedView {
+    /// `schema.name` when valid, else the manifest's table name as written.
+    pub key: String,
+    pub record: ViewRecord,
+    pub plan: ViewPlan,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewPlan {
+    Valid {
+        name: ViewName,
+        /// The text to execute.
+        query: String,
+        /// SHA-256 of `query`, hex: what the view is known to be built from.
+        hash: String,
+    },
+    /// Recorded as an error with this reason; nothing is executed.
+    Invalid(String),
+}
+
+/// A selection that names nothing: a usage error (exit 2).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("no manifest names table {0}; check the name (schema.table) or add a manifest")]
+    UnknownTable(String),
+    #[error("table {0} is named only by disabled manifests; enable one to refresh it")]
+    DisabledTable(String),
+    #[error("invalid table argument: {0}")]
+    BadTable(String),
+    #[error("no manifest names agency {0:?}; check the slug")]
+    UnknownAgency(String),
+    #[error("agency {0:?} has only disabled manifests; enable one to refresh it")]
+    DisabledAgency(String),
+}
+
+const SLUG_COLUMN_BYTES: usize = 255;
+
+fn key_of(table_name: &str) -> String {
+    ViewName::parse(table_name)
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| table_name.to_string())
+}
+
+pub fn hash_query(query: &str) -> String {
+    Sha256::digest(query.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The views a run with `selection` covers, in manifest order (custom by id, then canned).
+pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Vec<PlannedView>, PlanError> {
+    let mut rows: Vec<&ManifestRow> = rows
+        .iter()
+        .filter(|r| selection.report_type.admits(r.report_type))
+        .collect();
+    rows.sort_by_key(|r| (r.report_type, r.manifest_id));
+
+    let selected: Vec<&ManifestRow> = match &selection.scope {
+        Scope::All => rows.into_iter().filter(|r| r.enabled).collect(),
+        Scope::Agency(slug) => {
+            let named: Vec<&&ManifestRow> = rows.iter().filter(|r| &r.agency_slug == slug).collect();
+            if named.is_empty() {
+                return Err(PlanError::UnknownAgency(slug.clone()));
+            }
+            if !named.iter().any(|r| r.enabled) {
+                return Err(PlanError::DisabledAgency(slug.clone()));
+            }
+            // A canned view mapped to this agency is refreshed whole: its row lists every
+            // agency it serves.
+            let canned: Vec<i64> = named
+                .iter()
+                .filter(|r| r.enabled && r.report_type == ReportType::Canned)
+                .filter_map(|r| r.report_id)
+                .collect();
+            rows.into_iter()
+                .filter(|r| r.enabled)
+                .filter(|r| match r.report_type {
+                    ReportType::Custom => &r.agency_slug == slug,
+                    ReportType::Canned => r.report_id.is_some_and(|id| canned.contains(&id)),
+                })
+                .collect()
+        }
+        Scope::Table(table) => {
+            let wanted = ViewName::parse(table)
+                .map_err(|e| PlanError::BadTable(e.to_string()))?
+                .to_string();
+            let named: Vec<&ManifestRow> =
+                rows.into_iter().filter(|r| key_of(&r.table_name) == wanted).collect();
+            if named.is_empty() {
+                return Err(PlanError::UnknownTable(wanted));
+            }
+            if !named.iter().any(|r| r.enabled) {
+                return Err(PlanError::DisabledTable(wanted));
+            }
+            named.into_iter().filter(|r| r.enabled).collect()
+        }
+    };
+
+    let mut order: Vec<String> = Vec::new();
+    let mut groups: HashMap<String, Vec<&ManifestRow>> = HashMap::new();
+    for r in selected {
+        let key = key_of(&r.table_name);
+        let group = groups.entry(key.clone()).or_default();
+        if group.is_empty() {
+            order.push(key);
+        }
+        group.push(r);
+    }
+    Ok(order
+        .into_iter()
+        .filter_map(|key| groups.remove(&key).map(|g| plan_view(key, &g)))
+        .collect())
+}
+
+fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
+    let first = group[0];
+    let mut agencies: Vec<(i64, &str)> = group
+        .iter()
+        .map(|r| (r.agency_id, r.agency_slug.as_str()))
+        .collect();
+    agencies.sort();
+    agencies.dedup();
+    let mut slugs: Vec<&str> = agencies.iter().map(|(_, s)| *s).collect();
+    slugs.sort();
+    slugs.dedup();
+    let record = ViewRecord {
+        table_name: key.clone(),
+        manifest_id: match first.report_type {
+            ReportType::Custom => first.manifest_id,
+            ReportType::Canned => first.report_id.unwrap_or(first.manifest_id),
+        },
+        report_name: first.report_name.clone(),
+        report_type: first.report_type,
+        agency_id: agencies.first().map(|(id, _)| *id).unwrap_or(first.agency_id),
+        agency_slug: truncate(&slugs.join(","), SLUG_COLUMN_BYTES),
+    };
+
+    let mut sources: Vec<String> = Vec::new();
+    for r in group {
+        let source = match r.report_type {
+            ReportType::Custom => format!("custom manifest {}", r.manifest_id),
+            ReportType::Canned => format!("canned report {}", r.report_id.unwrap_or_default()),
+        };
+        if !sources.contains(&source) {
+            sources.push(source);
+        }
+    }
+    let distinct_queries = {
+        let mut q: Vec<&str> = group.iter().map(|r| r.query.trim()).collect();
+        q.sort();
+        q.dedup();
+        q.len()
+    };
+    let plan = if distinct_queries > 1 {
+        ViewPlan::Invalid(format!(
+            "{} name the same table with different queries; give each its own table_name or disable all but one",
+            sources.join(", ")
+        ))
+    } else {
+        match ViewName::parse(&first.table_name) {
+            Err(e) => ViewPlan::Invalid(e.to_string()),
+            Ok(name) => match validate_query(&first.query) {
+                Err(e) => ViewPlan::Invalid(e.to_string()),
+                Ok(query) => ViewPlan::Valid {
+                    name,
+                    hash: hash_query(&query),
+                    query,
+                },
+            },
+        }
+    };
+    PlannedView { key, record, plan }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn custom(id: i64, table: &str, slug: &str, enabled: bool) -> ManifestRow {
+        ManifestRow {
+            report_type: ReportType::Custom,
+            manifest_id: id,
+            report_id: None,
+            table_name: table.to_string(),
+            report_name: format!("report {id}"),
+            agency_id: i64::from(slug.len() as u8),
+            agency_slug: slug.to_string(),
+            query: format!("SELECT {id} AS id"),
+            enabled,
+        }
+    }
+
+    fn canned(mapping: i64, report: i64, table: &str, agency_id: i64, slug: &str) -> ManifestRow {
+        ManifestRow {
+            report_type: ReportType::Canned,
+            manifest_id: mapping,
+            report_id: Some(report),
+            table_name: table.to_string(),
+            report_name: format!("canned {report}"),
+            agency_id,
+            agency_slug: slug.to_string(),
+            query: "SELECT 1 AS id".to_string(),
+            enabled: true,
+        }
+    }
+
+    fn rows() -> Vec<ManifestRow> {
+        vec![
+            custom(1, "reporting.gotham_arrests", "gotham", true),
+            custom(2, "reporting.metro_arrests", "metropolis", true),
+            custom(3, "reporting.gotham_old", "gotham", false),
+            canned(10, 100, "reporting.stg_arrests", 7, "metropolis"),
+            canned(11, 100, "reporting.stg_arrests", 5, "gotham"),
+            canned(12, 101, "reporting.metro_only", 7, "metropolis"),
+        ]
+    }
+
+    fn keys(p: &[PlannedView]) -> Vec<&str> {
+        p.iter().map(|v| v.key.as_str()).collect()
+    }
+
+    #[test]
+    fn shared_canned_report_is_one_view_listing_every_agency() {
+        let p = plan(&rows(), &Selection::default()).unwrap();
+        assert_eq!(
+            keys(&p),
+            ["reporting.gotham_arrests", "reporting.metro_arrests", "reporting.stg_arrests", "reporting.metro_only"]
+        );
+        let shared = &p[2];
+        assert_eq!(shared.record.manifest_id, 100);
+        assert_eq!(shared.record.agency_slug, "gotham,metropolis");
+        assert_eq!(shared.record.agency_id, 5);
+        assert!(matches!(shared.plan, ViewPlan::Valid { .. }));
+    }
+
+    #[test]
+    fn report_type_filter() {
+        let s = Selection { report_type: TypeFilter::Canned, scope: Scope::All };
+        assert_eq!(keys(&plan(&rows(), &s).unwrap()), ["reporting.stg_arrests", "reporting.metro_only"]);
+        let s = Selection { report_type: TypeFilter::Custom, scope: Scope::All };
+        assert_eq!(keys(&plan(&rows(), &s).unwrap()), ["reporting.gotham_arrests", "reporting.metro_arrests"]);
+    }
+
+    #[test]
+    fn agency_includes_its_shared_canned_views_only() {
+        let s = Selection { scope: Scope::Agency("gotham".into()), ..Default::default() };
+        let p = plan(&rows(), &s).unwrap();
+        assert_eq!(keys(&p), ["reporting.gotham_arrests", "reporting.stg_arrests"]);
+        assert_eq!(p[1].record.agency_slug, "gotham,metropolis");
+    }
+
+    #[test]
+    fn unknown_and_disabled_selections_are_usage_errors() {
+        let agency = |s: &str| Selection { scope: Scope::Agency(s.into()), ..Default::default() };
+        let table = |s: &str| Selection { scope: Scope::Table(s.into()), ..Default::default() };
+        assert_eq!(plan(&rows(), &agency("smallville")), Err(PlanError::UnknownAgency("smallville".into())));
+        let mut r = rows();
+        r.push(custom(4, "reporting.sv", "smallville", false));
+        assert_eq!(plan(&r, &agency("smallville")), Err(PlanError::DisabledAgency("smallville".into())));
+        assert_eq!(plan(&r, &table("reporting.nope")), Err(PlanError::UnknownTable("reporting.nope".into())));
+        assert_eq!(plan(&r, &table("reporting.gotham_old")), Err(PlanError::DisabledTable("reporting.gotham_old".into())));
+        assert!(matches!(plan(&r, &table("a.b.c")), Err(PlanError::BadTable(_))));
+        assert_eq!(keys(&plan(&r, &table("Reporting.Metro_Arrests")).unwrap()), ["reporting.metro_arrests"]);
+    }
+
+    #[test]
+    fn invalid_manifests_are_planned_as_errors_with_a_reason() {
+        let mut bad_name = custom(5, "reporting.x; DROP TABLE y", "gotham", true);
+        bad_name.query = "SELECT 1".into();
+        let mut bad_query = custom(6, "reporting.two", "gotham", true);
+        bad_query.query = "SELECT 1; DROP TABLE x".into();
+        let p = plan(&[bad_name, bad_query, custom(7, "reporting.ok", "gotham", true)], &Selection::default()).unwrap();
+        assert_eq!(p.len(), 3);
+        assert!(matches!(&p[0].plan, ViewPlan::Invalid(r) if r.contains("table name")), "{:?}", p[0].plan);
+        assert!(matches!(&p[1].plan, ViewPlan::Invalid(r) if r.contains("statement")), "{:?}", p[1].plan);
+        assert!(matches!(p[2].plan, ViewPlan::Valid { .. }));
+    }
+
+    #[test]
+    fn two_manifests_with_different_queries_for_one_table_conflict() {
+        let a = custom(1, "reporting.same", "gotham", true);
+        let mut b = custom(2, "reporting.same", "metropolis", true);
+        b.query = "SELECT 2 AS id".into();
+        let p = plan(&[a.clone(), b], &Selection::default()).unwrap();
+        assert_eq!(p.len(), 1);
+        assert!(matches!(&p[0].plan, ViewPlan::Invalid(r) if r.contains("custom manifest 1") && r.contains("custom manifest 2")));
+        let mut c = custom(3, "reporting.same", "metropolis", true);
+        c.query = a.query.clone();
+        let p = plan(&[a, c], &Selection::default()).unwrap();
+        assert!(matches!(p[0].plan, ViewPlan::Valid { .. }));
+    }
+
+    #[test]
+    fn hash_is_stable_sha256() {
+        assert_eq!(
+            hash_query("SELECT 1"),
+            "e004ebd5b5532a4b85984a62f8ad48a81aa3460c1ca07701f386135d72cdecf5"
+        );
+    }
+}

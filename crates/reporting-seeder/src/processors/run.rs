@@ -1,0 +1,366 @@
+//! A run: plan, execute with at most `max_workers` refreshes in flight under the circuit
+//! breaker, record every view's outcome, report.
+
+use std::collections::HashMap;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etl_core::breaker::{Admission, CircuitBreaker, Clock, Outcome as BreakerOutcome, Ticket};
+use etl_core::executor::{run_bounded, Start};
+use etl_core::{DbError, FailureKind};
+
+use super::planner::{plan, PlanError, PlannedView, Selection, ViewPlan};
+use super::refresh::{decide, perform};
+use crate::repositories::{
+    HistoryId, HistoryRoutes, Outcome, Rel, RunCounts, Session, Store, ViewRecord, ViewState,
+};
+
+/// What a run is allowed to do.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub max_workers: NonZeroUsize,
+    pub max_failures: NonZeroU32,
+    pub reset_after: Duration,
+    pub refresh_concurrently: bool,
+    /// For the short swap transaction of a rebuild.
+    pub lock_timeout_ms: u64,
+}
+
+/// One view's result, as the summary and the exit code see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewResult {
+    pub key: String,
+    pub record: ViewRecord,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub run_id: String,
+    pub results: Vec<ViewResult>,
+    pub wall: Duration,
+    /// Bookkeeping writes that failed (the outcome is still in `results`).
+    pub bookkeeping_errors: Vec<String>,
+}
+
+impl RunReport {
+    pub fn counts(&self) -> RunCounts {
+        let n = |s: &str| self.results.iter().filter(|r| r.outcome.status == s).count() as i32;
+        RunCounts {
+            views: self.results.len() as i32,
+            succeeded: n("success"),
+            failed: n("error"),
+            skipped: n("skipped"),
+        }
+    }
+
+    /// Every selected view is up to date and recorded.
+    pub fn all_succeeded(&self) -> bool {
+        self.bookkeeping_errors.is_empty() && self.results.iter().all(|r| r.outcome.status == "success")
+    }
+}
+
+/// Why a run did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// The database could not be reached at start: nothing ran.
+    #[error("{0}; nothing ran, try again when the database is reachable")]
+    Unavailable(DbError),
+    /// Credentials or database name refused: fix the configuration.
+    #[error("{0}; check DATABASE_URL or DB_HOST/DB_PORT/DB_NAME/DB_USER/DB_PASSWORD")]
+    Configuration(DbError),
+    #[error(transparent)]
+    Selection(#[from] PlanError),
+    #[error("{context}: {error}")]
+    Database { context: &'static str, error: DbError },
+}
+
+fn at(context: &'static str) -> impl FnOnce(DbError) -> RunError {
+    move |error| RunError::Database { context, error }
+}
+
+/// Opens the first session of a job: tells "unreachable" from "misconfigured".
+pub async fn connect(store: &dyn Store) -> Result<Box<dyn Session>, RunError> {
+    store.session().await.map_err(|e| {
+        if e.is_configuration() {
+            RunError::Configuration(e)
+        } else {
+            RunError::Unavailable(e)
+        }
+    })
+}
+
+pub struct RunProcessor<C: Clock + Clone + 'static> {
+    store: Arc<dyn Store>,
+    settings: RunSettings,
+    clock: C,
+}
+
+/// Shared by the tasks of one run.
+struct Shared<C: Clock> {
+    store: Arc<dyn Store>,
+    breaker: Mutex<CircuitBreaker<C>>,
+    last_trouble: Mutex<Option<String>>,
+    routes: HistoryRoutes,
+    run_id: String,
+    settings: RunSettings,
+}
+
+/// What a task hands back: the result, and whether its history is already written.
+struct TaskResult {
+    result: ViewResult,
+    history: Option<HistoryId>,
+    recorded: bool,
+}
+
+impl<C: Clock + Clone + 'static> RunProcessor<C> {
+    pub fn new(store: Arc<dyn Store>, settings: RunSettings, clock: C) -> Self {
+        RunProcessor { store, settings, clock }
+    }
+
+    /// Migrates, plans `selection`, refreshes every selected view and records each outcome.
+    pub async fn run(&self, job: &str, arguments: &str, selection: &Selection) -> Result<RunReport, RunError> {
+        let started = Instant::now();
+        let mut main = connect(self.store.as_ref()).await?;
+        main.migrate().await.map_err(at("applying migrations"))?;
+        let rows = main.load_manifests().await.map_err(at("reading the manifest tables"))?;
+        let planned = plan(&rows, selection)?;
+        let routes = main.history_routes().await.map_err(at("inspecting the history tables"))?;
+        let names: Vec<Rel<'_>> = planned
+            .iter()
+            .filter_map(|p| match &p.plan {
+                ViewPlan::Valid { name, .. } => Some(Rel { schema: name.schema(), name: name.name() }),
+                ViewPlan::Invalid(_) => None,
+            })
+            .collect();
+        let states = main.inspect(&names).await.map_err(at("inspecting the views"))?;
+        let run_id = uuid::Uuid::new_v4().to_string();
+        main.begin_run(&run_id, job, arguments).await.map_err(at("recording the run"))?;
+        tracing::info!(run_id = %run_id, views = planned.len(), workers = self.settings.max_workers.get(), "run started");
+
+        let shared = Arc::new(Shared {
+            store: self.store.clone(),
+            breaker: Mutex::new(CircuitBreaker::new(
+                self.settings.max_failures,
+                self.settings.reset_after,
+                self.clock.clone(),
+            )),
+            last_trouble: Mutex::new(None),
+            routes,
+            run_id: run_id.clone(),
+            settings: self.settings.clone(),
+        });
+
+        let finished = run_bounded(planned.into_iter().enumerate(), self.settings.max_workers, |(i, view)| {
+            let key = (i, view.key.clone(), view.record.clone());
+            let decision = start_view(&shared, view, &states);
+            (key, decision)
+        })
+        .await;
+
+        // Whatever a worker could not record (skips, failures to connect, panics) is recorded
+        // here, so every view ends with exactly one history row.
+        let mut results: Vec<(usize, ViewResult)> = Vec::with_capacity(finished.len());
+        let mut bookkeeping_errors = Vec::new();
+        for ((i, key, record), task) in finished {
+            let task = task.unwrap_or_else(|panic| TaskResult {
+                result: ViewResult {
+                    key: key.clone(),
+                    record: record.clone(),
+                    outcome: failed(0, format!("internal error, please report it: {panic}")),
+                },
+                history: None,
+                recorded: false,
+            });
+            if !task.recorded {
+                if let Err(e) = main
+                    .record_finish(routes, &run_id, &task.result.record, task.history, &task.result.outcome)
+                    .await
+                {
+                    bookkeeping_errors.push(format!("{}: could not record the outcome: {e}", task.result.key));
+                }
+            }
+            results.push((i, task.result));
+        }
+        results.sort_by_key(|(i, _)| *i);
+        let mut report = RunReport {
+            run_id,
+            results: results.into_iter().map(|(_, r)| r).collect(),
+            wall: started.elapsed(),
+            bookkeeping_errors,
+        };
+        let status = if report.all_succeeded() { "success" } else { "failed" };
+        if let Err(e) = main.finish_run(&report.run_id, status, report.counts()).await {
+            report.bookkeeping_errors.push(format!("could not record the end of the run: {e}"));
+        }
+        Ok(report)
+    }
+}
+
+fn failed(duration_ms: u64, error: String) -> Outcome {
+    Outcome {
+        status: "error",
+        action: None,
+        duration_ms,
+        rows: 0,
+        bytes: 0,
+        error: Some(error),
+    }
+}
+
+fn skipped(reason: String) -> Outcome {
+    Outcome {
+        status: "skipped",
+        action: None,
+        duration_ms: 0,
+        rows: 0,
+        bytes: 0,
+        error: Some(reason),
+    }
+}
+
+type Task = std::pin::Pin<Box<dyn std::future::Future<Output = TaskResult> + Send>>;
+
+/// Called when a worker slot is free: decides whether the view runs now.
+fn start_view<C: Clock + 'static>(
+    shared: &Arc<Shared<C>>,
+    view: PlannedView,
+    states: &HashMap<String, ViewState>,
+) -> Start<Task, TaskResult> {
+    let done = |outcome: Outcome| {
+        Start::Done(TaskResult {
+            result: ViewResult { key: view.key.clone(), record: view.record.clone(), outcome },
+            history: None,
+            recorded: false,
+        })
+    };
+    let (name, query, hash) = match &view.plan {
+        ViewPlan::Invalid(reason) => return done(failed(0, reason.clone())),
+        ViewPlan::Valid { name, query, hash } => (name.clone(), query.clone(), hash.clone()),
+    };
+    let state = states.get(&view.key).cloned().unwrap_or_default();
+    let action = match decide(&state, &hash, shared.settings.refresh_concurrently, &view.key) {
+        Ok(a) => a,
+        Err(reason) => return done(failed(0, reason)),
+    };
+    let ticket = match lock(&shared.breaker).admit() {
+        Admission::Admitted(t) => t,
+        Admission::Denied { retry_after } => {
+            let last = lock(&shared.last_trouble).clone().unwrap_or_default();
+            return done(skipped(format!(
+                "circuit breaker open after {} consecutive database failures (last: {last}); not started, the breaker allows a probe in {}s",
+                shared.settings.max_failures,
+                retry_after.as_secs()
+            )));
+        }
+    };
+    let shared = shared.clone();
+    Start::Run(Box::pin(async move {
+        let mut guard = TicketGuard { shared: &shared, ticket: Some(ticket) };
+        let began = Instant::now();
+        let ms = |b: Instant| u64::try_from(b.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let record = view.record.clone();
+        let key = view.key.clone();
+        let result = |outcome: Outcome, history, recorded| TaskResult {
+            result: ViewResult { key: key.clone(), record: record.clone(), outcome },
+            history,
+            recorded,
+        };
+        let mut session = match shared.store.session().await {
+            Ok(s) => s,
+            Err(e) => {
+                guard.finish(&e);
+                return result(failed(ms(began), e.message), None, false);
+            }
+        };
+        let history = match session.record_start(shared.routes, &shared.run_id, &view.record).await {
+            Ok(id) => id,
+            Err(e) => {
+                guard.finish(&e);
+                return result(failed(ms(began), format!("could not record the start: {}", e.message)), None, false);
+            }
+        };
+        let rel = Rel { schema: name.schema(), name: name.name() };
+        tracing::debug!(view = %view.key, action = action.label(), "refresh started");
+        let outcome = match perform(
+            session.as_mut(),
+            rel,
+            action,
+            &query,
+            &hash,
+            &shared.run_id,
+            shared.settings.lock_timeout_ms,
+        )
+        .await
+        {
+            Ok(done) => {
+                guard.succeed();
+                tracing::info!(view = %view.key, action = action.label(), ms = ms(began), rows = done.rows, "refreshed");
+                Outcome {
+                    status: "success",
+                    action: Some(action.label()),
+                    duration_ms: ms(began),
+                    rows: done.rows,
+                    bytes: done.bytes,
+                    error: None,
+                }
+            }
+            Err(e) => {
+                guard.finish(&e);
+                tracing::warn!(view = %view.key, action = action.label(), error = %e, "refresh failed");
+                Outcome { action: Some(action.label()), ..failed(ms(began), e.message) }
+            }
+        };
+        match session
+            .record_finish(shared.routes, &shared.run_id, &view.record, Some(history), &outcome)
+            .await
+        {
+            Ok(()) => result(outcome, Some(history), true),
+            // Retried once on the run's own connection at the end.
+            Err(e) => {
+                tracing::warn!(view = %view.key, error = %e, "could not record the outcome; retrying at the end of the run");
+                result(outcome, Some(history), false)
+            }
+        }
+    }))
+}
+
+/// Hands the breaker its outcome exactly once, even if the task panics or is dropped, so a
+/// probe can never leave the breaker half-open for good.
+struct TicketGuard<'a, C: Clock> {
+    shared: &'a Shared<C>,
+    ticket: Option<Ticket>,
+}
+
+impl<C: Clock> TicketGuard<'_, C> {
+    fn record(&mut self, outcome: BreakerOutcome) {
+        if let Some(t) = self.ticket.take() {
+            lock(&self.shared.breaker).record(t, outcome);
+        }
+    }
+    fn succeed(&mut self) {
+        self.record(BreakerOutcome::Success);
+    }
+    fn finish(&mut self, e: &DbError) {
+        match e.kind {
+            FailureKind::DatabaseTrouble => {
+                *lock(&self.shared.last_trouble) = Some(e.message.clone());
+                self.record(BreakerOutcome::DatabaseTrouble);
+            }
+            FailureKind::OwnError => self.record(BreakerOutcome::OwnError),
+        }
+    }
+}
+
+impl<C: Clock> Drop for TicketGuard<'_, C> {
+    fn drop(&mut self) {
+        // Only reached without an outcome when the task panicked: assume the worst.
+        self.record(BreakerOutcome::DatabaseTrouble);
+    }
+}
+
+/// A poisoned lock only means another task panicked mid-update of plain data: keep going.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

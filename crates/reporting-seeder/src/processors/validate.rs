@@ -1,0 +1,1235 @@
+//! Validation of manifest rows before any SQL derived from them reaches PostgreSQL.
+//!
+//! Every manifest names a target table (`schema.name`) and a query. Both come
+//! from a table that people edit by hand, so both are checked here before the
+//! seeder builds `CREATE MATERIALIZED VIEW <name> AS <query>` from them:
+//!
+//! * [`ViewName::parse`] accepts exactly `schema.name`, where each part is a
+//!   plain unquoted PostgreSQL identifier, and folds both parts to lower case
+//!   the way PostgreSQL folds unquoted identifiers.
+//! * [`validate_query`] accepts exactly one read-only query (`SELECT`,
+//!   `VALUES`, `WITH … SELECT`, set operations, `TABLE x`) and returns the
+//!   text to embed.
+//!
+//! A failure is an [`InvalidManifest`] whose message names the rule that
+//! failed and what to fix; the caller records it and moves on to the next
+//! manifest.
+//!
+//! The query checks are syntactic. They keep statements that are not queries,
+//! `SELECT … INTO`, data-modifying `WITH` clauses and locking clauses out of
+//! the database. They cannot tell whether a function the query calls has side
+//! effects. The database role the seeder runs as stays the real limit on what
+//! a query can do.
+
+use std::fmt;
+use std::ops::ControlFlow;
+use std::str::FromStr;
+
+use sqlparser::ast::{Query, Select, Statement, Visit, Visitor};
+use sqlparser::dialect::PostgreSqlDialect;
+use sqlparser::keywords::Keyword;
+use sqlparser::parser::{Parser, ParserError};
+use sqlparser::tokenizer::{Location, Token, Tokenizer, Whitespace};
+
+/// PostgreSQL's `NAMEDATALEN - 1`: longer identifiers are silently truncated
+/// by the server, which would make two different manifests collide.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// How much of a rejected table name is repeated in an error message.
+const MAX_ECHOED_CHARS: usize = 100;
+
+/// Which half of a `schema.name` table name a problem was found in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NamePart {
+    /// The part before the dot.
+    Schema,
+    /// The part after the dot.
+    Name,
+}
+
+impl fmt::Display for NamePart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NamePart::Schema => "schema",
+            NamePart::Name => "name",
+        })
+    }
+}
+
+/// Why a manifest was rejected before any of its SQL was run.
+///
+/// Table names are repeated in messages with `{:?}` escaping, so whitespace
+/// and invisible characters show up. Names longer than 100 characters are
+/// cut short and end in `…`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidManifest {
+    /// The table name is the empty string.
+    #[error("invalid table name: it is empty; expected schema.name, e.g. reporting.daily_sales")]
+    EmptyTableName,
+
+    /// The table name does not consist of exactly two dot-separated parts.
+    #[error(
+        "invalid table name {table:?}: expected schema.name with exactly one dot, \
+         found {parts} part(s)"
+    )]
+    WrongPartCount {
+        /// The rejected table name (possibly shortened).
+        table: String,
+        /// How many dot-separated parts it has.
+        parts: usize,
+    },
+
+    /// One side of the dot is empty (`.x`, `x.`).
+    #[error("invalid table name {table:?}: the {part} part is empty; expected schema.name")]
+    EmptyPart {
+        /// The rejected table name (possibly shortened).
+        table: String,
+        /// The empty part.
+        part: NamePart,
+    },
+
+    /// One part is longer than PostgreSQL keeps identifiers.
+    #[error(
+        "invalid table name {table:?}: the {part} part is {bytes} bytes long, \
+         but PostgreSQL identifiers are limited to {MAX_IDENTIFIER_BYTES} bytes; shorten it"
+    )]
+    PartTooLong {
+        /// The rejected table name (possibly shortened).
+        table: String,
+        /// The part that is too long.
+        part: NamePart,
+        /// Its length in bytes.
+        bytes: usize,
+    },
+
+    /// One part starts with a character that may only follow the first one
+    /// (a digit or `$`).
+    #[error(
+        "invalid table name {table:?}: the {part} part starts with {character:?}; \
+         an identifier must start with an ASCII letter or an underscore"
+    )]
+    InvalidStart {
+        /// The rejected table name (possibly shortened).
+        table: String,
+        /// The part with the bad first character.
+        part: NamePart,
+        /// The first character.
+        character: char,
+    },
+
+    /// One part contains a character that cannot appear in an unquoted
+    /// identifier (whitespace, quotes, punctuation, any non-ASCII character).
+    #[error(
+        "invalid table name {table:?}: the {part} part contains invalid character \
+         {character:?} (U+{code:04X}); use only ASCII letters, digits, underscores and $, \
+         without whitespace or quotes",
+        code = u32::from(*.character)
+    )]
+    InvalidCharacter {
+        /// The rejected table name (possibly shortened).
+        table: String,
+        /// The part with the bad character.
+        part: NamePart,
+        /// The first bad character.
+        character: char,
+    },
+
+    /// The query has no statement: empty, blank, or only comments and
+    /// semicolons.
+    #[error(
+        "invalid query: it is empty or contains only whitespace, comments and semicolons; \
+         provide one SELECT query"
+    )]
+    EmptyQuery,
+
+    /// sqlparser could not parse the query (PostgreSQL dialect).
+    #[error("invalid query: {message}; fix the SQL syntax")]
+    Unparsable {
+        /// sqlparser's error message.
+        message: String,
+    },
+
+    /// The text holds more than one statement.
+    #[error(
+        "invalid query: expected exactly one statement but it has {count} statements; \
+         keep only the query that defines the view"
+    )]
+    MultipleStatements {
+        /// The number of statements found.
+        count: usize,
+    },
+
+    /// The statement is not a query (e.g. `INSERT`, `DROP`, `COPY`, `SET`).
+    #[error(
+        "invalid query: expected a read-only query (SELECT, VALUES, WITH … SELECT or TABLE) \
+         but the statement is {kind}; a materialized view can only be defined by a query"
+    )]
+    NotAQuery {
+        /// What the statement is instead, e.g. `INSERT` or `CREATE TABLE`.
+        kind: String,
+    },
+
+    /// A `SELECT … INTO`, which creates a table, appears somewhere in the
+    /// query.
+    #[error(
+        "invalid query: SELECT … INTO creates a table; remove the INTO clause \
+         (the seeder creates the materialized view itself)"
+    )]
+    SelectInto,
+
+    /// An `INSERT`/`UPDATE`/`DELETE`/`MERGE` appears inside the query,
+    /// typically as a data-modifying `WITH` clause.
+    #[error(
+        "invalid query: it contains a data-modifying {kind} (e.g. in a WITH clause); \
+         the query must only read data"
+    )]
+    DataModifying {
+        /// The kind of nested statement, e.g. `INSERT`.
+        kind: String,
+    },
+
+    /// A locking clause (`FOR UPDATE`, `FOR SHARE`) appears somewhere in the
+    /// query.
+    #[error(
+        "invalid query: locking clause {clause} is not allowed in a materialized view; \
+         remove it"
+    )]
+    LockingClause {
+        /// The clause as sqlparser renders it, e.g. `FOR UPDATE`.
+        clause: String,
+    },
+
+    /// Removing trailing semicolons and comments would have changed the
+    /// statement. This is a safety net and should never happen.
+    #[error(
+        "invalid query: trailing semicolons and comments could not be removed safely; \
+         remove them from the query"
+    )]
+    UnsafeTrailingText,
+}
+
+/// A validated `schema.name`, both parts folded to lower case the way
+/// PostgreSQL folds unquoted identifiers.
+///
+/// Each part starts with an ASCII letter or an underscore and contains only
+/// ASCII letters, digits, underscores and `$`, at most 63 bytes. So writing
+/// the parts unquoted, or double-quoted as they are stored (lower case), names
+/// the same relation. Quoting also protects the names that are reserved
+/// keywords (`select`, `table`, …): those pass validation but are rejected by
+/// PostgreSQL when they are left unquoted.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ViewName {
+    schema: String,
+    name: String,
+}
+
+impl ViewName {
+    /// Validates `raw` as `schema.name` and folds it to lower case.
+    ///
+    /// Nothing is trimmed: surrounding or embedded whitespace of any kind is
+    /// rejected, as are quotes, semicolons and any non-ASCII character.
+    pub fn parse(raw: &str) -> Result<ViewName, InvalidManifest> {
+        if raw.is_empty() {
+            return Err(InvalidManifest::EmptyTableName);
+        }
+        let parts: Vec<&str> = raw.split('.').collect();
+        let [schema, name] = parts.as_slice() else {
+            return Err(InvalidManifest::WrongPartCount {
+                table: echo(raw),
+                parts: parts.len(),
+            });
+        };
+        check_identifier(raw, NamePart::Schema, schema)?;
+        check_identifier(raw, NamePart::Name, name)?;
+        Ok(ViewName {
+            schema: schema.to_ascii_lowercase(),
+            name: name.to_ascii_lowercase(),
+        })
+    }
+
+    /// The schema part, lower case.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The relation name part, lower case.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl fmt::Display for ViewName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+impl FromStr for ViewName {
+    type Err = InvalidManifest;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ViewName::parse(s)
+    }
+}
+
+/// Checks one side of `schema.name` against the rules for unquoted
+/// PostgreSQL identifiers.
+fn check_identifier(raw: &str, part: NamePart, ident: &str) -> Result<(), InvalidManifest> {
+    let mut chars = ident.chars();
+    let Some(first) = chars.next() else {
+        return Err(InvalidManifest::EmptyPart {
+            table: echo(raw),
+            part,
+        });
+    };
+    if !(first.is_ascii_alphabetic() || first == '_') {
+        return Err(if first.is_ascii_digit() || first == '$' {
+            InvalidManifest::InvalidStart {
+                table: echo(raw),
+                part,
+                character: first,
+            }
+        } else {
+            InvalidManifest::InvalidCharacter {
+                table: echo(raw),
+                part,
+                character: first,
+            }
+        });
+    }
+    if let Some(bad) = chars.find(|&c| !(c.is_ascii_alphanumeric() || c == '_' || c == '$')) {
+        return Err(InvalidManifest::InvalidCharacter {
+            table: echo(raw),
+            part,
+            character: bad,
+        });
+    }
+    // Every character is ASCII at this point, so bytes and characters agree.
+    if ident.len() > MAX_IDENTIFIER_BYTES {
+        return Err(InvalidManifest::PartTooLong {
+            table: echo(raw),
+            part,
+            bytes: ident.len(),
+        });
+    }
+    Ok(())
+}
+
+/// The rejected input as repeated in an error message, cut short so that a
+/// huge value cannot flood the log or the error record.
+fn echo(raw: &str) -> String {
+    let mut chars = raw.char_indices();
+    match chars.nth(MAX_ECHOED_CHARS) {
+        None => raw.to_owned(),
+        Some((cut, _)) => format!("{}…", &raw[..cut]),
+    }
+}
+
+/// Validates a manifest query and returns the text to execute.
+///
+/// The query must parse with sqlparser's PostgreSQL dialect as exactly one
+/// statement. That statement must be a query (`Statement::Query`: `SELECT`,
+/// `VALUES`, `WITH … SELECT`, set operations, `TABLE x`) with no
+/// `SELECT … INTO`, no `INSERT`/`UPDATE`/`DELETE`/`MERGE` (data-modifying
+/// `WITH` clauses) and no `FOR UPDATE`/`FOR SHARE` at any depth.
+///
+/// The returned text is a slice of the original, never sqlparser's
+/// re-rendering. It starts at the first character that is not whitespace, so
+/// a leading comment is kept. It ends right after the last token of the
+/// statement. Trailing whitespace, semicolons and comments are all dropped,
+/// including comments between the statement and its semicolon and after it.
+/// This is done by cutting at the token, not by appending a newline. So the
+/// text never ends inside a `--` comment that would swallow whatever follows.
+/// `SELECT 1; -- done` gives `SELECT 1`, which can safely be embedded as
+/// `CREATE MATERIALIZED VIEW x AS <returned>`. To be safe, the caller should
+/// put a space or newline before anything it appends (such as `WITH NO DATA`).
+pub fn validate_query(sql: &str) -> Result<String, InvalidManifest> {
+    if sql.trim().is_empty() {
+        return Err(InvalidManifest::EmptyQuery);
+    }
+    let mut statements = parse_statements(sql).map_err(|e| InvalidManifest::Unparsable {
+        message: e.to_string(),
+    })?;
+    let statement = match statements.len() {
+        0 => return Err(InvalidManifest::EmptyQuery),
+        1 => statements.remove(0),
+        count => return Err(InvalidManifest::MultipleStatements { count }),
+    };
+    let Statement::Query(query) = &statement else {
+        return Err(InvalidManifest::NotAQuery {
+            kind: statement_kind(&statement),
+        });
+    };
+    if let ControlFlow::Break(problem) = query.visit(&mut ReadOnlyQueryCheck) {
+        return Err(problem);
+    }
+
+    let text = strip_trailing(sql)?;
+    // Safety net: the text handed back must mean exactly what was validated.
+    // Statement equality in sqlparser ignores source positions.
+    match parse_statements(text) {
+        Ok(reparsed) if reparsed.len() == 1 && reparsed[0] == statement => Ok(text.to_owned()),
+        _ => Err(InvalidManifest::UnsafeTrailingText),
+    }
+}
+
+/// Parses `sql` with the PostgreSQL dialect, like [`Parser::parse_sql`], and
+/// also accepts a leading `TABLE name` statement.
+///
+/// sqlparser 0.64 understands `TABLE name` as a query body (`SetExpr::Table`),
+/// for example after `UNION`. `Parser::parse_statement` does not dispatch on
+/// `TABLE`, though, so a statement that starts with it is parsed here directly
+/// as a query.
+fn parse_statements(sql: &str) -> Result<Vec<Statement>, ParserError> {
+    let dialect = PostgreSqlDialect {};
+    let mut parser = Parser::new(&dialect).try_with_sql(sql)?;
+    while parser.consume_token(&Token::SemiColon) {}
+    if !parser.peek_keyword(Keyword::TABLE) {
+        return parser.parse_statements();
+    }
+    let first = Statement::Query(parser.parse_query()?);
+    let next = parser.peek_token();
+    if !matches!(next.token, Token::SemiColon | Token::EOF) {
+        return parser.expected("end of statement", next);
+    }
+    let mut statements = vec![first];
+    statements.extend(parser.parse_statements()?);
+    Ok(statements)
+}
+
+/// Walks a parsed query (every nested query, subquery, CTE and set operation
+/// operand) and stops at the first construct a materialized view must not
+/// contain.
+struct ReadOnlyQueryCheck;
+
+impl Visitor for ReadOnlyQueryCheck {
+    type Break = InvalidManifest;
+
+    /// `FOR UPDATE` / `FOR SHARE` live in `Query::locks` in sqlparser 0.64.
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<Self::Break> {
+        match query.locks.first() {
+            Some(lock) => ControlFlow::Break(InvalidManifest::LockingClause {
+                clause: lock.to_string(),
+            }),
+            None => ControlFlow::Continue(()),
+        }
+    }
+
+    /// `SELECT … INTO t` is `Select::into: Some(SelectInto)` in sqlparser 0.64.
+    fn pre_visit_select(&mut self, select: &Select) -> ControlFlow<Self::Break> {
+        if select.into.is_some() {
+            ControlFlow::Break(InvalidManifest::SelectInto)
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    /// The walk starts at the top-level `Query`, so any statement met on the
+    /// way is nested in it. In sqlparser 0.64 those are the data-modifying
+    /// bodies `SetExpr::Insert`/`Update`/`Delete`/`Merge(Statement)`, which
+    /// show up as the query of a `WITH` clause (`WITH d AS (DELETE … RETURNING
+    /// *) SELECT …`) or as the body of a `WITH … INSERT …` statement.
+    fn pre_visit_statement(&mut self, statement: &Statement) -> ControlFlow<Self::Break> {
+        ControlFlow::Break(InvalidManifest::DataModifying {
+            kind: statement_kind(statement),
+        })
+    }
+}
+
+/// A short SQL-ish name for a statement, for error messages. It is taken from
+/// the `Statement` variant name, e.g. `Insert` gives `INSERT` and
+/// `CreateTable` gives `CREATE TABLE`.
+fn statement_kind(statement: &Statement) -> String {
+    let debug = format!("{statement:?}");
+    let variant = debug
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .next()
+        .unwrap_or_default();
+    let mut kind = String::with_capacity(variant.len() + 4);
+    for (i, c) in variant.chars().enumerate() {
+        if i > 0 && c.is_ascii_uppercase() {
+            kind.push(' ');
+        }
+        kind.push(c.to_ascii_uppercase());
+    }
+    if kind.is_empty() {
+        kind.push_str("not a query");
+    }
+    kind
+}
+
+/// Returns `sql` without leading whitespace and without anything after the
+/// last token of the statement: trailing whitespace, semicolons and comments.
+fn strip_trailing(sql: &str) -> Result<&str, InvalidManifest> {
+    let dialect = PostgreSqlDialect {};
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .map_err(|e| InvalidManifest::Unparsable {
+            message: format!("sql parser error: {e}"),
+        })?;
+    let last = tokens
+        .iter()
+        .rev()
+        .find(|t| {
+            !matches!(
+                t.token,
+                Token::Whitespace(_) | Token::SemiColon | Token::EOF
+            )
+        })
+        .ok_or(InvalidManifest::EmptyQuery)?;
+    let end = byte_offset(sql, last.span.end).ok_or(InvalidManifest::UnsafeTrailingText)?;
+    let start = tokens
+        .iter()
+        .find(|t| {
+            !matches!(
+                t.token,
+                Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab)
+            )
+        })
+        .and_then(|t| byte_offset(sql, t.span.start))
+        .unwrap_or(0);
+    sql.get(start..end)
+        .filter(|text| !text.trim().is_empty())
+        .ok_or(InvalidManifest::UnsafeTrailingText)
+}
+
+/// Converts a tokenizer `Location` into a byte offset into `sql`.
+///
+/// sqlparser counts lines from 1 and starts a new line after each `'\n'`. It
+/// counts columns from 1, one per `char`. A token's span ends at the location
+/// of the first character after it, so the end of the input is one column past
+/// its last character.
+fn byte_offset(sql: &str, location: Location) -> Option<usize> {
+    let line = usize::try_from(location.line).ok()?;
+    let column = usize::try_from(location.column).ok()?;
+    let line_index = line.checked_sub(1)?;
+    let column_index = column.checked_sub(1)?;
+    let line_start = if line_index == 0 {
+        0
+    } else {
+        sql.match_indices('\n').nth(line_index - 1)?.0 + 1
+    };
+    let rest = sql.get(line_start..)?;
+    let mut seen = 0;
+    for (offset, c) in rest.char_indices() {
+        if seen == column_index {
+            return Some(line_start + offset);
+        }
+        if c == '\n' {
+            return None;
+        }
+        seen += 1;
+    }
+    (seen == column_index).then_some(sql.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(raw: &str) -> ViewName {
+        ViewName::parse(raw).unwrap_or_else(|e| panic!("{raw:?} should be valid: {e}"))
+    }
+
+    fn name_err(raw: &str) -> InvalidManifest {
+        match ViewName::parse(raw) {
+            Ok(v) => panic!("{raw:?} should be rejected, got {v}"),
+            Err(e) => e,
+        }
+    }
+
+    fn query(sql: &str) -> String {
+        validate_query(sql).unwrap_or_else(|e| panic!("{sql:?} should be valid: {e}"))
+    }
+
+    fn query_err(sql: &str) -> InvalidManifest {
+        match validate_query(sql) {
+            Ok(text) => panic!("{sql:?} should be rejected, got {text:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn invalid_char(raw: &str, part: NamePart, character: char) {
+        assert_eq!(
+            name_err(raw),
+            InvalidManifest::InvalidCharacter {
+                table: raw.to_owned(),
+                part,
+                character
+            },
+            "{raw:?}"
+        );
+    }
+
+    // ---- table names: accepted -------------------------------------------------
+
+    #[test]
+    fn plain_name_is_accepted() {
+        let v = name("reporting.daily_sales");
+        assert_eq!(v.schema(), "reporting");
+        assert_eq!(v.name(), "daily_sales");
+        assert_eq!(v.to_string(), "reporting.daily_sales");
+    }
+
+    #[test]
+    fn upper_case_is_folded() {
+        let v = name("Reporting.Daily_SALES");
+        assert_eq!(v.schema(), "reporting");
+        assert_eq!(v.name(), "daily_sales");
+        assert_eq!(v, name("reporting.daily_sales"));
+        assert_eq!(v.to_string(), "reporting.daily_sales");
+    }
+
+    #[test]
+    fn dollar_digits_and_underscores_are_accepted() {
+        let v = name("_stage1.sales$2024_q1");
+        assert_eq!(v.schema(), "_stage1");
+        assert_eq!(v.name(), "sales$2024_q1");
+        assert_eq!(name("a.b").to_string(), "a.b");
+        assert_eq!(name("_._").to_string(), "_._");
+    }
+
+    #[test]
+    fn sixty_three_byte_parts_are_accepted() {
+        let long = "a".repeat(63);
+        let v = name(&format!("{long}.{long}"));
+        assert_eq!(v.schema().len(), 63);
+        assert_eq!(v.name().len(), 63);
+    }
+
+    #[test]
+    fn from_str_matches_parse() {
+        assert_eq!(
+            "Reporting.X".parse::<ViewName>(),
+            ViewName::parse("Reporting.X")
+        );
+        assert_eq!("a.b.c".parse::<ViewName>(), ViewName::parse("a.b.c"));
+    }
+
+    #[test]
+    fn names_order_by_schema_then_name() {
+        let mut names = [name("b.a"), name("a.z"), name("a.b")];
+        names.sort();
+        let shown: Vec<String> = names.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["a.b", "a.z", "b.a"]);
+    }
+
+    // ---- table names: rejected -------------------------------------------------
+
+    #[test]
+    fn empty_name_is_rejected() {
+        let e = name_err("");
+        assert_eq!(e, InvalidManifest::EmptyTableName);
+        assert!(e.to_string().contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn one_part_is_rejected() {
+        let e = name_err("daily_sales");
+        assert_eq!(
+            e,
+            InvalidManifest::WrongPartCount {
+                table: "daily_sales".into(),
+                parts: 1
+            }
+        );
+        assert!(e.to_string().contains("found 1 part"), "{e}");
+    }
+
+    #[test]
+    fn three_parts_are_rejected() {
+        let e = name_err("a.b.c");
+        assert_eq!(
+            e,
+            InvalidManifest::WrongPartCount {
+                table: "a.b.c".into(),
+                parts: 3
+            }
+        );
+        assert!(
+            e.to_string().starts_with(
+                "invalid table name \"a.b.c\": expected schema.name with exactly one dot"
+            ),
+            "{e}"
+        );
+        assert!(matches!(
+            name_err("a..b"),
+            InvalidManifest::WrongPartCount { parts: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn empty_parts_are_rejected() {
+        assert_eq!(
+            name_err(".x"),
+            InvalidManifest::EmptyPart {
+                table: ".x".into(),
+                part: NamePart::Schema
+            }
+        );
+        assert_eq!(
+            name_err("x."),
+            InvalidManifest::EmptyPart {
+                table: "x.".into(),
+                part: NamePart::Name
+            }
+        );
+        assert_eq!(
+            name_err("."),
+            InvalidManifest::EmptyPart {
+                table: ".".into(),
+                part: NamePart::Schema
+            }
+        );
+        assert!(name_err("x.").to_string().contains("name part is empty"));
+    }
+
+    #[test]
+    fn sixty_four_byte_part_is_rejected() {
+        let long = "a".repeat(64);
+        let raw = format!("reporting.{long}");
+        let e = name_err(&raw);
+        assert_eq!(
+            e,
+            InvalidManifest::PartTooLong {
+                table: raw.clone(),
+                part: NamePart::Name,
+                bytes: 64
+            }
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("64 bytes"), "{msg}");
+        assert!(msg.contains("63 bytes"), "{msg}");
+
+        assert!(matches!(
+            name_err(&format!("{long}.x")),
+            InvalidManifest::PartTooLong {
+                part: NamePart::Schema,
+                bytes: 64,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn leading_digit_or_dollar_is_rejected() {
+        let e = name_err("1reporting.x");
+        assert_eq!(
+            e,
+            InvalidManifest::InvalidStart {
+                table: "1reporting.x".into(),
+                part: NamePart::Schema,
+                character: '1'
+            }
+        );
+        assert!(e.to_string().contains("starts with '1'"), "{e}");
+        assert!(matches!(
+            name_err("reporting.9x"),
+            InvalidManifest::InvalidStart {
+                part: NamePart::Name,
+                character: '9',
+                ..
+            }
+        ));
+        assert!(matches!(
+            name_err("reporting.$x"),
+            InvalidManifest::InvalidStart { character: '$', .. }
+        ));
+    }
+
+    #[test]
+    fn whitespace_anywhere_is_rejected_not_trimmed() {
+        invalid_char(" reporting.x", NamePart::Schema, ' ');
+        invalid_char("reporting .x", NamePart::Schema, ' ');
+        invalid_char("reporting. x", NamePart::Name, ' ');
+        invalid_char("reporting.x ", NamePart::Name, ' ');
+        invalid_char("reporting.daily sales", NamePart::Name, ' ');
+        invalid_char("\treporting.x", NamePart::Schema, '\t');
+        invalid_char("reporting.x\n", NamePart::Name, '\n');
+        invalid_char("reporting.x\r\n", NamePart::Name, '\r');
+        invalid_char("reporting.\u{a0}x", NamePart::Name, '\u{a0}');
+        invalid_char("reporting.x\u{200b}", NamePart::Name, '\u{200b}');
+        invalid_char("\u{feff}reporting.x", NamePart::Schema, '\u{feff}');
+    }
+
+    #[test]
+    fn quotes_semicolons_and_punctuation_are_rejected() {
+        invalid_char("\"reporting\".x", NamePart::Schema, '"');
+        invalid_char("reporting.\"X\"", NamePart::Name, '"');
+        invalid_char("reporting.x;", NamePart::Name, ';');
+        invalid_char("reporting.x;drop", NamePart::Name, ';');
+        invalid_char("reporting.x'", NamePart::Name, '\'');
+        invalid_char("reporting.da-ily", NamePart::Name, '-');
+        invalid_char("reporting.x(", NamePart::Name, '(');
+        invalid_char("reporting.x/*", NamePart::Name, '/');
+    }
+
+    #[test]
+    fn non_ascii_is_rejected() {
+        invalid_char("réporting.x", NamePart::Schema, 'é');
+        invalid_char("reporting.ventes_été", NamePart::Name, 'é');
+        invalid_char("reporting.ｘ", NamePart::Name, 'ｘ');
+    }
+
+    #[test]
+    fn invalid_character_message_escapes_it() {
+        let msg = name_err("reporting.\u{200b}x").to_string();
+        assert!(msg.contains("\\u{200b}"), "{msg}");
+        assert!(msg.contains("U+200B"), "{msg}");
+        assert!(msg.contains("invalid character"), "{msg}");
+        let msg = name_err("reporting.x\n").to_string();
+        assert!(msg.contains("\"reporting.x\\n\""), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn huge_names_are_shortened_in_messages() {
+        let raw = format!("{}.{}", "a".repeat(500), "b".repeat(500));
+        let e = name_err(&raw);
+        let InvalidManifest::PartTooLong { table, bytes, .. } = &e else {
+            panic!("unexpected error {e:?}");
+        };
+        assert_eq!(*bytes, 500);
+        assert_eq!(table.chars().count(), MAX_ECHOED_CHARS + 1);
+        assert!(table.ends_with('…'));
+        // Cutting respects multi-byte characters.
+        let raw = "é".repeat(300);
+        let InvalidManifest::WrongPartCount { table, .. } = name_err(&raw) else {
+            panic!("expected WrongPartCount");
+        };
+        assert_eq!(table.chars().count(), MAX_ECHOED_CHARS + 1);
+    }
+
+    #[test]
+    fn messages_start_lowercase() {
+        let errors = [
+            name_err(""),
+            name_err("a"),
+            name_err(".a"),
+            name_err(&format!("a.{}", "b".repeat(64))),
+            name_err("1.a"),
+            name_err("a. b"),
+            query_err(""),
+            query_err("SELEC 1"),
+            query_err("SELECT 1; SELECT 2"),
+            query_err("DROP TABLE x"),
+            query_err("SELECT 1 INTO t"),
+            query_err("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d"),
+            query_err("SELECT * FROM t FOR UPDATE"),
+            InvalidManifest::UnsafeTrailingText,
+        ];
+        for e in errors {
+            let msg = e.to_string();
+            assert!(msg.starts_with("invalid "), "{msg}");
+        }
+    }
+
+    // ---- queries: accepted -----------------------------------------------------
+
+    #[test]
+    fn simple_select_is_returned_verbatim() {
+        let sql = "SELECT id, sum(amount) AS total FROM sales.orders GROUP BY id";
+        assert_eq!(query(sql), sql);
+    }
+
+    #[test]
+    fn original_text_is_returned_not_a_rerendering() {
+        let sql = "select  a::text ,  b\n  from   t\n  where x ~~ 'y%'";
+        assert_eq!(query(sql), sql);
+    }
+
+    #[test]
+    fn surrounding_whitespace_is_removed() {
+        assert_eq!(query("  \n\tSELECT 1 \n\t "), "SELECT 1");
+    }
+
+    #[test]
+    fn cte_select_is_accepted() {
+        let sql = "WITH recent AS (SELECT * FROM sales.orders WHERE created_at > now() - interval '7 days')\nSELECT count(*) FROM recent";
+        assert_eq!(query(sql), sql);
+        let sql = "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10) SELECT i FROM n";
+        assert_eq!(query(sql), sql);
+    }
+
+    #[test]
+    fn materialized_cte_is_accepted() {
+        let sql = "WITH c AS MATERIALIZED (SELECT 1 AS x) SELECT x FROM c";
+        assert_eq!(query(sql), sql);
+    }
+
+    #[test]
+    fn set_operations_are_accepted() {
+        for sql in [
+            "SELECT a FROM t1 UNION SELECT a FROM t2",
+            "SELECT a FROM t1 UNION ALL SELECT a FROM t2 ORDER BY 1 LIMIT 10",
+            "SELECT a FROM t1 INTERSECT SELECT a FROM t2",
+            "SELECT a FROM t1 EXCEPT SELECT a FROM t2",
+            "(SELECT 1) UNION (SELECT 2)",
+        ] {
+            assert_eq!(query(sql), sql);
+        }
+    }
+
+    #[test]
+    fn values_and_table_are_accepted() {
+        assert_eq!(
+            query("VALUES (1, 'a'), (2, 'b')"),
+            "VALUES (1, 'a'), (2, 'b')"
+        );
+        assert_eq!(query("TABLE sales.orders"), "TABLE sales.orders");
+        assert_eq!(query(" table Sales.Orders ;"), "table Sales.Orders");
+        assert_eq!(
+            query("TABLE a UNION ALL TABLE b ORDER BY 1"),
+            "TABLE a UNION ALL TABLE b ORDER BY 1"
+        );
+        assert_eq!(query("SELECT 1 UNION TABLE t"), "SELECT 1 UNION TABLE t");
+        assert_eq!(query("-- c\n(TABLE t);"), "-- c\n(TABLE t)");
+    }
+
+    #[test]
+    fn subqueries_and_joins_are_accepted() {
+        let sql = "SELECT o.id, (SELECT max(x) FROM y WHERE y.id = o.id) AS m \
+                   FROM orders o JOIN LATERAL (SELECT * FROM items i WHERE i.order_id = o.id) li ON true \
+                   WHERE EXISTS (SELECT 1 FROM z WHERE z.id = o.id)";
+        assert_eq!(query(sql), sql);
+    }
+
+    #[test]
+    fn comments_inside_are_kept() {
+        let sql =
+            "-- daily totals\nSELECT a, -- the key\n  /* the sum */ sum(b)\nFROM t GROUP BY a";
+        assert_eq!(query(sql), sql);
+    }
+
+    #[test]
+    fn trailing_semicolons_are_removed() {
+        assert_eq!(query("SELECT 1;"), "SELECT 1");
+        assert_eq!(query("SELECT 1 ;  ; \n"), "SELECT 1");
+        assert_eq!(query("SELECT 1\r\n;\r\n"), "SELECT 1");
+    }
+
+    #[test]
+    fn trailing_comments_are_removed() {
+        assert_eq!(query("SELECT 1; -- done"), "SELECT 1");
+        assert_eq!(query("SELECT 1 -- done"), "SELECT 1");
+        assert_eq!(query("SELECT 1 -- done\n;"), "SELECT 1");
+        assert_eq!(query("SELECT 1; /* done */"), "SELECT 1");
+        assert_eq!(query("SELECT 1 /* a /* nested */ comment */"), "SELECT 1");
+        assert_eq!(query("SELECT 1; -- a\n-- b\n/* c */ ;\n"), "SELECT 1");
+    }
+
+    #[test]
+    fn returned_text_embeds_safely() {
+        for sql in [
+            "SELECT 1; -- done",
+            "SELECT 1 -- done",
+            "SELECT 1 /* x */ ; -- y",
+            "SELECT 'a' AS x -- trailing\n",
+            "TABLE sales.orders; -- all of it",
+            "WITH c AS (SELECT 1 AS a) SELECT a FROM c -- end",
+        ] {
+            let text = query(sql);
+            assert!(!text.contains("--"), "{text:?}");
+            assert!(!text.ends_with(';'), "{text:?}");
+            let original = parse_statements(sql).unwrap_or_else(|e| panic!("{sql:?}: {e}"));
+            let Some(Statement::Query(original)) = original.first() else {
+                panic!("{sql:?} is not a query");
+            };
+            // Whatever follows the embedded text must stay visible to the server.
+            let ddl = format!("CREATE MATERIALIZED VIEW reporting.x AS {text}; SELECT 2");
+            let parsed = Parser::parse_sql(&PostgreSqlDialect {}, &ddl)
+                .unwrap_or_else(|e| panic!("{ddl:?} does not parse: {e}"));
+            assert_eq!(parsed.len(), 2, "{ddl:?}");
+            match &parsed[0] {
+                Statement::CreateView(view) => {
+                    assert!(view.materialized, "{ddl:?}");
+                    assert_eq!(&view.query, original, "{ddl:?}");
+                }
+                other => panic!("{ddl:?} parsed as {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn semicolons_and_dashes_inside_literals_are_kept() {
+        assert_eq!(query("SELECT ';--' AS x;"), "SELECT ';--' AS x");
+        assert_eq!(query("SELECT $$a; b -- c$$ ; -- d"), "SELECT $$a; b -- c$$");
+        assert_eq!(query("SELECT $q$;$q$;"), "SELECT $q$;$q$");
+        assert_eq!(query("SELECT E'it\\'s;' -- x"), "SELECT E'it\\'s;'");
+        assert_eq!(
+            query("SELECT \"odd;col\" FROM t;"),
+            "SELECT \"odd;col\" FROM t"
+        );
+        assert_eq!(query("SELECT 'a\\'"), "SELECT 'a\\'");
+    }
+
+    #[test]
+    fn multibyte_text_is_cut_at_the_right_byte() {
+        assert_eq!(query("SELECT 'héllo' ; -- fin"), "SELECT 'héllo'");
+        assert_eq!(
+            query("SELECT 'é',\n  'ü€𝄞' AS \"ñ\" ;\n-- x"),
+            "SELECT 'é',\n  'ü€𝄞' AS \"ñ\""
+        );
+        assert_eq!(query("-- ünïcödé\nSELECT 1; -- ü"), "-- ünïcödé\nSELECT 1");
+    }
+
+    // ---- queries: rejected -----------------------------------------------------
+
+    #[test]
+    fn empty_queries_are_rejected() {
+        for sql in [
+            "",
+            "   ",
+            "\n\t \r\n",
+            ";",
+            " ; ; ",
+            "-- nothing here",
+            "/* nope */;",
+        ] {
+            assert_eq!(query_err(sql), InvalidManifest::EmptyQuery, "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn unparsable_queries_are_rejected() {
+        for sql in [
+            "SELEC 1",
+            "SELECT FROM WHERE",
+            "SELECT (1",
+            "SELECT 'unterminated",
+            "SELECT 1 /* unterminated",
+            "TABLE",
+            "TABLE t DROP TABLE t",
+        ] {
+            let e = query_err(sql);
+            let InvalidManifest::Unparsable { message } = &e else {
+                panic!("{sql:?}: expected Unparsable, got {e:?}");
+            };
+            assert!(message.starts_with("sql parser error"), "{message}");
+            assert!(e.to_string().contains(message.as_str()), "{e}");
+        }
+    }
+
+    #[test]
+    fn two_statements_are_rejected() {
+        let e = query_err("SELECT 1; DROP TABLE x");
+        assert_eq!(e, InvalidManifest::MultipleStatements { count: 2 });
+        assert!(e.to_string().contains("2 statements"), "{e}");
+        assert_eq!(
+            query_err("SELECT 1; SELECT 2; SELECT 3;"),
+            InvalidManifest::MultipleStatements { count: 3 }
+        );
+        assert_eq!(
+            query_err("SELECT 1; -- harmless?\nDELETE FROM x"),
+            InvalidManifest::MultipleStatements { count: 2 }
+        );
+        assert_eq!(
+            query_err("TABLE t; DROP TABLE t"),
+            InvalidManifest::MultipleStatements { count: 2 }
+        );
+    }
+
+    #[test]
+    fn non_query_statements_are_rejected() {
+        for (sql, kind) in [
+            ("INSERT INTO t VALUES (1)", "INSERT"),
+            ("insert into t select * from u returning *", "INSERT"),
+            ("UPDATE t SET a = 1", "UPDATE"),
+            ("DELETE FROM t", "DELETE"),
+            ("DROP TABLE t", "DROP"),
+            ("CREATE TABLE t (a int)", "CREATE TABLE"),
+            ("TRUNCATE t", "TRUNCATE"),
+        ] {
+            let e = query_err(sql);
+            assert_eq!(
+                e,
+                InvalidManifest::NotAQuery { kind: kind.into() },
+                "{sql:?}"
+            );
+            assert!(e.to_string().contains(kind), "{e}");
+        }
+        for sql in [
+            "COPY t TO '/tmp/x'",
+            "SET search_path = evil",
+            "EXPLAIN SELECT 1",
+            "CREATE MATERIALIZED VIEW v AS SELECT 1",
+            "GRANT ALL ON t TO public",
+            "ALTER TABLE t ADD COLUMN b int",
+            "BEGIN",
+        ] {
+            assert!(
+                matches!(query_err(sql), InvalidManifest::NotAQuery { .. }),
+                "{sql:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn select_into_is_rejected() {
+        for sql in [
+            "SELECT * INTO new_table FROM t",
+            "SELECT 1 AS a INTO TEMPORARY t",
+            "SELECT * INTO UNLOGGED TABLE t FROM u",
+            "WITH c AS (SELECT 1) SELECT * INTO t FROM c",
+        ] {
+            let e = query_err(sql);
+            assert_eq!(e, InvalidManifest::SelectInto, "{sql:?}");
+            assert!(e.to_string().contains("INTO"), "{e}");
+        }
+    }
+
+    #[test]
+    fn nested_select_into_is_rejected() {
+        for sql in [
+            "SELECT 1 UNION SELECT 2 INTO t",
+            "SELECT * FROM (SELECT 1 INTO x) s",
+            "WITH c AS (SELECT 1 INTO x) SELECT * FROM c",
+        ] {
+            assert_eq!(query_err(sql), InvalidManifest::SelectInto, "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn data_modifying_ctes_are_rejected() {
+        for (sql, kind) in [
+            (
+                "WITH ins AS (INSERT INTO audit (x) VALUES (1) RETURNING *) SELECT * FROM ins",
+                "INSERT",
+            ),
+            (
+                "WITH u AS (UPDATE t SET a = a + 1 RETURNING a) SELECT a FROM u",
+                "UPDATE",
+            ),
+            (
+                "WITH d AS (DELETE FROM t RETURNING *) SELECT count(*) FROM d",
+                "DELETE",
+            ),
+            (
+                "WITH ok AS (SELECT 1), d AS (DELETE FROM t RETURNING *) SELECT * FROM ok",
+                "DELETE",
+            ),
+            (
+                "WITH m AS (MERGE INTO t USING s ON t.id = s.id \
+                 WHEN MATCHED THEN DELETE RETURNING *) SELECT * FROM m",
+                "MERGE",
+            ),
+        ] {
+            let e = query_err(sql);
+            assert_eq!(
+                e,
+                InvalidManifest::DataModifying { kind: kind.into() },
+                "{sql:?}"
+            );
+            assert!(e.to_string().contains("data-modifying"), "{e}");
+        }
+    }
+
+    #[test]
+    fn with_followed_by_data_modification_is_rejected() {
+        // sqlparser parses these as `Statement::Query` whose body is
+        // `SetExpr::Insert`/`Update`/`Delete(Statement)`.
+        for (sql, kind) in [
+            (
+                "WITH c AS (SELECT 1 AS x) INSERT INTO t SELECT x FROM c",
+                "INSERT",
+            ),
+            (
+                "WITH c AS (SELECT 1 AS x) DELETE FROM t WHERE a IN (SELECT x FROM c)",
+                "DELETE",
+            ),
+            ("WITH c AS (SELECT 1 AS x) UPDATE t SET a = 1", "UPDATE"),
+        ] {
+            assert_eq!(
+                query_err(sql),
+                InvalidManifest::DataModifying { kind: kind.into() },
+                "{sql:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nested_data_modifying_ctes_are_rejected() {
+        for sql in [
+            // In a derived table.
+            "SELECT * FROM (WITH d AS (INSERT INTO t VALUES (1) RETURNING *) SELECT * FROM d) s",
+            // In a scalar subquery.
+            "SELECT (WITH d AS (DELETE FROM t RETURNING 1) SELECT count(*) FROM d) AS n",
+            // In EXISTS inside WHERE.
+            "SELECT 1 FROM u WHERE EXISTS (WITH d AS (UPDATE t SET a = 1 RETURNING a) SELECT 1 FROM d)",
+            // Inside a harmless CTE.
+            "WITH outer_cte AS (WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d) SELECT * FROM outer_cte",
+            // In the right operand of a set operation.
+            "SELECT 1 UNION ALL SELECT * FROM (WITH i AS (INSERT INTO t VALUES (2) RETURNING 2) SELECT * FROM i) s",
+        ] {
+            assert!(
+                matches!(query_err(sql), InvalidManifest::DataModifying { .. }),
+                "{sql:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn locking_clauses_are_rejected() {
+        for (sql, clause) in [
+            ("SELECT * FROM t FOR UPDATE", "FOR UPDATE"),
+            ("SELECT * FROM t FOR SHARE", "FOR SHARE"),
+            (
+                "SELECT * FROM t FOR UPDATE OF t NOWAIT",
+                "FOR UPDATE OF t NOWAIT",
+            ),
+            (
+                "SELECT * FROM t FOR SHARE SKIP LOCKED",
+                "FOR SHARE SKIP LOCKED",
+            ),
+            ("SELECT * FROM t LIMIT 5 FOR UPDATE", "FOR UPDATE"),
+            ("SELECT * FROM (SELECT * FROM t FOR UPDATE) s", "FOR UPDATE"),
+            (
+                "WITH c AS (SELECT * FROM t FOR SHARE) SELECT * FROM c",
+                "FOR SHARE",
+            ),
+        ] {
+            let e = query_err(sql);
+            assert_eq!(
+                e,
+                InvalidManifest::LockingClause {
+                    clause: clause.into()
+                },
+                "{sql:?}"
+            );
+            assert!(e.to_string().contains(clause), "{e}");
+        }
+    }
+
+    #[test]
+    fn unsupported_locking_variants_do_not_pass() {
+        // sqlparser 0.64 does not parse these; whatever it says, they are rejected.
+        for sql in [
+            "SELECT * FROM t FOR NO KEY UPDATE",
+            "SELECT * FROM t FOR KEY SHARE",
+        ] {
+            assert!(validate_query(sql).is_err(), "{sql:?}");
+        }
+    }
+
+    #[test]
+    fn comment_hiding_a_second_statement_is_harmless() {
+        assert_eq!(query("SELECT 1 /* ; DROP TABLE x */"), "SELECT 1");
+        assert_eq!(query("SELECT 1 -- ; DROP TABLE x"), "SELECT 1");
+    }
+
+    // ---- helpers ---------------------------------------------------------------
+
+    #[test]
+    fn byte_offset_maps_locations() {
+        let sql = "ab\nçd\n";
+        assert_eq!(byte_offset(sql, Location::new(1, 1)), Some(0));
+        assert_eq!(byte_offset(sql, Location::new(1, 3)), Some(2));
+        assert_eq!(byte_offset(sql, Location::new(2, 2)), Some(5));
+        assert_eq!(byte_offset(sql, Location::new(2, 3)), Some(6));
+        assert_eq!(byte_offset(sql, Location::new(3, 1)), Some(sql.len()));
+        assert_eq!(byte_offset(sql, Location::new(2, 9)), None);
+        assert_eq!(byte_offset(sql, Location::new(0, 0)), None);
+        assert_eq!(byte_offset(sql, Location::new(9, 1)), None);
+        assert_eq!(byte_offset("é", Location::new(1, 2)), Some(2));
+    }
+}

@@ -1,0 +1,234 @@
+//! Run bookkeeping: one `seeder_run` row per run; per view one history row (`running`, then its
+//! final status), the job status upsert and the per-run detail.
+
+use etl_core::DbError;
+use tokio_postgres::Client;
+
+use super::manifests::ReportType;
+
+pub type HistoryId = i64;
+
+const HISTORY: &str = "reporting.seeder_run_history";
+const STATUS: &str = "reporting.seeder_job_status";
+const CANNED_HISTORY: &str = "reporting.seeder_canned_run_history";
+const CANNED_STATUS: &str = "reporting.seeder_canned_job_status";
+
+/// Where canned views' rows go. The old tables hold them unless their `manifest_id` is a foreign
+/// key (as Django creates it, to the custom manifest table): then the tool's own tables do,
+/// so no outcome is lost and no other team's constraint is touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HistoryRoutes {
+    pub canned_history_in_own_table: bool,
+    pub canned_status_in_own_table: bool,
+}
+
+impl HistoryRoutes {
+    fn tables(self, report_type: ReportType) -> (&'static str, &'static str) {
+        match report_type {
+            ReportType::Custom => (HISTORY, STATUS),
+            ReportType::Canned => (
+                if self.canned_history_in_own_table { CANNED_HISTORY } else { HISTORY },
+                if self.canned_status_in_own_table { CANNED_STATUS } else { STATUS },
+            ),
+        }
+    }
+}
+
+/// The identity of one view in the old tables' terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ViewRecord {
+    pub table_name: String,
+    /// The custom manifest's id, or the canned report's id.
+    pub manifest_id: i64,
+    pub report_name: String,
+    pub report_type: ReportType,
+    pub agency_id: i64,
+    /// For a canned view shared by several agencies, their slugs joined by commas.
+    pub agency_slug: String,
+}
+
+/// How one view ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// `success`, `error` or `skipped`.
+    pub status: &'static str,
+    /// `create`, `refresh`, `refresh concurrently`, `rebuild`, or none when nothing ran.
+    pub action: Option<&'static str>,
+    pub duration_ms: u64,
+    pub rows: i64,
+    pub bytes: i64,
+    /// PostgreSQL's message, or the reason for the skip.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RunCounts {
+    pub views: i32,
+    pub succeeded: i32,
+    pub failed: i32,
+    pub skipped: i32,
+}
+
+const ROUTES: &str = "
+    SELECT coalesce(bool_or(c.conrelid = 'reporting.seeder_run_history'::regclass), false),
+           coalesce(bool_or(c.conrelid = 'reporting.seeder_job_status'::regclass), false)
+    FROM pg_constraint c
+    JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY (c.conkey)
+    WHERE c.contype = 'f' AND a.attname = 'manifest_id'
+      AND c.conrelid IN ('reporting.seeder_run_history'::regclass, 'reporting.seeder_job_status'::regclass)";
+
+pub async fn routes(client: &Client) -> Result<HistoryRoutes, DbError> {
+    let r = client.query_one(ROUTES, &[]).await?;
+    Ok(HistoryRoutes {
+        canned_history_in_own_table: r.try_get(0)?,
+        canned_status_in_own_table: r.try_get(1)?,
+    })
+}
+
+pub async fn begin_run(client: &Client, run_id: &str, job: &str, arguments: &str) -> Result<(), DbError> {
+    let host = std::env::var("HOSTNAME").ok();
+    let pid = i32::try_from(std::process::id()).unwrap_or_default();
+    client
+        .execute(
+            "INSERT INTO reporting.seeder_run (run_id, job, arguments, started_at, status, host, pid)
+             VALUES ($1, $2, $3, now(), 'running', $4, $5)",
+            &[&run_id, &job, &arguments, &host, &pid],
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn finish_run(client: &Client, run_id: &str, status: &str, c: RunCounts) -> Result<(), DbError> {
+    client
+        .execute(
+            "UPDATE reporting.seeder_run
+             SET finished_at = now(), status = $2, views = $3, succeeded = $4, failed = $5, skipped = $6
+             WHERE run_id = $1",
+            &[&run_id, &status, &c.views, &c.succeeded, &c.failed, &c.skipped],
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn record_start(
+    client: &Client,
+    routes: HistoryRoutes,
+    run_id: &str,
+    v: &ViewRecord,
+) -> Result<HistoryId, DbError> {
+    let (history, status) = routes.tables(v.report_type);
+    // Every NOT NULL column is named: Django-created tables have no database defaults.
+    let sql = format!(
+        "INSERT INTO {history} (run_id, manifest_id, table_name, report_name, agency_id, agency_slug,
+             report_type, status, start_time, records_processed, bytes_processed,
+             consecutive_failures, created_at, updated_at)
+         VALUES ($1, $2::bigint, $3, $4, $5::bigint, $6, $7, 'running', now(), 0, 0,
+             coalesce((SELECT consecutive_failures FROM {status} WHERE table_name = $3), 0),
+             now(), now())
+         RETURNING id::bigint"
+    );
+    let row = client
+        .query_one(
+            &sql,
+            &[
+                &run_id,
+                &v.manifest_id,
+                &v.table_name,
+                &v.report_name,
+                &v.agency_id,
+                &v.agency_slug,
+                &v.report_type.as_str(),
+            ],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+pub async fn record_finish(
+    client: &Client,
+    routes: HistoryRoutes,
+    run_id: &str,
+    v: &ViewRecord,
+    history_id: Option<HistoryId>,
+    o: &Outcome,
+) -> Result<(), DbError> {
+    let (history, status) = routes.tables(v.report_type);
+    let history_write = match history_id {
+        Some(_) => format!(
+            "UPDATE {history}
+             SET status = $7, finish_time = now(), duration_seconds = $8, records_processed = $9,
+                 bytes_processed = $10, errors = $11, consecutive_failures = (SELECT n FROM cf),
+                 updated_at = now()
+             WHERE id = $12
+             RETURNING id::bigint AS id, start_time"
+        ),
+        None => format!(
+            "INSERT INTO {history} (run_id, manifest_id, table_name, report_name, agency_id,
+                 agency_slug, report_type, status, start_time, finish_time, duration_seconds,
+                 records_processed, bytes_processed, errors, consecutive_failures, created_at,
+                 updated_at)
+             SELECT $1, $2::bigint, $3, $4, $5::bigint, $6, $13, $7, now(), now(), $8, $9, $10,
+                 $11, (SELECT n FROM cf), now(), now()
+             WHERE $12::bigint IS NULL
+             RETURNING id::bigint AS id, start_time"
+        ),
+    };
+    // consecutive_failures counts errors only: a skip leaves it as it was.
+    let sql = format!(
+        "WITH prev AS (
+             SELECT coalesce((SELECT consecutive_failures FROM {status} WHERE table_name = $3), 0) AS n
+         ), cf AS (
+             SELECT CASE $7 WHEN 'error' THEN n + 1 WHEN 'success' THEN 0 ELSE n END AS n FROM prev
+         ), h AS (
+             {history_write}
+         ), s AS (
+             INSERT INTO {status} AS s (table_name, manifest_id, report_name, report_type, agency_id,
+                 agency_slug, status, duration_seconds, start_time, consecutive_failures,
+                 last_run_id, last_errors, updated_at)
+             SELECT $3, $2::bigint, $4, $13, $5::bigint, $6, $7, $8, h.start_time,
+                 (SELECT n FROM cf), $1, $11, now()
+             FROM h
+             ON CONFLICT (table_name) DO UPDATE SET
+                 manifest_id = EXCLUDED.manifest_id, report_name = EXCLUDED.report_name,
+                 report_type = EXCLUDED.report_type, agency_id = EXCLUDED.agency_id,
+                 agency_slug = EXCLUDED.agency_slug, status = EXCLUDED.status,
+                 duration_seconds = EXCLUDED.duration_seconds, start_time = EXCLUDED.start_time,
+                 consecutive_failures = EXCLUDED.consecutive_failures,
+                 last_run_id = EXCLUDED.last_run_id, last_errors = EXCLUDED.last_errors,
+                 updated_at = EXCLUDED.updated_at
+         )
+         INSERT INTO reporting.seeder_view_run (run_id, table_name, history_table, history_id,
+             report_type, status, action, duration_ms, rows, bytes, error, finished_at)
+         SELECT $1, $3, '{history}', h.id, $13, $7, $14, $15, $9, $10, $11, now() FROM h
+         ON CONFLICT (run_id, table_name) DO UPDATE SET
+             history_table = EXCLUDED.history_table, history_id = EXCLUDED.history_id,
+             status = EXCLUDED.status, action = EXCLUDED.action,
+             duration_ms = EXCLUDED.duration_ms, rows = EXCLUDED.rows, bytes = EXCLUDED.bytes,
+             error = EXCLUDED.error, finished_at = EXCLUDED.finished_at"
+    );
+    let seconds = i32::try_from(o.duration_ms.div_ceil(1000)).unwrap_or(i32::MAX);
+    let ms = i64::try_from(o.duration_ms).unwrap_or(i64::MAX);
+    client
+        .execute(
+            &sql,
+            &[
+                &run_id,
+                &v.manifest_id,
+                &v.table_name,
+                &v.report_name,
+                &v.agency_id,
+                &v.agency_slug,
+                &o.status,
+                &seconds,
+                &o.rows,
+                &o.bytes,
+                &o.error,
+                &history_id,
+                &v.report_type.as_str(),
+                &o.action,
+                &ms,
+            ],
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Reads the manifest tables: custom reports per agency, canned reports and their per-agency
+//! mappings.
+
+use etl_core::DbError;
+use tokio_postgres::Client;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ReportType {
+    Custom,
+    Canned,
+}
+
+impl ReportType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReportType::Custom => "custom",
+            ReportType::Canned => "canned",
+        }
+    }
+}
+
+/// One manifest row. For a canned report this is one agency's mapping: `manifest_id` is the
+/// mapping's id and `report_id` the canned report's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRow {
+    pub report_type: ReportType,
+    pub manifest_id: i64,
+    pub report_id: Option<i64>,
+    pub table_name: String,
+    pub report_name: String,
+    pub agency_id: i64,
+    pub agency_slug: String,
+    pub query: String,
+    pub enabled: bool,
+}
+
+const CUSTOM: &str = "
+    SELECT id::bigint, table_name::text, coalesce(report_name, '')::text, agency_id::bigint,
+           agency_slug::text, query::text, enabled
+    FROM reporting.seeder_custom_report_manifest";
+
+// A canned manifest table without `enabled` (as the old Django model has it) means every
+// mapping is enabled.
+const CANNED_WITH_ENABLED: &str = "
+    SELECT m.id::bigint, r.id::bigint, r.table_name::text, coalesce(r.report_name, '')::text,
+           m.agency_id::bigint, m.agency_slug::text, r.query::text, m.enabled
+    FROM reporting.seeder_canned_report_manifest m
+    JOIN reporting.seeder_canned_report r ON r.id = m.canned_report_id";
+
+const CANNED_WITHOUT_ENABLED: &str = "
+    SELECT m.id::bigint, r.id::bigint, r.table_name::text, coalesce(r.report_name, '')::text,
+           m.agency_id::bigint, m.agency_slug::text, r.query::text, true
+    FROM reporting.seeder_canned_report_manifest m
+    JOIN reporting.seeder_canned_report r ON r.id = m.canned_report_id";
+
+const CANNED_HAS_ENABLED: &str = "
+    SELECT EXISTS (
+        SELECT 1 FROM pg_attribute
+        WHERE attrelid = 'reporting.seeder_canned_report_manifest'::regclass
+          AND attname = 'enabled' AND NOT attisdropped)";
+
+/// Every manifest row, enabled or not (the caller tells "disabled" from "unknown").
+pub async fn load(client: &Client) -> Result<Vec<ManifestRow>, DbError> {
+    let mut rows = Vec::new();
+    for r in client.query(CUSTOM, &[]).await? {
+        rows.push(ManifestRow {
+            report_type: ReportType::Custom,
+            manifest_id: r.try_get(0)?,
+            report_id: None,
+            table_name: r.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+            report_name: r.try_get(2)?,
+            agency_id: r.try_get::<_, Option<i64>>(3)?.unwrap_or_default(),
+            agency_slug: r.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
+            query: r.try_get::<_, Option<String>>(5)?.unwrap_or_default(),
+            enabled: r.try_get::<_, Option<bool>>(6)?.unwrap_or(false),
+        });
+    }
+    let has_enabled: bool = client.query_one(CANNED_HAS_ENABLED, &[]).await?.try_get(0)?;
+    let canned = if has_enabled {
+        CANNED_WITH_ENABLED
+    } else {
+        CANNED_WITHOUT_ENABLED
+    };
+    for r in client.query(canned, &[]).await? {
+        rows.push(ManifestRow {
+            report_type: ReportType::Canned,
+            manifest_id: r.try_get(0)?,
+            report_id: Some(r.try_get(1)?),
+            table_name: r.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+            report_name: r.try_get(3)?,
+            agency_id: r.try_get::<_, Option<i64>>(4)?.unwrap_or_default(),
+            agency_slug: r.try_get::<_, Option<String>>(5)?.unwrap_or_default(),
+            query: r.try_get::<_, Option<String>>(6)?.unwrap_or_default(),
+            enabled: r.try_get::<_, Option<bool>>(7)?.unwrap_or(false),
+        });
+    }
+    Ok(rows)
+}

@@ -1,0 +1,75 @@
+//! Applies the control-table migrations (`migrations/*.sql`), each once, in order, under a
+//! session advisory lock so that two processes starting together do not collide.
+
+use etl_core::DbError;
+use tokio_postgres::Client;
+
+/// (version, name, SQL). Append only: never edit an applied migration.
+const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "control_tables",
+    include_str!("../../migrations/V1__control_tables.sql"),
+)];
+
+/// "reporting-seeder migrations", as a fixed advisory-lock key.
+const LOCK_KEY: i64 = 0x7273_6d69_6772_6174;
+
+pub async fn apply(client: &mut Client) -> Result<Vec<String>, DbError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await?;
+    let result = apply_locked(client).await;
+    // Release even on failure; a lost connection releases it anyway.
+    let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await;
+    let applied = result?;
+    unlock?;
+    Ok(applied)
+}
+
+async fn apply_locked(client: &mut Client) -> Result<Vec<String>, DbError> {
+    // Check before creating: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even
+    // when the schema exists, which a locked-down role may not have.
+    let has_schema: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'reporting')",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    if !has_schema {
+        client.batch_execute("CREATE SCHEMA IF NOT EXISTS reporting").await?;
+    }
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS reporting.seeder_schema_migrations (
+                version integer PRIMARY KEY,
+                name text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await?;
+    let done: Vec<i32> = client
+        .query("SELECT version FROM reporting.seeder_schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    let mut applied = Vec::new();
+    for (version, name, sql) in MIGRATIONS {
+        if done.contains(version) {
+            continue;
+        }
+        let tx = client.transaction().await?;
+        tx.batch_execute(sql).await.map_err(|e| {
+            let mut err = DbError::from(&e);
+            err.message = format!("migration V{version}__{name} failed: {}", err.message);
+            err
+        })?;
+        tx.execute(
+            "INSERT INTO reporting.seeder_schema_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await?;
+        tx.commit().await?;
+        applied.push(format!("V{version}__{name}"));
+    }
+    Ok(applied)
+}

@@ -1,0 +1,174 @@
+//! All SQL lives here: manifests, materialized views, history and run status, migrations, the
+//! demo data. Repositories run statements and map rows; they never decide policy.
+//!
+//! Identifiers are quoted by [`ident`]; values are always bound parameters. The only literal
+//! ever embedded in SQL is a view's comment (DDL takes no parameters), escaped by
+//! `postgres_protocol::escape::escape_literal` at the one marked spot in `views.rs`.
+
+pub mod demo;
+pub mod history;
+pub mod manifests;
+pub mod migrations;
+pub mod views;
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use etl_core::db::{Connection, DatabaseClient};
+use etl_core::DbError;
+
+pub use history::{HistoryId, HistoryRoutes, Outcome, RunCounts, ViewRecord};
+pub use manifests::{ManifestRow, ReportType};
+pub use views::{ViewState, ViewStats};
+
+/// A relation name as two parts; always quoted when put into SQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Rel<'a> {
+    pub schema: &'a str,
+    pub name: &'a str,
+}
+
+impl Rel<'_> {
+    /// `"schema"."name"`, each part quoted.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", ident(self.schema), ident(self.name))
+    }
+    pub fn key(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// Quotes an identifier (doubling embedded quotes), so no name can escape into SQL.
+pub fn ident(name: &str) -> String {
+    postgres_protocol::escape::escape_identifier(name)
+}
+
+/// Everything a run does on one connection. The PostgreSQL implementation is [`PgSession`];
+/// processors take `Box<dyn Session>` so unit tests hand in fakes.
+#[async_trait]
+pub trait Session: Send {
+    /// Applies pending migrations under an advisory lock; returns the names applied.
+    async fn migrate(&mut self) -> Result<Vec<String>, DbError>;
+    async fn load_manifests(&mut self) -> Result<Vec<ManifestRow>, DbError>;
+    /// The catalog state of each named view, in one round trip.
+    async fn inspect(&mut self, views: &[Rel<'_>]) -> Result<HashMap<String, ViewState>, DbError>;
+    /// Which history/status tables can hold which report type.
+    async fn history_routes(&mut self) -> Result<HistoryRoutes, DbError>;
+
+    async fn begin_run(&mut self, run_id: &str, job: &str, arguments: &str) -> Result<(), DbError>;
+    async fn finish_run(&mut self, run_id: &str, status: &str, counts: RunCounts) -> Result<(), DbError>;
+    /// Inserts the `running` history row.
+    async fn record_start(&mut self, routes: HistoryRoutes, run_id: &str, view: &ViewRecord) -> Result<HistoryId, DbError>;
+    /// Completes the history row (or inserts a complete one when `history` is `None`), upserts
+    /// the job status and the per-run detail, in one statement.
+    async fn record_finish(
+        &mut self,
+        routes: HistoryRoutes,
+        run_id: &str,
+        view: &ViewRecord,
+        history: Option<HistoryId>,
+        outcome: &Outcome,
+    ) -> Result<(), DbError>;
+
+    /// `CREATE MATERIALIZED VIEW … AS <query>` and its hash, in one transaction; returns rows.
+    async fn create_view(&mut self, view: Rel<'_>, create_schema: bool, query: &str, hash: &str, run_id: &str) -> Result<u64, DbError>;
+    async fn refresh_view(&mut self, view: Rel<'_>, concurrently: bool) -> Result<(), DbError>;
+    /// Builds `query` under `temp`, copies indexes, grants, comment and owner from `view`, then
+    /// swaps the names and drops the old view in one short transaction; returns rows.
+    async fn rebuild_view(&mut self, view: Rel<'_>, temp: &str, query: &str, hash: &str, run_id: &str, lock_timeout_ms: u64) -> Result<u64, DbError>;
+    /// Drops a leftover temporary view (from an interrupted rebuild).
+    async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError>;
+    /// `ANALYZE`, then the view's row estimate and size.
+    async fn analyze_view(&mut self, view: Rel<'_>) -> Result<ViewStats, DbError>;
+}
+
+/// Opens sessions: one per worker.
+#[async_trait]
+pub trait Store: Send + Sync {
+    async fn session(&self) -> Result<Box<dyn Session>, DbError>;
+}
+
+/// Sessions on connections from a [`DatabaseClient`].
+pub struct PgStore<C: DatabaseClient> {
+    client: C,
+}
+
+impl<C: DatabaseClient> PgStore<C> {
+    pub fn new(client: C) -> Self {
+        PgStore { client }
+    }
+}
+
+#[async_trait]
+impl<C: DatabaseClient + 'static> Store for PgStore<C> {
+    async fn session(&self) -> Result<Box<dyn Session>, DbError> {
+        Ok(Box::new(PgSession {
+            conn: self.client.connection().await?,
+        }))
+    }
+}
+
+pub struct PgSession {
+    conn: Connection,
+}
+
+impl PgSession {
+    pub fn from_connection(conn: Connection) -> PgSession {
+        PgSession { conn }
+    }
+
+    /// For repository functions outside the [`Session`] trait (the demo's).
+    pub fn client(&self) -> &tokio_postgres::Client {
+        &self.conn
+    }
+}
+
+#[async_trait]
+impl Session for PgSession {
+    async fn migrate(&mut self) -> Result<Vec<String>, DbError> {
+        migrations::apply(&mut self.conn).await
+    }
+    async fn load_manifests(&mut self) -> Result<Vec<ManifestRow>, DbError> {
+        manifests::load(&self.conn).await
+    }
+    async fn inspect(&mut self, views: &[Rel<'_>]) -> Result<HashMap<String, ViewState>, DbError> {
+        views::inspect(&self.conn, views).await
+    }
+    async fn history_routes(&mut self) -> Result<HistoryRoutes, DbError> {
+        history::routes(&self.conn).await
+    }
+    async fn begin_run(&mut self, run_id: &str, job: &str, arguments: &str) -> Result<(), DbError> {
+        history::begin_run(&self.conn, run_id, job, arguments).await
+    }
+    async fn finish_run(&mut self, run_id: &str, status: &str, counts: RunCounts) -> Result<(), DbError> {
+        history::finish_run(&self.conn, run_id, status, counts).await
+    }
+    async fn record_start(&mut self, routes: HistoryRoutes, run_id: &str, view: &ViewRecord) -> Result<HistoryId, DbError> {
+        history::record_start(&self.conn, routes, run_id, view).await
+    }
+    async fn record_finish(
+        &mut self,
+        routes: HistoryRoutes,
+        run_id: &str,
+        view: &ViewRecord,
+        history: Option<HistoryId>,
+        outcome: &Outcome,
+    ) -> Result<(), DbError> {
+        history::record_finish(&self.conn, routes, run_id, view, history, outcome).await
+    }
+    async fn create_view(&mut self, view: Rel<'_>, create_schema: bool, query: &str, hash: &str, run_id: &str) -> Result<u64, DbError> {
+        views::create(&mut self.conn, view, create_schema, query, hash, run_id).await
+    }
+    async fn refresh_view(&mut self, view: Rel<'_>, concurrently: bool) -> Result<(), DbError> {
+        views::refresh(&self.conn, view, concurrently).await
+    }
+    async fn rebuild_view(&mut self, view: Rel<'_>, temp: &str, query: &str, hash: &str, run_id: &str, lock_timeout_ms: u64) -> Result<u64, DbError> {
+        views::rebuild(&mut self.conn, view, temp, query, hash, run_id, lock_timeout_ms).await
+    }
+    async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError> {
+        views::drop_if_exists(&self.conn, view).await
+    }
+    async fn analyze_view(&mut self, view: Rel<'_>) -> Result<ViewStats, DbError> {
+        views::analyze(&self.conn, view).await
+    }
+}
