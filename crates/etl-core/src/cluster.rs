@@ -21,13 +21,19 @@ impl ThrowawayCluster {
         config.disable_fsync = true;
         let factory = TmpPostgrustFactory::try_new(&config).map_err(|e| e.to_string())?;
         let guard = factory.new_instance().map_err(|e| e.to_string())?;
-        Ok(ThrowawayCluster { guard, _factory: factory })
+        Ok(ThrowawayCluster {
+            guard,
+            _factory: factory,
+        })
     }
 
     /// Superuser connection settings for database `postgres` (unix socket, no password).
     pub fn settings(&self, application_name: &str) -> Result<ConnectionSettings, String> {
-        let mut config = tokio_postgres::Config::from_str(&self.guard.connection_string_for_db("postgres"))
-            .map_err(|e| format!("unexpected connection string from the throwaway cluster: {e}"))?;
+        let mut config =
+            tokio_postgres::Config::from_str(&self.guard.connection_string_for_db("postgres"))
+                .map_err(|e| {
+                    format!("unexpected connection string from the throwaway cluster: {e}")
+                })?;
         config.user("postgres").application_name(application_name);
         Ok(ConnectionSettings::from_config(config))
     }

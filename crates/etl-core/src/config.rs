@@ -161,7 +161,11 @@ mod tests {
         assert_eq!(env.bool_or("T", false), Ok(true));
         assert_eq!(env.bool_or("F", true), Ok(false));
         assert_eq!(env.bool_or("U", true), Ok(true));
-        assert!(env.bool_or("X", true).unwrap_err().to_string().contains("X="));
+        assert!(env
+            .bool_or("X", true)
+            .unwrap_err()
+            .to_string()
+            .contains("X="));
     }
 
     #[test]

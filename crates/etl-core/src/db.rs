@@ -124,8 +124,11 @@ fn parse_database_url(raw: &str) -> Result<tokio_postgres::Config, ConfigError> 
         reason,
     };
     // url's errors never repeat the input, so the password cannot leak through them.
-    let url = url::Url::parse(raw.trim())
-        .map_err(|e| invalid(format!("{e}; expected postgres://user:password@host:port/dbname")))?;
+    let url = url::Url::parse(raw.trim()).map_err(|e| {
+        invalid(format!(
+            "{e}; expected postgres://user:password@host:port/dbname"
+        ))
+    })?;
     if !matches!(url.scheme(), "postgres" | "postgresql") {
         return Err(invalid(format!(
             "scheme {:?} is not supported; expected postgres://user:password@host:port/dbname",
@@ -282,9 +285,9 @@ impl DbError {
 
     /// A connection failure the operator must fix (credentials, database name) rather than retry.
     pub fn is_configuration(&self) -> bool {
-        self.code.as_deref().is_some_and(|c| {
-            c.starts_with("28") || c == SqlState::INVALID_CATALOG_NAME.code()
-        })
+        self.code
+            .as_deref()
+            .is_some_and(|c| c.starts_with("28") || c == SqlState::INVALID_CATALOG_NAME.code())
     }
 }
 
@@ -337,8 +340,14 @@ mod tests {
 
     #[test]
     fn sqlstates_that_mean_trouble() {
-        for code in ["08006", "08001", "53300", "53200", "53100", "57P01", "57014", "55P03"] {
-            assert_eq!(classify_sqlstate(code), FailureKind::DatabaseTrouble, "{code}");
+        for code in [
+            "08006", "08001", "53300", "53200", "53100", "57P01", "57014", "55P03",
+        ] {
+            assert_eq!(
+                classify_sqlstate(code),
+                FailureKind::DatabaseTrouble,
+                "{code}"
+            );
         }
         for code in ["42601", "42703", "22012", "42P01", "23505"] {
             assert_eq!(classify_sqlstate(code), FailureKind::OwnError, "{code}");
@@ -348,7 +357,10 @@ mod tests {
     #[test]
     fn url_wins_and_password_is_never_described() {
         let env = Env::from_pairs([
-            ("DATABASE_URL", "postgres://alice:s3cret@db.example:6543/reports"),
+            (
+                "DATABASE_URL",
+                "postgres://alice:s3cret@db.example:6543/reports",
+            ),
             ("DB_HOST", "ignored"),
         ]);
         let s = ConnectionSettings::from_env(&env, "t").unwrap();
@@ -366,14 +378,22 @@ mod tests {
 
     #[test]
     fn malformed_url_names_the_variable_and_hides_the_password() {
-        for bad in ["mysql://u:pw9secret@h/d", "not a url pw9secret", "postgres://u:pw9secret@h:99999/d"] {
+        for bad in [
+            "mysql://u:pw9secret@h/d",
+            "not a url pw9secret",
+            "postgres://u:pw9secret@h:99999/d",
+        ] {
             let env = Env::from_pairs([("DATABASE_URL", bad)]);
-            let err = ConnectionSettings::from_env(&env, "t").unwrap_err().to_string();
+            let err = ConnectionSettings::from_env(&env, "t")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains("DATABASE_URL"), "{err}");
             assert!(!err.contains("pw9secret"), "{err}");
         }
         let env = Env::from_pairs([("DB_PORT", "many")]);
-        let err = ConnectionSettings::from_env(&env, "t").unwrap_err().to_string();
+        let err = ConnectionSettings::from_env(&env, "t")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("DB_PORT"), "{err}");
     }
 }

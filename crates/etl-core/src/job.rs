@@ -98,7 +98,10 @@ fn cli(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> Command {
         .disable_help_subcommand(true)
         .subcommand_required(true)
         .arg_required_else_help(true)
-        .after_help(format!("Jobs: {}\nRun `{bin} list` for their descriptions.", names.join(", ")))
+        .after_help(format!(
+            "Jobs: {}\nRun `{bin} list` for their descriptions.",
+            names.join(", ")
+        ))
         .subcommand(Command::new("list").about("List every job with its one-line description"))
         .subcommand(
             Command::new("help")
@@ -327,7 +330,10 @@ mod tests {
             match parse("tool", "about", JOBS, argv(args)) {
                 Invocation::Print { text, status } => {
                     assert_eq!(status, ExitStatus::Usage);
-                    assert!(text.contains("gamma") && text.contains("alpha, beta"), "{text}");
+                    assert!(
+                        text.contains("gamma") && text.contains("alpha, beta"),
+                        "{text}"
+                    );
                 }
                 Invocation::Run { .. } => panic!("must not run"),
             }
@@ -336,12 +342,21 @@ mod tests {
 
     #[test]
     fn double_dash_is_optional() {
-        for args in [&["run", "beta", "--", "gotham", "--flag", "v"][..], &["run", "beta", "gotham", "--flag", "v"][..]] {
+        for args in [
+            &["run", "beta", "--", "gotham", "--flag", "v"][..],
+            &["run", "beta", "gotham", "--flag", "v"][..],
+        ] {
             match parse("tool", "about", JOBS, argv(args)) {
                 Invocation::Run { job, matches } => {
                     assert_eq!(job.name, "beta");
-                    assert_eq!(matches.get_one::<String>("slug").map(String::as_str), Some("gotham"));
-                    assert_eq!(matches.get_one::<String>("flag").map(String::as_str), Some("v"));
+                    assert_eq!(
+                        matches.get_one::<String>("slug").map(String::as_str),
+                        Some("gotham")
+                    );
+                    assert_eq!(
+                        matches.get_one::<String>("flag").map(String::as_str),
+                        Some("v")
+                    );
                 }
                 Invocation::Print { text, .. } => panic!("{text}"),
             }
@@ -353,7 +368,10 @@ mod tests {
         match parse("tool", "about", JOBS, argv(&["help", "beta"])) {
             Invocation::Print { text, status } => {
                 assert_eq!(status, ExitStatus::Success);
-                assert!(text.contains("tool run beta") && text.contains("<slug>"), "{text}");
+                assert!(
+                    text.contains("tool run beta") && text.contains("<slug>"),
+                    "{text}"
+                );
             }
             Invocation::Run { .. } => panic!("help must not run"),
         }

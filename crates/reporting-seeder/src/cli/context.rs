@@ -41,12 +41,28 @@ impl Settings {
             .ok()
             .filter(|w| *w <= 1000)
             .and_then(NonZeroUsize::new)
-            .ok_or_else(|| invalid("SEEDER_MAX_WORKERS", workers, "expected 1 to 1000 (one connection each)"))?;
+            .ok_or_else(|| {
+                invalid(
+                    "SEEDER_MAX_WORKERS",
+                    workers,
+                    "expected 1 to 1000 (one connection each)",
+                )
+            })?;
         let max_failures = u32::try_from(failures)
             .ok()
             .and_then(NonZeroU32::new)
-            .ok_or_else(|| invalid("SEEDER_MAX_FAILURES", failures, "expected a whole number of at least 1"))?;
-        let reset: u64 = env.parse_or("SEEDER_RESET_SECONDS", 300, "expected a whole number of seconds")?;
+            .ok_or_else(|| {
+                invalid(
+                    "SEEDER_MAX_FAILURES",
+                    failures,
+                    "expected a whole number of at least 1",
+                )
+            })?;
+        let reset: u64 = env.parse_or(
+            "SEEDER_RESET_SECONDS",
+            300,
+            "expected a whole number of seconds",
+        )?;
         Ok(Settings {
             run: RunSettings {
                 max_workers,
@@ -56,7 +72,11 @@ impl Settings {
                 lock_timeout_ms: SWAP_LOCK_TIMEOUT_MS,
             },
             batch_size: env.positive_or("SEEDER_BATCH_SIZE", 8)?,
-            start_delay_ms: env.parse_or("SEEDER_START_DELAY_MS", 0, "expected a whole number of milliseconds")?,
+            start_delay_ms: env.parse_or(
+                "SEEDER_START_DELAY_MS",
+                0,
+                "expected a whole number of milliseconds",
+            )?,
             max_db_active_queries: env.parse_or(
                 "SEEDER_MAX_DB_ACTIVE_QUERIES",
                 0,
@@ -81,12 +101,23 @@ impl AppContext {
         AppContext::with_connection(settings, connection)
     }
 
-    pub fn with_connection(settings: Settings, connection: ConnectionSettings) -> Result<AppContext, ConfigError> {
+    pub fn with_connection(
+        settings: Settings,
+        connection: ConnectionSettings,
+    ) -> Result<AppContext, ConfigError> {
         // One connection per worker plus the run's own.
-        let client = PostgresClient::new(&connection, settings.run.max_workers.get() + 1).map_err(|e| {
-            ConfigError::InvalidSecret { var: "DATABASE_URL".into(), reason: e.to_string() }
-        })?;
-        Ok(AppContext { settings, connection, store: Arc::new(PgStore::new(client)) })
+        let client =
+            PostgresClient::new(&connection, settings.run.max_workers.get() + 1).map_err(|e| {
+                ConfigError::InvalidSecret {
+                    var: "DATABASE_URL".into(),
+                    reason: e.to_string(),
+                }
+            })?;
+        Ok(AppContext {
+            settings,
+            connection,
+            store: Arc::new(PgStore::new(client)),
+        })
     }
 
     pub fn processor(&self) -> RunProcessor<SystemClock> {
@@ -113,7 +144,12 @@ pub fn finish(report: &RunReport) -> ExitStatus {
 }
 
 /// The shared body of the refresh jobs.
-pub async fn refresh(env: &etl_core::Env, job: &str, arguments: String, selection: Selection) -> Result<ExitStatus, JobError> {
+pub async fn refresh(
+    env: &etl_core::Env,
+    job: &str,
+    arguments: String,
+    selection: Selection,
+) -> Result<ExitStatus, JobError> {
     let ctx = AppContext::from_env(env)?;
     tracing::debug!(target = %ctx.connection.target(), "configuration read");
     let report = ctx

@@ -18,7 +18,8 @@ pub const JOBS: &[JobEntry] = &[
 ];
 
 pub const BIN: &str = "reporting-seeder";
-const ABOUT: &str = "Keeps a shared PostgreSQL's reporting materialized views up to date: reads the \
+const ABOUT: &str =
+    "Keeps a shared PostgreSQL's reporting materialized views up to date: reads the \
 manifest tables, then creates, refreshes or rebuilds one materialized view per enabled query, in \
 parallel, behind a circuit breaker, recording a history row per view.
 

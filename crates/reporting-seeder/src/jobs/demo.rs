@@ -16,9 +16,11 @@ pub const JOB: JobEntry = JobEntry {
 };
 
 #[derive(Debug, Parser)]
-#[command(after_help = "Uses the server named by DATABASE_URL or DB_HOST/DB_PORT (database reporting_seeder_demo, \
+#[command(
+    after_help = "Uses the server named by DATABASE_URL or DB_HOST/DB_PORT (database reporting_seeder_demo, \
 dropped and recreated each time); when no server answers and PostgreSQL's binaries are installed, a \
-throwaway cluster in a temporary directory, removed afterwards.")]
+throwaway cluster in a temporary directory, removed afterwards."
+)]
 struct Cli {}
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {

@@ -22,12 +22,22 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let app = AppContext::from_env(&ctx.env)?;
         let mut session = connect(app.store.as_ref()).await.map_err(run_error)?;
         let applied = session.migrate().await.map_err(|error| {
-            run_error(RunError::Database { context: "applying migrations", error })
+            run_error(RunError::Database {
+                context: "applying migrations",
+                error,
+            })
         })?;
         if applied.is_empty() {
-            println!("control tables are up to date on {}", app.connection.target());
+            println!(
+                "control tables are up to date on {}",
+                app.connection.target()
+            );
         } else {
-            println!("applied on {}: {}", app.connection.target(), applied.join(", "));
+            println!(
+                "applied on {}: {}",
+                app.connection.target(),
+                applied.join(", ")
+            );
         }
         Ok::<_, JobError>(ExitStatus::Success)
     })

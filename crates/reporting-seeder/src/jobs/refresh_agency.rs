@@ -26,8 +26,15 @@ struct Cli {
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
     Box::pin(async move {
         let cli: Cli = super::args(&matches)?;
-        let arguments = format!("{} --report-type {:?}", cli.slug, cli.report_type.report_type).to_lowercase();
-        let selection = Selection { report_type: cli.report_type.report_type, scope: Scope::Agency(cli.slug) };
+        let arguments = format!(
+            "{} --report-type {:?}",
+            cli.slug, cli.report_type.report_type
+        )
+        .to_lowercase();
+        let selection = Selection {
+            report_type: cli.report_type.report_type,
+            scope: Scope::Agency(cli.slug),
+        };
         context::refresh(&ctx.env, ctx.job, arguments, selection).await
     })
 }

@@ -31,7 +31,10 @@ pub struct ReportTypeArg {
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
     Box::pin(async move {
         let cli: Cli = super::args(&matches)?;
-        let selection = Selection { report_type: cli.report_type.report_type, scope: Scope::All };
+        let selection = Selection {
+            report_type: cli.report_type.report_type,
+            scope: Scope::All,
+        };
         let arguments = format!("--report-type {:?}", cli.report_type.report_type).to_lowercase();
         context::refresh(&ctx.env, ctx.job, arguments, selection).await
     })

@@ -23,7 +23,10 @@ struct Cli {
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
     Box::pin(async move {
         let cli: Cli = super::args(&matches)?;
-        let selection = Selection { scope: Scope::Table(cli.table.clone()), ..Default::default() };
+        let selection = Selection {
+            scope: Scope::Table(cli.table.clone()),
+            ..Default::default()
+        };
         context::refresh(&ctx.env, ctx.job, cli.table, selection).await
     })
 }

@@ -25,16 +25,27 @@ pub enum DemoError {
     #[error(transparent)]
     Run(#[from] RunError),
     #[error("nothing answers at {target} ({cause}) and no throwaway cluster could be started ({cluster}); start PostgreSQL or point DB_HOST/DB_PORT at one")]
-    NoServer { target: String, cause: String, cluster: String },
+    NoServer {
+        target: String,
+        cause: String,
+        cluster: String,
+    },
     #[error("{context}: {error}")]
-    Database { context: &'static str, error: DbError },
+    Database {
+        context: &'static str,
+        error: DbError,
+    },
 }
 
 fn at(context: &'static str) -> impl FnOnce(DbError) -> DemoError {
     move |error| DemoError::Database { context, error }
 }
 
-pub async fn run(server: ConnectionSettings, settings: RunSettings, application_name: &str) -> Result<DemoOutcome, DemoError> {
+pub async fn run(
+    server: ConnectionSettings,
+    settings: RunSettings,
+    application_name: &str,
+) -> Result<DemoOutcome, DemoError> {
     let probe = PostgresClient::new(&server, 1).map_err(at("preparing the connection"))?;
     match probe.connection().await {
         Ok(admin) => {
@@ -59,20 +70,27 @@ pub async fn run(server: ConnectionSettings, settings: RunSettings, application_
                 cause: e.message.clone(),
                 cluster: c,
             })?;
-            let local = cluster.settings(application_name).map_err(|c| DemoError::NoServer {
-                target: server.target().to_string(),
-                cause: e.message.clone(),
-                cluster: c,
-            })?;
+            let local = cluster
+                .settings(application_name)
+                .map_err(|c| DemoError::NoServer {
+                    target: server.target().to_string(),
+                    cause: e.message.clone(),
+                    cluster: c,
+                })?;
             let result = on_server(&local, settings).await;
             // Stops the server and removes its directory.
-            tokio::task::spawn_blocking(move || drop(cluster)).await.ok();
+            tokio::task::spawn_blocking(move || drop(cluster))
+                .await
+                .ok();
             result
         }
     }
 }
 
-async fn on_server(server: &ConnectionSettings, settings: RunSettings) -> Result<DemoOutcome, DemoError> {
+async fn on_server(
+    server: &ConnectionSettings,
+    settings: RunSettings,
+) -> Result<DemoOutcome, DemoError> {
     let admin = PostgresClient::new(server, 1).map_err(at("preparing the connection"))?;
     let conn = admin.connection().await.map_err(RunError::Unavailable)?;
     demo::reset_database(&conn, DEMO_DATABASE)
@@ -89,14 +107,25 @@ async fn on_server(server: &ConnectionSettings, settings: RunSettings) -> Result
         crate::repositories::Session::migrate(&mut session)
             .await
             .map_err(at("creating the control tables"))?;
-        demo::load(session.client()).await.map_err(at("loading the demo data"))?;
+        demo::load(session.client())
+            .await
+            .map_err(at("loading the demo data"))?;
     }
-    let preview_client = PostgresClient::new(&demo_settings, 1).map_err(at("preparing the connection"))?;
+    let preview_client =
+        PostgresClient::new(&demo_settings, 1).map_err(at("preparing the connection"))?;
     let store = std::sync::Arc::new(PgStore::new(client));
     let report = super::run::RunProcessor::new(store, settings, etl_core::breaker::SystemClock)
         .run("demo", "", &Selection::default())
         .await?;
-    let conn = preview_client.connection().await.map_err(at("reading the result"))?;
+    let conn = preview_client
+        .connection()
+        .await
+        .map_err(at("reading the result"))?;
     let preview = demo::preview(&conn).await.unwrap_or_default();
-    Ok(DemoOutcome { report, psql: None, preview, server: server.target().to_string() })
+    Ok(DemoOutcome {
+        report,
+        psql: None,
+        preview,
+        server: server.target().to_string(),
+    })
 }

@@ -38,11 +38,21 @@ impl FakeStore {
 }
 
 pub fn trouble(msg: &str) -> DbError {
-    DbError { kind: FailureKind::DatabaseTrouble, code: Some("57P01".into()), connect: false, message: msg.into() }
+    DbError {
+        kind: FailureKind::DatabaseTrouble,
+        code: Some("57P01".into()),
+        connect: false,
+        message: msg.into(),
+    }
 }
 
 pub fn own_error(msg: &str) -> DbError {
-    DbError { kind: FailureKind::OwnError, code: Some("22012".into()), connect: false, message: msg.into() }
+    DbError {
+        kind: FailureKind::OwnError,
+        code: Some("22012".into()),
+        connect: false,
+        message: msg.into(),
+    }
 }
 
 #[async_trait]
@@ -93,7 +103,12 @@ impl Session for FakeStore {
     async fn finish_run(&mut self, _: &str, _: &str, _: RunCounts) -> Result<(), DbError> {
         Ok(())
     }
-    async fn record_start(&mut self, _: HistoryRoutes, _: &str, view: &ViewRecord) -> Result<HistoryId, DbError> {
+    async fn record_start(
+        &mut self,
+        _: HistoryRoutes,
+        _: &str,
+        view: &ViewRecord,
+    ) -> Result<HistoryId, DbError> {
         let mut s = self.state();
         s.next_id += 1;
         let id = s.next_id;
@@ -108,17 +123,38 @@ impl Session for FakeStore {
         history: Option<HistoryId>,
         outcome: &Outcome,
     ) -> Result<(), DbError> {
-        self.state().finished.push((history, view.table_name.clone(), outcome.clone()));
+        self.state()
+            .finished
+            .push((history, view.table_name.clone(), outcome.clone()));
         Ok(())
     }
-    async fn create_view(&mut self, view: Rel<'_>, _: bool, _: &str, _: &str, _: &str) -> Result<u64, DbError> {
+    async fn create_view(
+        &mut self,
+        view: Rel<'_>,
+        _: bool,
+        _: &str,
+        _: &str,
+        _: &str,
+    ) -> Result<u64, DbError> {
         self.ddl("create", view.key()).await.map(|_| 1)
     }
     async fn refresh_view(&mut self, view: Rel<'_>, concurrently: bool) -> Result<(), DbError> {
-        let what = if concurrently { "refresh concurrently" } else { "refresh" };
+        let what = if concurrently {
+            "refresh concurrently"
+        } else {
+            "refresh"
+        };
         self.ddl(what, view.key()).await
     }
-    async fn rebuild_view(&mut self, view: Rel<'_>, _: &str, _: &str, _: &str, _: &str, _: u64) -> Result<u64, DbError> {
+    async fn rebuild_view(
+        &mut self,
+        view: Rel<'_>,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: u64,
+    ) -> Result<u64, DbError> {
         self.ddl("rebuild", view.key()).await.map(|_| 1)
     }
     async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError> {
@@ -126,6 +162,9 @@ impl Session for FakeStore {
         Ok(())
     }
     async fn analyze_view(&mut self, _: Rel<'_>) -> Result<ViewStats, DbError> {
-        Ok(ViewStats { rows: 1, bytes: 8192 })
+        Ok(ViewStats {
+            rows: 1,
+            bytes: 8192,
+        })
     }
 }

@@ -107,7 +107,8 @@ pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Vec<PlannedVi
     let selected: Vec<&ManifestRow> = match &selection.scope {
         Scope::All => rows.into_iter().filter(|r| r.enabled).collect(),
         Scope::Agency(slug) => {
-            let named: Vec<&&ManifestRow> = rows.iter().filter(|r| &r.agency_slug == slug).collect();
+            let named: Vec<&&ManifestRow> =
+                rows.iter().filter(|r| &r.agency_slug == slug).collect();
             if named.is_empty() {
                 return Err(PlanError::UnknownAgency(slug.clone()));
             }
@@ -133,8 +134,10 @@ pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Vec<PlannedVi
             let wanted = ViewName::parse(table)
                 .map_err(|e| PlanError::BadTable(e.to_string()))?
                 .to_string();
-            let named: Vec<&ManifestRow> =
-                rows.into_iter().filter(|r| key_of(&r.table_name) == wanted).collect();
+            let named: Vec<&ManifestRow> = rows
+                .into_iter()
+                .filter(|r| key_of(&r.table_name) == wanted)
+                .collect();
             if named.is_empty() {
                 return Err(PlanError::UnknownTable(wanted));
             }
@@ -180,7 +183,10 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
         },
         report_name: first.report_name.clone(),
         report_type: first.report_type,
-        agency_id: agencies.first().map(|(id, _)| *id).unwrap_or(first.agency_id),
+        agency_id: agencies
+            .first()
+            .map(|(id, _)| *id)
+            .unwrap_or(first.agency_id),
         agency_slug: truncate(&slugs.join(","), SLUG_COLUMN_BYTES),
     };
 
@@ -284,7 +290,12 @@ mod tests {
         let p = plan(&rows(), &Selection::default()).unwrap();
         assert_eq!(
             keys(&p),
-            ["reporting.gotham_arrests", "reporting.metro_arrests", "reporting.stg_arrests", "reporting.metro_only"]
+            [
+                "reporting.gotham_arrests",
+                "reporting.metro_arrests",
+                "reporting.stg_arrests",
+                "reporting.metro_only"
+            ]
         );
         let shared = &p[2];
         assert_eq!(shared.record.manifest_id, 100);
@@ -295,32 +306,74 @@ mod tests {
 
     #[test]
     fn report_type_filter() {
-        let s = Selection { report_type: TypeFilter::Canned, scope: Scope::All };
-        assert_eq!(keys(&plan(&rows(), &s).unwrap()), ["reporting.stg_arrests", "reporting.metro_only"]);
-        let s = Selection { report_type: TypeFilter::Custom, scope: Scope::All };
-        assert_eq!(keys(&plan(&rows(), &s).unwrap()), ["reporting.gotham_arrests", "reporting.metro_arrests"]);
+        let s = Selection {
+            report_type: TypeFilter::Canned,
+            scope: Scope::All,
+        };
+        assert_eq!(
+            keys(&plan(&rows(), &s).unwrap()),
+            ["reporting.stg_arrests", "reporting.metro_only"]
+        );
+        let s = Selection {
+            report_type: TypeFilter::Custom,
+            scope: Scope::All,
+        };
+        assert_eq!(
+            keys(&plan(&rows(), &s).unwrap()),
+            ["reporting.gotham_arrests", "reporting.metro_arrests"]
+        );
     }
 
     #[test]
     fn agency_includes_its_shared_canned_views_only() {
-        let s = Selection { scope: Scope::Agency("gotham".into()), ..Default::default() };
+        let s = Selection {
+            scope: Scope::Agency("gotham".into()),
+            ..Default::default()
+        };
         let p = plan(&rows(), &s).unwrap();
-        assert_eq!(keys(&p), ["reporting.gotham_arrests", "reporting.stg_arrests"]);
+        assert_eq!(
+            keys(&p),
+            ["reporting.gotham_arrests", "reporting.stg_arrests"]
+        );
         assert_eq!(p[1].record.agency_slug, "gotham,metropolis");
     }
 
     #[test]
     fn unknown_and_disabled_selections_are_usage_errors() {
-        let agency = |s: &str| Selection { scope: Scope::Agency(s.into()), ..Default::default() };
-        let table = |s: &str| Selection { scope: Scope::Table(s.into()), ..Default::default() };
-        assert_eq!(plan(&rows(), &agency("smallville")), Err(PlanError::UnknownAgency("smallville".into())));
+        let agency = |s: &str| Selection {
+            scope: Scope::Agency(s.into()),
+            ..Default::default()
+        };
+        let table = |s: &str| Selection {
+            scope: Scope::Table(s.into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&rows(), &agency("smallville")),
+            Err(PlanError::UnknownAgency("smallville".into()))
+        );
         let mut r = rows();
         r.push(custom(4, "reporting.sv", "smallville", false));
-        assert_eq!(plan(&r, &agency("smallville")), Err(PlanError::DisabledAgency("smallville".into())));
-        assert_eq!(plan(&r, &table("reporting.nope")), Err(PlanError::UnknownTable("reporting.nope".into())));
-        assert_eq!(plan(&r, &table("reporting.gotham_old")), Err(PlanError::DisabledTable("reporting.gotham_old".into())));
-        assert!(matches!(plan(&r, &table("a.b.c")), Err(PlanError::BadTable(_))));
-        assert_eq!(keys(&plan(&r, &table("Reporting.Metro_Arrests")).unwrap()), ["reporting.metro_arrests"]);
+        assert_eq!(
+            plan(&r, &agency("smallville")),
+            Err(PlanError::DisabledAgency("smallville".into()))
+        );
+        assert_eq!(
+            plan(&r, &table("reporting.nope")),
+            Err(PlanError::UnknownTable("reporting.nope".into()))
+        );
+        assert_eq!(
+            plan(&r, &table("reporting.gotham_old")),
+            Err(PlanError::DisabledTable("reporting.gotham_old".into()))
+        );
+        assert!(matches!(
+            plan(&r, &table("a.b.c")),
+            Err(PlanError::BadTable(_))
+        ));
+        assert_eq!(
+            keys(&plan(&r, &table("Reporting.Metro_Arrests")).unwrap()),
+            ["reporting.metro_arrests"]
+        );
     }
 
     #[test]
@@ -329,10 +382,26 @@ mod tests {
         bad_name.query = "SELECT 1".into();
         let mut bad_query = custom(6, "reporting.two", "gotham", true);
         bad_query.query = "SELECT 1; DROP TABLE x".into();
-        let p = plan(&[bad_name, bad_query, custom(7, "reporting.ok", "gotham", true)], &Selection::default()).unwrap();
+        let p = plan(
+            &[
+                bad_name,
+                bad_query,
+                custom(7, "reporting.ok", "gotham", true),
+            ],
+            &Selection::default(),
+        )
+        .unwrap();
         assert_eq!(p.len(), 3);
-        assert!(matches!(&p[0].plan, ViewPlan::Invalid(r) if r.contains("table name")), "{:?}", p[0].plan);
-        assert!(matches!(&p[1].plan, ViewPlan::Invalid(r) if r.contains("statement")), "{:?}", p[1].plan);
+        assert!(
+            matches!(&p[0].plan, ViewPlan::Invalid(r) if r.contains("table name")),
+            "{:?}",
+            p[0].plan
+        );
+        assert!(
+            matches!(&p[1].plan, ViewPlan::Invalid(r) if r.contains("statement")),
+            "{:?}",
+            p[1].plan
+        );
         assert!(matches!(p[2].plan, ViewPlan::Valid { .. }));
     }
 
@@ -343,7 +412,9 @@ mod tests {
         b.query = "SELECT 2 AS id".into();
         let p = plan(&[a.clone(), b], &Selection::default()).unwrap();
         assert_eq!(p.len(), 1);
-        assert!(matches!(&p[0].plan, ViewPlan::Invalid(r) if r.contains("custom manifest 1") && r.contains("custom manifest 2")));
+        assert!(
+            matches!(&p[0].plan, ViewPlan::Invalid(r) if r.contains("custom manifest 1") && r.contains("custom manifest 2"))
+        );
         let mut c = custom(3, "reporting.same", "metropolis", true);
         c.query = a.query.clone();
         let p = plan(&[a, c], &Selection::default()).unwrap();

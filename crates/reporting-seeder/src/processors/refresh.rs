@@ -20,7 +20,9 @@ impl Action {
     pub fn label(self) -> &'static str {
         match self {
             Action::Create { .. } => "create",
-            Action::Refresh { concurrently: false } => "refresh",
+            Action::Refresh {
+                concurrently: false,
+            } => "refresh",
             Action::Refresh { concurrently: true } => "refresh concurrently",
             Action::Rebuild { adopt: false, .. } => "rebuild",
             Action::Rebuild { adopt: true, .. } => "adopt",
@@ -29,7 +31,12 @@ impl Action {
 }
 
 /// The refresh rules, as a pure function of what the catalog says.
-pub fn decide(state: &ViewState, hash: &str, concurrently_enabled: bool, key: &str) -> Result<Action, String> {
+pub fn decide(
+    state: &ViewState,
+    hash: &str,
+    concurrently_enabled: bool,
+    key: &str,
+) -> Result<Action, String> {
     let Some(oid) = state.oid else {
         return Ok(Action::Create {
             create_schema: !state.schema_exists,
@@ -82,9 +89,11 @@ pub async fn perform(
     lock_timeout_ms: u64,
 ) -> Result<Done, DbError> {
     let exact = match action {
-        Action::Create { create_schema } => {
-            Some(session.create_view(name, create_schema, query, hash, run_id).await?)
-        }
+        Action::Create { create_schema } => Some(
+            session
+                .create_view(name, create_schema, query, hash, run_id)
+                .await?,
+        ),
         Action::Refresh { concurrently } => {
             session.refresh_view(name, concurrently).await?;
             None
@@ -97,7 +106,9 @@ pub async fn perform(
     };
     let stats = session.analyze_view(name).await?;
     Ok(Done {
-        rows: exact.map(|r| i64::try_from(r).unwrap_or(i64::MAX)).unwrap_or(stats.rows),
+        rows: exact
+            .map(|r| i64::try_from(r).unwrap_or(i64::MAX))
+            .unwrap_or(stats.rows),
         bytes: stats.bytes,
     })
 }
@@ -120,30 +131,82 @@ mod tests {
     #[test]
     fn missing_view_is_created_with_its_schema_when_needed() {
         let none = ViewState::default();
-        assert_eq!(decide(&none, "h", false, "s.v"), Ok(Action::Create { create_schema: true }));
-        let schema_only = ViewState { schema_exists: true, ..Default::default() };
-        assert_eq!(decide(&schema_only, "h", false, "s.v"), Ok(Action::Create { create_schema: false }));
+        assert_eq!(
+            decide(&none, "h", false, "s.v"),
+            Ok(Action::Create {
+                create_schema: true
+            })
+        );
+        let schema_only = ViewState {
+            schema_exists: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            decide(&schema_only, "h", false, "s.v"),
+            Ok(Action::Create {
+                create_schema: false
+            })
+        );
     }
 
     #[test]
     fn unchanged_view_is_refreshed_concurrently_only_when_allowed_and_possible() {
-        assert_eq!(decide(&matview(Some("h")), "h", false, "s.v"), Ok(Action::Refresh { concurrently: false }));
-        assert_eq!(decide(&matview(Some("h")), "h", true, "s.v"), Ok(Action::Refresh { concurrently: true }));
-        let no_index = ViewState { has_concurrent_index: false, ..matview(Some("h")) };
-        assert_eq!(decide(&no_index, "h", true, "s.v"), Ok(Action::Refresh { concurrently: false }));
-        let unpopulated = ViewState { populated: false, ..matview(Some("h")) };
-        assert_eq!(decide(&unpopulated, "h", true, "s.v"), Ok(Action::Refresh { concurrently: false }));
+        assert_eq!(
+            decide(&matview(Some("h")), "h", false, "s.v"),
+            Ok(Action::Refresh {
+                concurrently: false
+            })
+        );
+        assert_eq!(
+            decide(&matview(Some("h")), "h", true, "s.v"),
+            Ok(Action::Refresh { concurrently: true })
+        );
+        let no_index = ViewState {
+            has_concurrent_index: false,
+            ..matview(Some("h"))
+        };
+        assert_eq!(
+            decide(&no_index, "h", true, "s.v"),
+            Ok(Action::Refresh {
+                concurrently: false
+            })
+        );
+        let unpopulated = ViewState {
+            populated: false,
+            ..matview(Some("h"))
+        };
+        assert_eq!(
+            decide(&unpopulated, "h", true, "s.v"),
+            Ok(Action::Refresh {
+                concurrently: false
+            })
+        );
     }
 
     #[test]
     fn changed_or_unknown_query_is_rebuilt() {
-        assert_eq!(decide(&matview(Some("old")), "new", true, "s.v"), Ok(Action::Rebuild { oid: 42, adopt: false }));
-        assert_eq!(decide(&matview(None), "new", true, "s.v"), Ok(Action::Rebuild { oid: 42, adopt: true }));
+        assert_eq!(
+            decide(&matview(Some("old")), "new", true, "s.v"),
+            Ok(Action::Rebuild {
+                oid: 42,
+                adopt: false
+            })
+        );
+        assert_eq!(
+            decide(&matview(None), "new", true, "s.v"),
+            Ok(Action::Rebuild {
+                oid: 42,
+                adopt: true
+            })
+        );
     }
 
     #[test]
     fn a_table_of_that_name_is_never_touched() {
-        let table = ViewState { relkind: Some('r'), ..matview(Some("h")) };
+        let table = ViewState {
+            relkind: Some('r'),
+            ..matview(Some("h"))
+        };
         let err = decide(&table, "h", false, "s.v").unwrap_err();
         assert!(err.contains("is a table"), "{err}");
     }

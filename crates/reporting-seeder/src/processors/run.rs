@@ -46,7 +46,12 @@ pub struct RunReport {
 
 impl RunReport {
     pub fn counts(&self) -> RunCounts {
-        let n = |s: &str| self.results.iter().filter(|r| r.outcome.status == s).count() as i32;
+        let n = |s: &str| {
+            self.results
+                .iter()
+                .filter(|r| r.outcome.status == s)
+                .count() as i32
+        };
         RunCounts {
             views: self.results.len() as i32,
             succeeded: n("success"),
@@ -57,7 +62,8 @@ impl RunReport {
 
     /// Every selected view is up to date and recorded.
     pub fn all_succeeded(&self) -> bool {
-        self.bookkeeping_errors.is_empty() && self.results.iter().all(|r| r.outcome.status == "success")
+        self.bookkeeping_errors.is_empty()
+            && self.results.iter().all(|r| r.outcome.status == "success")
     }
 }
 
@@ -73,7 +79,10 @@ pub enum RunError {
     #[error(transparent)]
     Selection(#[from] PlanError),
     #[error("{context}: {error}")]
-    Database { context: &'static str, error: DbError },
+    Database {
+        context: &'static str,
+        error: DbError,
+    },
 }
 
 fn at(context: &'static str) -> impl FnOnce(DbError) -> RunError {
@@ -116,27 +125,50 @@ struct TaskResult {
 
 impl<C: Clock + Clone + 'static> RunProcessor<C> {
     pub fn new(store: Arc<dyn Store>, settings: RunSettings, clock: C) -> Self {
-        RunProcessor { store, settings, clock }
+        RunProcessor {
+            store,
+            settings,
+            clock,
+        }
     }
 
     /// Migrates, plans `selection`, refreshes every selected view and records each outcome.
-    pub async fn run(&self, job: &str, arguments: &str, selection: &Selection) -> Result<RunReport, RunError> {
+    pub async fn run(
+        &self,
+        job: &str,
+        arguments: &str,
+        selection: &Selection,
+    ) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let mut main = connect(self.store.as_ref()).await?;
         main.migrate().await.map_err(at("applying migrations"))?;
-        let rows = main.load_manifests().await.map_err(at("reading the manifest tables"))?;
+        let rows = main
+            .load_manifests()
+            .await
+            .map_err(at("reading the manifest tables"))?;
         let planned = plan(&rows, selection)?;
-        let routes = main.history_routes().await.map_err(at("inspecting the history tables"))?;
+        let routes = main
+            .history_routes()
+            .await
+            .map_err(at("inspecting the history tables"))?;
         let names: Vec<Rel<'_>> = planned
             .iter()
             .filter_map(|p| match &p.plan {
-                ViewPlan::Valid { name, .. } => Some(Rel { schema: name.schema(), name: name.name() }),
+                ViewPlan::Valid { name, .. } => Some(Rel {
+                    schema: name.schema(),
+                    name: name.name(),
+                }),
                 ViewPlan::Invalid(_) => None,
             })
             .collect();
-        let states = main.inspect(&names).await.map_err(at("inspecting the views"))?;
+        let states = main
+            .inspect(&names)
+            .await
+            .map_err(at("inspecting the views"))?;
         let run_id = uuid::Uuid::new_v4().to_string();
-        main.begin_run(&run_id, job, arguments).await.map_err(at("recording the run"))?;
+        main.begin_run(&run_id, job, arguments)
+            .await
+            .map_err(at("recording the run"))?;
         tracing::info!(run_id = %run_id, views = planned.len(), workers = self.settings.max_workers.get(), "run started");
 
         let shared = Arc::new(Shared {
@@ -152,11 +184,15 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             settings: self.settings.clone(),
         });
 
-        let finished = run_bounded(planned.into_iter().enumerate(), self.settings.max_workers, |(i, view)| {
-            let key = (i, view.key.clone(), view.record.clone());
-            let decision = start_view(&shared, view, &states);
-            (key, decision)
-        })
+        let finished = run_bounded(
+            planned.into_iter().enumerate(),
+            self.settings.max_workers,
+            |(i, view)| {
+                let key = (i, view.key.clone(), view.record.clone());
+                let decision = start_view(&shared, view, &states);
+                (key, decision)
+            },
+        )
         .await;
 
         // Whatever a worker could not record (skips, failures to connect, panics) is recorded
@@ -175,10 +211,19 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             });
             if !task.recorded {
                 if let Err(e) = main
-                    .record_finish(routes, &run_id, &task.result.record, task.history, &task.result.outcome)
+                    .record_finish(
+                        routes,
+                        &run_id,
+                        &task.result.record,
+                        task.history,
+                        &task.result.outcome,
+                    )
                     .await
                 {
-                    bookkeeping_errors.push(format!("{}: could not record the outcome: {e}", task.result.key));
+                    bookkeeping_errors.push(format!(
+                        "{}: could not record the outcome: {e}",
+                        task.result.key
+                    ));
                 }
             }
             results.push((i, task.result));
@@ -190,9 +235,18 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             wall: started.elapsed(),
             bookkeeping_errors,
         };
-        let status = if report.all_succeeded() { "success" } else { "failed" };
-        if let Err(e) = main.finish_run(&report.run_id, status, report.counts()).await {
-            report.bookkeeping_errors.push(format!("could not record the end of the run: {e}"));
+        let status = if report.all_succeeded() {
+            "success"
+        } else {
+            "failed"
+        };
+        if let Err(e) = main
+            .finish_run(&report.run_id, status, report.counts())
+            .await
+        {
+            report
+                .bookkeeping_errors
+                .push(format!("could not record the end of the run: {e}"));
         }
         Ok(report)
     }
@@ -230,7 +284,11 @@ fn start_view<C: Clock + 'static>(
 ) -> Start<Task, TaskResult> {
     let done = |outcome: Outcome| {
         Start::Done(TaskResult {
-            result: ViewResult { key: view.key.clone(), record: view.record.clone(), outcome },
+            result: ViewResult {
+                key: view.key.clone(),
+                record: view.record.clone(),
+                outcome,
+            },
             history: None,
             recorded: false,
         })
@@ -240,7 +298,12 @@ fn start_view<C: Clock + 'static>(
         ViewPlan::Valid { name, query, hash } => (name.clone(), query.clone(), hash.clone()),
     };
     let state = states.get(&view.key).cloned().unwrap_or_default();
-    let action = match decide(&state, &hash, shared.settings.refresh_concurrently, &view.key) {
+    let action = match decide(
+        &state,
+        &hash,
+        shared.settings.refresh_concurrently,
+        &view.key,
+    ) {
         Ok(a) => a,
         Err(reason) => return done(failed(0, reason)),
     };
@@ -257,13 +320,20 @@ fn start_view<C: Clock + 'static>(
     };
     let shared = shared.clone();
     Start::Run(Box::pin(async move {
-        let mut guard = TicketGuard { shared: &shared, ticket: Some(ticket) };
+        let mut guard = TicketGuard {
+            shared: &shared,
+            ticket: Some(ticket),
+        };
         let began = Instant::now();
         let ms = |b: Instant| u64::try_from(b.elapsed().as_millis()).unwrap_or(u64::MAX);
         let record = view.record.clone();
         let key = view.key.clone();
         let result = |outcome: Outcome, history, recorded| TaskResult {
-            result: ViewResult { key: key.clone(), record: record.clone(), outcome },
+            result: ViewResult {
+                key: key.clone(),
+                record: record.clone(),
+                outcome,
+            },
             history,
             recorded,
         };
@@ -274,14 +344,27 @@ fn start_view<C: Clock + 'static>(
                 return result(failed(ms(began), e.message), None, false);
             }
         };
-        let history = match session.record_start(shared.routes, &shared.run_id, &view.record).await {
+        let history = match session
+            .record_start(shared.routes, &shared.run_id, &view.record)
+            .await
+        {
             Ok(id) => id,
             Err(e) => {
                 guard.finish(&e);
-                return result(failed(ms(began), format!("could not record the start: {}", e.message)), None, false);
+                return result(
+                    failed(
+                        ms(began),
+                        format!("could not record the start: {}", e.message),
+                    ),
+                    None,
+                    false,
+                );
             }
         };
-        let rel = Rel { schema: name.schema(), name: name.name() };
+        let rel = Rel {
+            schema: name.schema(),
+            name: name.name(),
+        };
         tracing::debug!(view = %view.key, action = action.label(), "refresh started");
         let outcome = match perform(
             session.as_mut(),
@@ -309,11 +392,20 @@ fn start_view<C: Clock + 'static>(
             Err(e) => {
                 guard.finish(&e);
                 tracing::warn!(view = %view.key, action = action.label(), error = %e, "refresh failed");
-                Outcome { action: Some(action.label()), ..failed(ms(began), e.message) }
+                Outcome {
+                    action: Some(action.label()),
+                    ..failed(ms(began), e.message)
+                }
             }
         };
         match session
-            .record_finish(shared.routes, &shared.run_id, &view.record, Some(history), &outcome)
+            .record_finish(
+                shared.routes,
+                &shared.run_id,
+                &view.record,
+                Some(history),
+                &outcome,
+            )
             .await
         {
             Ok(()) => result(outcome, Some(history), true),

@@ -32,7 +32,11 @@ pub fn render(report: &RunReport) -> String {
             o.status,
             o.action.unwrap_or("-"),
             format!("{} ms", o.duration_ms),
-            if o.status == "success" { o.rows.to_string() } else { "-".to_string() },
+            if o.status == "success" {
+                o.rows.to_string()
+            } else {
+                "-".to_string()
+            },
             r.key
         );
         if let Some(e) = &o.error {
@@ -42,19 +46,36 @@ pub fn render(report: &RunReport) -> String {
         out.push('\n');
     };
     if !report.results.is_empty() {
-        let _ = writeln!(out, "  {:<8} {:<21} {:>9} {:>10}  view", "status", "action", "duration", "rows");
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<21} {:>9} {:>10}  view",
+            "status", "action", "duration", "rows"
+        );
     }
     if report.results.len() <= LIST_ALL_UP_TO {
         for r in &report.results {
             line(&mut out, r);
         }
     } else {
-        for r in report.results.iter().filter(|r| r.outcome.status != "success") {
+        for r in report
+            .results
+            .iter()
+            .filter(|r| r.outcome.status != "success")
+        {
             line(&mut out, r);
         }
-        let mut ok: Vec<_> = report.results.iter().filter(|r| r.outcome.status == "success").collect();
+        let mut ok: Vec<_> = report
+            .results
+            .iter()
+            .filter(|r| r.outcome.status == "success")
+            .collect();
         ok.sort_by_key(|r| std::cmp::Reverse(r.outcome.duration_ms));
-        let _ = writeln!(out, "  slowest {} of {} successful views:", SLOWEST.min(ok.len()), ok.len());
+        let _ = writeln!(
+            out,
+            "  slowest {} of {} successful views:",
+            SLOWEST.min(ok.len()),
+            ok.len()
+        );
         for r in ok.into_iter().take(SLOWEST) {
             line(&mut out, r);
         }

@@ -9,7 +9,10 @@ use super::ident;
 /// still connected to it. Only ever called with the demo's own database name.
 pub async fn reset_database(client: &Client, dbname: &str) -> Result<(), DbError> {
     client
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", ident(dbname)))
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            ident(dbname)
+        ))
         .await?;
     client
         .batch_execute(&format!("CREATE DATABASE {}", ident(dbname)))

@@ -27,8 +27,16 @@ impl HistoryRoutes {
         match report_type {
             ReportType::Custom => (HISTORY, STATUS),
             ReportType::Canned => (
-                if self.canned_history_in_own_table { CANNED_HISTORY } else { HISTORY },
-                if self.canned_status_in_own_table { CANNED_STATUS } else { STATUS },
+                if self.canned_history_in_own_table {
+                    CANNED_HISTORY
+                } else {
+                    HISTORY
+                },
+                if self.canned_status_in_own_table {
+                    CANNED_STATUS
+                } else {
+                    STATUS
+                },
             ),
         }
     }
@@ -85,7 +93,12 @@ pub async fn routes(client: &Client) -> Result<HistoryRoutes, DbError> {
     })
 }
 
-pub async fn begin_run(client: &Client, run_id: &str, job: &str, arguments: &str) -> Result<(), DbError> {
+pub async fn begin_run(
+    client: &Client,
+    run_id: &str,
+    job: &str,
+    arguments: &str,
+) -> Result<(), DbError> {
     let host = std::env::var("HOSTNAME").ok();
     let pid = i32::try_from(std::process::id()).unwrap_or_default();
     client
@@ -98,7 +111,12 @@ pub async fn begin_run(client: &Client, run_id: &str, job: &str, arguments: &str
     Ok(())
 }
 
-pub async fn finish_run(client: &Client, run_id: &str, status: &str, c: RunCounts) -> Result<(), DbError> {
+pub async fn finish_run(
+    client: &Client,
+    run_id: &str,
+    status: &str,
+    c: RunCounts,
+) -> Result<(), DbError> {
     client
         .execute(
             "UPDATE reporting.seeder_run

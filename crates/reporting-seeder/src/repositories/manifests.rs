@@ -75,7 +75,10 @@ pub async fn load(client: &Client) -> Result<Vec<ManifestRow>, DbError> {
             enabled: r.try_get::<_, Option<bool>>(6)?.unwrap_or(false),
         });
     }
-    let has_enabled: bool = client.query_one(CANNED_HAS_ENABLED, &[]).await?.try_get(0)?;
+    let has_enabled: bool = client
+        .query_one(CANNED_HAS_ENABLED, &[])
+        .await?
+        .try_get(0)?;
     let canned = if has_enabled {
         CANNED_WITH_ENABLED
     } else {

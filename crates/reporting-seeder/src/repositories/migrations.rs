@@ -15,10 +15,14 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[(
 const LOCK_KEY: i64 = 0x7273_6d69_6772_6174;
 
 pub async fn apply(client: &mut Client) -> Result<Vec<String>, DbError> {
-    client.execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
+        .await?;
     let result = apply_locked(client).await;
     // Release even on failure; a lost connection releases it anyway.
-    let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY]).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await;
     let applied = result?;
     unlock?;
     Ok(applied)
@@ -35,7 +39,9 @@ async fn apply_locked(client: &mut Client) -> Result<Vec<String>, DbError> {
         .await?
         .try_get(0)?;
     if !has_schema {
-        client.batch_execute("CREATE SCHEMA IF NOT EXISTS reporting").await?;
+        client
+            .batch_execute("CREATE SCHEMA IF NOT EXISTS reporting")
+            .await?;
     }
     client
         .batch_execute(
@@ -47,7 +53,10 @@ async fn apply_locked(client: &mut Client) -> Result<Vec<String>, DbError> {
         )
         .await?;
     let done: Vec<i32> = client
-        .query("SELECT version FROM reporting.seeder_schema_migrations", &[])
+        .query(
+            "SELECT version FROM reporting.seeder_schema_migrations",
+            &[],
+        )
         .await?
         .iter()
         .map(|r| r.try_get(0))

@@ -56,9 +56,19 @@ pub trait Session: Send {
     async fn history_routes(&mut self) -> Result<HistoryRoutes, DbError>;
 
     async fn begin_run(&mut self, run_id: &str, job: &str, arguments: &str) -> Result<(), DbError>;
-    async fn finish_run(&mut self, run_id: &str, status: &str, counts: RunCounts) -> Result<(), DbError>;
+    async fn finish_run(
+        &mut self,
+        run_id: &str,
+        status: &str,
+        counts: RunCounts,
+    ) -> Result<(), DbError>;
     /// Inserts the `running` history row.
-    async fn record_start(&mut self, routes: HistoryRoutes, run_id: &str, view: &ViewRecord) -> Result<HistoryId, DbError>;
+    async fn record_start(
+        &mut self,
+        routes: HistoryRoutes,
+        run_id: &str,
+        view: &ViewRecord,
+    ) -> Result<HistoryId, DbError>;
     /// Completes the history row (or inserts a complete one when `history` is `None`), upserts
     /// the job status and the per-run detail, in one statement.
     async fn record_finish(
@@ -71,11 +81,26 @@ pub trait Session: Send {
     ) -> Result<(), DbError>;
 
     /// `CREATE MATERIALIZED VIEW … AS <query>` and its hash, in one transaction; returns rows.
-    async fn create_view(&mut self, view: Rel<'_>, create_schema: bool, query: &str, hash: &str, run_id: &str) -> Result<u64, DbError>;
+    async fn create_view(
+        &mut self,
+        view: Rel<'_>,
+        create_schema: bool,
+        query: &str,
+        hash: &str,
+        run_id: &str,
+    ) -> Result<u64, DbError>;
     async fn refresh_view(&mut self, view: Rel<'_>, concurrently: bool) -> Result<(), DbError>;
     /// Builds `query` under `temp`, copies indexes, grants, comment and owner from `view`, then
     /// swaps the names and drops the old view in one short transaction; returns rows.
-    async fn rebuild_view(&mut self, view: Rel<'_>, temp: &str, query: &str, hash: &str, run_id: &str, lock_timeout_ms: u64) -> Result<u64, DbError>;
+    async fn rebuild_view(
+        &mut self,
+        view: Rel<'_>,
+        temp: &str,
+        query: &str,
+        hash: &str,
+        run_id: &str,
+        lock_timeout_ms: u64,
+    ) -> Result<u64, DbError>;
     /// Drops a leftover temporary view (from an interrupted rebuild).
     async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError>;
     /// `ANALYZE`, then the view's row estimate and size.
@@ -140,10 +165,20 @@ impl Session for PgSession {
     async fn begin_run(&mut self, run_id: &str, job: &str, arguments: &str) -> Result<(), DbError> {
         history::begin_run(&self.conn, run_id, job, arguments).await
     }
-    async fn finish_run(&mut self, run_id: &str, status: &str, counts: RunCounts) -> Result<(), DbError> {
+    async fn finish_run(
+        &mut self,
+        run_id: &str,
+        status: &str,
+        counts: RunCounts,
+    ) -> Result<(), DbError> {
         history::finish_run(&self.conn, run_id, status, counts).await
     }
-    async fn record_start(&mut self, routes: HistoryRoutes, run_id: &str, view: &ViewRecord) -> Result<HistoryId, DbError> {
+    async fn record_start(
+        &mut self,
+        routes: HistoryRoutes,
+        run_id: &str,
+        view: &ViewRecord,
+    ) -> Result<HistoryId, DbError> {
         history::record_start(&self.conn, routes, run_id, view).await
     }
     async fn record_finish(
@@ -156,14 +191,38 @@ impl Session for PgSession {
     ) -> Result<(), DbError> {
         history::record_finish(&self.conn, routes, run_id, view, history, outcome).await
     }
-    async fn create_view(&mut self, view: Rel<'_>, create_schema: bool, query: &str, hash: &str, run_id: &str) -> Result<u64, DbError> {
+    async fn create_view(
+        &mut self,
+        view: Rel<'_>,
+        create_schema: bool,
+        query: &str,
+        hash: &str,
+        run_id: &str,
+    ) -> Result<u64, DbError> {
         views::create(&mut self.conn, view, create_schema, query, hash, run_id).await
     }
     async fn refresh_view(&mut self, view: Rel<'_>, concurrently: bool) -> Result<(), DbError> {
         views::refresh(&self.conn, view, concurrently).await
     }
-    async fn rebuild_view(&mut self, view: Rel<'_>, temp: &str, query: &str, hash: &str, run_id: &str, lock_timeout_ms: u64) -> Result<u64, DbError> {
-        views::rebuild(&mut self.conn, view, temp, query, hash, run_id, lock_timeout_ms).await
+    async fn rebuild_view(
+        &mut self,
+        view: Rel<'_>,
+        temp: &str,
+        query: &str,
+        hash: &str,
+        run_id: &str,
+        lock_timeout_ms: u64,
+    ) -> Result<u64, DbError> {
+        views::rebuild(
+            &mut self.conn,
+            view,
+            temp,
+            query,
+            hash,
+            run_id,
+            lock_timeout_ms,
+        )
+        .await
     }
     async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError> {
         views::drop_if_exists(&self.conn, view).await

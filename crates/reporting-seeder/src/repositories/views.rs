@@ -44,7 +44,10 @@ const INSPECT: &str = "
     LEFT JOIN reporting.seeder_view_state s ON s.table_name = v.schema || '.' || v.name";
 
 /// The state of every named view, keyed by `schema.name`, in one round trip.
-pub async fn inspect(client: &Client, views: &[Rel<'_>]) -> Result<HashMap<String, ViewState>, DbError> {
+pub async fn inspect(
+    client: &Client,
+    views: &[Rel<'_>],
+) -> Result<HashMap<String, ViewState>, DbError> {
     let schemas: Vec<&str> = views.iter().map(|v| v.schema).collect();
     let names: Vec<&str> = views.iter().map(|v| v.name).collect();
     let mut out = HashMap::with_capacity(views.len());
@@ -90,11 +93,15 @@ pub async fn create(
 ) -> Result<u64, DbError> {
     let tx = client.transaction().await?;
     if create_schema {
-        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(view.schema)))
-            .await?;
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {}",
+            ident(view.schema)
+        ))
+        .await?;
     }
     let rows = tx.execute(&create_sql(&view.quoted(), query), &[]).await?;
-    tx.execute(UPSERT_STATE, &[&view.key(), &hash, &run_id]).await?;
+    tx.execute(UPSERT_STATE, &[&view.key(), &hash, &run_id])
+        .await?;
     tx.commit().await?;
     Ok(rows)
 }
@@ -126,7 +133,10 @@ pub async fn refresh(client: &Client, view: Rel<'_>, concurrently: bool) -> Resu
 
 pub async fn drop_if_exists(client: &Client, view: Rel<'_>) -> Result<(), DbError> {
     client
-        .batch_execute(&format!("DROP MATERIALIZED VIEW IF EXISTS {}", view.quoted()))
+        .batch_execute(&format!(
+            "DROP MATERIALIZED VIEW IF EXISTS {}",
+            view.quoted()
+        ))
         .await?;
     Ok(())
 }
@@ -163,7 +173,14 @@ const OLD_INDEXES: &str = "
     ORDER BY ic.relname";
 
 const PRIVILEGES: &[&str] = &[
-    "SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN",
+    "SELECT",
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "TRUNCATE",
+    "REFERENCES",
+    "TRIGGER",
+    "MAINTAIN",
 ];
 
 pub async fn rebuild(
@@ -258,7 +275,10 @@ async fn dress_and_swap(
             .batch_execute(&format!(
                 "GRANT {privilege} ON {} TO {}{}",
                 temp.quoted(),
-                grantee.as_deref().map(ident).unwrap_or_else(|| "PUBLIC".to_string()),
+                grantee
+                    .as_deref()
+                    .map(ident)
+                    .unwrap_or_else(|| "PUBLIC".to_string()),
                 if grantable { " WITH GRANT OPTION" } else { "" }
             ))
             .await?;
@@ -298,7 +318,8 @@ async fn dress_and_swap(
         ))
         .await?;
     }
-    tx.execute(UPSERT_STATE, &[&view.key(), &hash, &run_id]).await?;
+    tx.execute(UPSERT_STATE, &[&view.key(), &hash, &run_id])
+        .await?;
     tx.commit().await?;
     Ok(())
 }

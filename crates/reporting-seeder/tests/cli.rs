@@ -1,0 +1,196 @@
+//! The command line end to end: jobs, help, exit codes, configuration errors.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+
+fn bin() -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::cargo_bin("reporting-seeder").unwrap();
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c
+}
+
+const JOBS: &[&str] = &[
+    "refresh_all",
+    "refresh_agency",
+    "refresh_table",
+    "migrate",
+    "demo",
+];
+
+#[test]
+fn list_prints_every_job_with_its_description() {
+    let out = bin().arg("list").output().unwrap();
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    for job in JOBS {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(job))
+            .unwrap_or_else(|| panic!("{job} missing:\n{text}"));
+        assert!(line.len() > job.len() + 10, "no description: {line}");
+    }
+}
+
+#[test]
+fn help_job_prints_its_usage() {
+    let out = bin().args(["help", "refresh_agency"]).output().unwrap();
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    assert!(
+        text.contains("reporting-seeder run refresh_agency"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<SLUG>") && text.contains("--report-type"),
+        "{text}"
+    );
+    let out = bin().args(["help", "refresh_all"]).output().unwrap();
+    assert!(stdout(&out).contains("custom") && stdout(&out).contains("canned"));
+}
+
+#[test]
+fn unknown_job_exits_2_and_names_the_jobs() {
+    for args in [
+        &["run", "refresh_everything"][..],
+        &["help", "refresh_everything"][..],
+    ] {
+        let out = bin().args(args).output().unwrap();
+        assert_exit(&out, 2);
+        let err = stderr(&out);
+        assert!(err.contains("refresh_everything"), "{err}");
+        for job in JOBS {
+            assert!(err.contains(job), "{job} not named: {err}");
+        }
+    }
+}
+
+#[test]
+fn bad_job_arguments_exit_2() {
+    let out = bin()
+        .args(["run", "refresh_all", "--", "--report-type", "bogus"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    let out = bin().args(["run", "refresh_agency"]).output().unwrap();
+    assert_exit(&out, 2);
+}
+
+/// Nothing listens on port 1: a configuration error must be reported before any connection
+/// attempt, so it exits 2, not 3.
+#[test]
+fn bad_settings_exit_2_naming_the_variable_before_connecting() {
+    for (var, value) in [
+        ("SEEDER_MAX_WORKERS", "abc"),
+        ("SEEDER_MAX_WORKERS", "0"),
+        ("SEEDER_MAX_FAILURES", "-1"),
+        ("SEEDER_RESET_SECONDS", "soon"),
+        ("SEEDER_REFRESH_CONCURRENTLY", "perhaps"),
+        ("DB_PORT", "http"),
+    ] {
+        let out = bin()
+            .env("DB_HOST", "127.0.0.1")
+            .env("DB_PORT", "1")
+            .env(var, value)
+            .args(["run", "refresh_all"])
+            .output()
+            .unwrap();
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains(var), "{var}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn malformed_url_exits_2_without_showing_the_password() {
+    for url in [
+        "postgres://u:hunter2secret@h:notaport/db",
+        "mysql://u:hunter2secret@h/db",
+    ] {
+        let out = bin()
+            .env("DATABASE_URL", url)
+            .args(["run", "refresh_all"])
+            .output()
+            .unwrap();
+        assert_exit(&out, 2);
+        let all = format!("{}{}", stdout(&out), stderr(&out));
+        assert!(all.contains("DATABASE_URL"), "{all}");
+        assert!(!all.contains("hunter2secret"), "{all}");
+    }
+}
+
+#[test]
+fn unreachable_database_exits_3_without_showing_the_password() {
+    let out = bin()
+        .env("DATABASE_URL", "postgres://u:hunter2secret@127.0.0.1:1/db")
+        .env("RUST_LOG", "debug")
+        .args(["run", "refresh_all"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("127.0.0.1:1"), "{all}");
+    assert!(!all.contains("hunter2secret"), "{all}");
+}
+
+#[test]
+fn dotenv_is_read_but_never_overrides_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "SEEDER_MAX_WORKERS=abc\nDB_HOST=127.0.0.1\nDB_PORT=1\n",
+    )
+    .unwrap();
+    // From .env alone: the bad value is seen.
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["run", "refresh_all"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("SEEDER_MAX_WORKERS"),
+        "{}",
+        stderr(&out)
+    );
+    // The real environment wins over .env: the value is fine, so it gets as far as connecting.
+    let out = bin()
+        .current_dir(dir.path())
+        .env("SEEDER_MAX_WORKERS", "2")
+        .args(["run", "refresh_all"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 3);
+}
+
+#[tokio::test]
+async fn run_with_and_without_double_dash_is_the_same() {
+    let db = TestDb::new().await;
+    let out = db.run(&["run", "migrate"], &[]).await;
+    assert_exit(&out, 0);
+    db.custom("reporting.a", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let out = db
+        .run(
+            &[
+                "run",
+                "refresh_agency",
+                "--",
+                "gotham",
+                "--report-type",
+                "custom",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    let out = db
+        .run(
+            &["run", "refresh_agency", "gotham", "--report-type", "custom"],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("reporting.a"), "{}", stdout(&out));
+}

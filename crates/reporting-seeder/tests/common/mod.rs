@@ -1,0 +1,231 @@
+//! Test harness: a fresh database per test on the server named by `TEST_DATABASE_URL`
+//! (default: the local server), dropped afterwards unless the test panicked (kept for
+//! debugging), and the release-like binary run against it.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Output;
+use tokio_postgres::{Client, NoTls};
+
+pub const DJANGO_SCHEMA: &str = include_str!("../fixtures/django_schema.sql");
+
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_string())
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot connect to {url}: {e}; is PostgreSQL running? set TEST_DATABASE_URL")
+        });
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    /// Working directory for the binary: empty, so no stray `.env` is read.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let name = format!("rs_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = connect(&server_url()).await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+        let url = url_with_db(&server_url(), &name);
+        TestDb {
+            name,
+            url,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A fresh database with the tables another team's Django migrations create.
+    pub async fn django() -> TestDb {
+        let db = TestDb::new().await;
+        db.client()
+            .await
+            .batch_execute(DJANGO_SCHEMA)
+            .await
+            .unwrap();
+        db
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+
+    /// The binary with a clean environment pointing at this database.
+    pub fn cmd(&self) -> tokio::process::Command {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_reporting-seeder"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.url)
+            .env("RUST_LOG", "warn")
+            .current_dir(self.dir.path())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Runs `reporting-seeder <args>` with extra env and returns its output.
+    pub async fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = self.cmd();
+        c.args(args);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().await.unwrap()
+    }
+
+    pub async fn custom(&self, table: &str, slug: &str, agency_id: i64, query: &str) -> i64 {
+        self.client()
+            .await
+            .query_one(
+                "INSERT INTO reporting.seeder_custom_report_manifest
+                     (table_name, report_name, agency_id, agency_slug, query, enabled)
+                 VALUES ($1, $1, $2, $3, $4, true) RETURNING id::bigint",
+                &[&table, &agency_id, &slug, &query],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// A canned report mapped to each (agency_id, slug).
+    pub async fn canned(&self, table: &str, query: &str, agencies: &[(i64, &str)]) -> i64 {
+        let c = self.client().await;
+        let id: i64 = c
+            .query_one(
+                "INSERT INTO reporting.seeder_canned_report (table_name, report_name, query)
+                 VALUES ($1, $1, $2) RETURNING id::bigint",
+                &[&table, &query],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        for (agency_id, slug) in agencies {
+            c.execute(
+                "INSERT INTO reporting.seeder_canned_report_manifest (agency_id, agency_slug, canned_report_id)
+                 VALUES ($1, $2, $3::bigint)",
+                &[agency_id, slug, &id],
+            )
+            .await
+            .unwrap();
+        }
+        id
+    }
+
+    pub async fn oid(&self, table: &str) -> Option<u32> {
+        self.client()
+            .await
+            .query_one("SELECT to_regclass($1)::oid", &[&table])
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// (table_name, status, errors) of one run's history rows, both history tables.
+    pub async fn history(&self, run_id: &str) -> Vec<(String, String, Option<String>)> {
+        self.client()
+            .await
+            .query(
+                "SELECT table_name, status::text, errors FROM reporting.seeder_run_history WHERE run_id = $1
+                 UNION ALL
+                 SELECT table_name, status::text, errors FROM reporting.seeder_canned_run_history WHERE run_id = $1
+                 ORDER BY 1",
+                &[&run_id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+
+    pub async fn last_run_id(&self) -> String {
+        self.client()
+            .await
+            .query_one(
+                "SELECT run_id FROM reporting.seeder_run ORDER BY started_at DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test failed: database {} kept for inspection", self.name);
+            return;
+        }
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let admin = connect(&server_url()).await;
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+fn url_with_db(url: &str, db: &str) -> String {
+    // postgres://user@host:port/dbname?params → replace the path.
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let path_start = base[scheme_end..]
+        .find('/')
+        .map(|i| i + scheme_end)
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{}", &base[..path_start], db);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Exit code, with both streams in the panic message when it is not what the test expects.
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+#[track_caller]
+pub fn assert_exit(o: &Output, expected: i32) {
+    assert_eq!(
+        code(o),
+        expected,
+        "exit code\nstdout:\n{}\nstderr:\n{}",
+        stdout(o),
+        stderr(o)
+    );
+}
