@@ -456,3 +456,243 @@ impl<C: Clock> Drop for TicketGuard<'_, C> {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processors::fake::{own_error, trouble, FakeStore};
+    use crate::repositories::{ManifestRow, ReportType};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// A clock that only moves when the test says so.
+    #[derive(Clone, Default)]
+    struct TestClock(Arc<AtomicU64>);
+    impl Clock for TestClock {
+        fn now(&self) -> std::time::Instant {
+            // A fixed origin plus the test's offset.
+            static ORIGIN: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+            *ORIGIN.get_or_init(std::time::Instant::now)
+                + Duration::from_millis(self.0.load(Ordering::SeqCst))
+        }
+    }
+
+    fn settings(workers: usize, failures: u32) -> RunSettings {
+        RunSettings {
+            max_workers: NonZeroUsize::new(workers).unwrap(),
+            max_failures: NonZeroU32::new(failures).unwrap(),
+            reset_after: Duration::from_secs(300),
+            refresh_concurrently: false,
+            lock_timeout_ms: 1000,
+        }
+    }
+
+    fn manifest(id: i64, table: &str, query: &str) -> ManifestRow {
+        ManifestRow {
+            report_type: ReportType::Custom,
+            manifest_id: id,
+            report_id: None,
+            table_name: table.into(),
+            report_name: table.into(),
+            agency_id: 1,
+            agency_slug: "gotham".into(),
+            query: query.into(),
+            enabled: true,
+        }
+    }
+
+    fn store(rows: Vec<ManifestRow>) -> FakeStore {
+        let s = FakeStore::default();
+        s.state().manifests = rows;
+        s
+    }
+
+    async fn run(store: &FakeStore, workers: usize, failures: u32) -> RunReport {
+        RunProcessor::new(
+            Arc::new(store.clone()),
+            settings(workers, failures),
+            TestClock::default(),
+        )
+        .run("test", "", &Selection::default())
+        .await
+        .unwrap()
+    }
+
+    fn statuses(r: &RunReport) -> Vec<(&str, &str)> {
+        r.results
+            .iter()
+            .map(|v| (v.key.as_str(), v.outcome.status))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_view_gets_exactly_one_finished_record() {
+        let s = store(vec![
+            manifest(1, "s.a", "SELECT 1"),
+            manifest(2, "s.bad name", "SELECT 1"),
+            manifest(3, "s.c", "SELECT 1; DROP TABLE x"),
+            manifest(4, "s.d", "SELECT 1"),
+        ]);
+        s.state()
+            .failures
+            .insert("s.d".into(), own_error("division by zero"));
+        let r = run(&s, 2, 5).await;
+        assert_eq!(
+            statuses(&r),
+            [
+                ("s.a", "success"),
+                ("s.bad name", "error"),
+                ("s.c", "error"),
+                ("s.d", "error")
+            ]
+        );
+        assert!(!r.all_succeeded());
+        let st = s.state();
+        let mut finished: Vec<&str> = st.finished.iter().map(|(_, t, _)| t.as_str()).collect();
+        finished.sort();
+        assert_eq!(finished, ["s.a", "s.bad name", "s.c", "s.d"]);
+        // Invalid manifests never reached the database: only the valid ones were created.
+        let created: Vec<&str> = st.calls.iter().map(|(_, k)| k.as_str()).collect();
+        assert_eq!(created.len(), 2);
+        assert!(!created.contains(&"s.c"));
+        // Started views completed their own `running` row; invalid ones got a complete row.
+        for (history, table, _) in &st.finished {
+            let started = st
+                .started
+                .iter()
+                .any(|(id, t)| Some(*id) == *history && t == table);
+            assert_eq!(started, history.is_some(), "{table}");
+        }
+        let d = r.results.iter().find(|v| v.key == "s.d").unwrap();
+        assert_eq!(d.outcome.error.as_deref(), Some("division by zero"));
+        assert_eq!(d.outcome.action, Some("create"));
+    }
+
+    #[tokio::test]
+    async fn breaker_opens_on_database_trouble_and_skips_the_rest() {
+        let rows: Vec<_> = (1..=6)
+            .map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1"))
+            .collect();
+        let s = store(rows);
+        for k in ["s.v1", "s.v2"] {
+            s.state().failures.insert(
+                k.into(),
+                trouble("terminating connection due to administrator command"),
+            );
+        }
+        let r = run(&s, 1, 2).await;
+        assert_eq!(
+            statuses(&r),
+            [
+                ("s.v1", "error"),
+                ("s.v2", "error"),
+                ("s.v3", "skipped"),
+                ("s.v4", "skipped"),
+                ("s.v5", "skipped"),
+                ("s.v6", "skipped")
+            ]
+        );
+        let reason = r.results[2].outcome.error.clone().unwrap();
+        assert!(
+            reason.contains("circuit breaker open") && reason.contains("administrator command"),
+            "{reason}"
+        );
+        assert_eq!(
+            s.state().calls.len(),
+            2,
+            "nothing starts while the breaker is open"
+        );
+        assert_eq!(s.state().finished.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn own_sql_errors_never_open_the_breaker() {
+        let rows: Vec<_> = (1..=6)
+            .map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1"))
+            .collect();
+        let s = store(rows);
+        for k in ["s.v1", "s.v2", "s.v3", "s.v4"] {
+            s.state()
+                .failures
+                .insert(k.into(), own_error("division by zero"));
+        }
+        let r = run(&s, 1, 2).await;
+        assert_eq!(r.counts().failed, 4);
+        assert_eq!(r.counts().succeeded, 2);
+        assert_eq!(r.counts().skipped, 0);
+    }
+
+    #[tokio::test]
+    async fn never_more_than_max_workers_in_flight() {
+        let rows: Vec<_> = (1..=12)
+            .map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1"))
+            .collect();
+        let s = store(rows);
+        let r = run(&s, 3, 5).await;
+        assert!(r.all_succeeded());
+        let peak = s.state().peak_in_flight;
+        assert!((1..=3).contains(&peak), "peak {peak}");
+    }
+
+    #[tokio::test]
+    async fn unreachable_database_is_reported_as_such() {
+        let s = store(vec![]);
+        s.state().connect_error = Some(trouble("connection refused"));
+        let err = RunProcessor::new(Arc::new(s), settings(1, 1), TestClock::default())
+            .run("test", "", &Selection::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunError::Unavailable(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn existing_views_are_refreshed_changed_ones_rebuilt_and_tables_left_alone() {
+        let s = store(vec![
+            manifest(1, "s.same", "SELECT 1"),
+            manifest(2, "s.changed", "SELECT 2"),
+            manifest(3, "s.table", "SELECT 3"),
+        ]);
+        {
+            let mut st = s.state();
+            let mv = |hash: &str| ViewState {
+                schema_exists: true,
+                oid: Some(7),
+                relkind: Some('m'),
+                populated: true,
+                has_concurrent_index: false,
+                stored_hash: Some(hash.into()),
+            };
+            st.views.insert(
+                "s.same".into(),
+                mv(&super::super::planner::hash_query("SELECT 1")),
+            );
+            st.views.insert("s.changed".into(), mv("stale"));
+            st.views.insert(
+                "s.table".into(),
+                ViewState {
+                    relkind: Some('r'),
+                    ..mv("x")
+                },
+            );
+        }
+        let r = run(&s, 2, 5).await;
+        let actions: Vec<_> = r
+            .results
+            .iter()
+            .map(|v| (v.key.as_str(), v.outcome.status, v.outcome.action))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("s.same", "success", Some("refresh")),
+                ("s.changed", "success", Some("rebuild")),
+                ("s.table", "error", None)
+            ]
+        );
+        assert!(r.results[2]
+            .outcome
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("is a table"));
+    }
+}

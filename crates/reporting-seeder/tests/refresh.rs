@@ -1,0 +1,503 @@
+//! Refresh rules, exit codes and input validation against a real server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+
+async fn migrate(db: &TestDb) {
+    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+}
+
+/// The action recorded for `table` in the last run.
+async fn action(db: &TestDb, table: &str) -> Option<String> {
+    db.client()
+        .await
+        .query_opt(
+            "SELECT action FROM reporting.seeder_view_run WHERE table_name = $1 AND run_id = $2",
+            &[&table, &db.last_run_id().await],
+        )
+        .await
+        .unwrap()
+        .and_then(|r| r.get(0))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_then_refresh_keeps_the_view_and_its_oid() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE public.src (id int); INSERT INTO public.src SELECT generate_series(1, 10)",
+    )
+    .await
+    .unwrap();
+    db.custom(
+        "reporting.counts",
+        "gotham",
+        1,
+        "SELECT count(*) AS n FROM public.src",
+    )
+    .await;
+
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    assert_eq!(
+        action(&db, "reporting.counts").await.as_deref(),
+        Some("create")
+    );
+    let oid = db.oid("reporting.counts").await.expect("view created");
+
+    c.batch_execute("INSERT INTO public.src SELECT generate_series(11, 25)")
+        .await
+        .unwrap();
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    assert_eq!(
+        action(&db, "reporting.counts").await.as_deref(),
+        Some("refresh")
+    );
+    assert_eq!(
+        db.oid("reporting.counts").await,
+        Some(oid),
+        "refresh must not recreate"
+    );
+    let n: i64 = c
+        .query_one("SELECT n FROM reporting.counts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 25);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_query_is_rebuilt_keeping_indexes_grants_comment_and_owner() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    let c = db.client().await;
+    let id = db
+        .custom(
+            "reporting.v",
+            "gotham",
+            1,
+            "SELECT i AS id FROM generate_series(1, 5) i",
+        )
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let oid = db.oid("reporting.v").await.unwrap();
+
+    let role = format!("rs_owner_{}", &db.name[8..20]);
+    c.batch_execute(&format!(
+        "CREATE ROLE {role};
+         CREATE UNIQUE INDEX v_id_key ON reporting.v (id);
+         CREATE INDEX v_id_partial ON reporting.v (id) WHERE id > 2;
+         GRANT SELECT ON reporting.v TO PUBLIC;
+         COMMENT ON MATERIALIZED VIEW reporting.v IS 'dashboards read this; it''s important';
+         ALTER MATERIALIZED VIEW reporting.v OWNER TO {role};"
+    ))
+    .await
+    .unwrap();
+    c.execute(
+        "UPDATE reporting.seeder_custom_report_manifest SET query = $1 WHERE id = $2",
+        &[
+            &"SELECT i AS id, i * 10 AS score FROM generate_series(1, 7) i",
+            &(id as i32),
+        ],
+    )
+    .await
+    .unwrap();
+
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 0);
+    assert_eq!(action(&db, "reporting.v").await.as_deref(), Some("rebuild"));
+    assert_ne!(
+        db.oid("reporting.v").await,
+        Some(oid),
+        "a changed query means a new view"
+    );
+    let score: i64 = c
+        .query_one("SELECT sum(score)::bigint FROM reporting.v", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(score, 280);
+
+    let indexes: Vec<String> = c
+        .query(
+            "SELECT indexname || ' ' || regexp_replace(indexdef, '^.* USING ', '') FROM pg_indexes
+             WHERE schemaname = 'reporting' AND tablename = 'v' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        indexes,
+        [
+            "v_id_key btree (id)",
+            "v_id_partial btree (id) WHERE (id > 2)"
+        ]
+    );
+    let r = c
+        .query_one(
+            "SELECT obj_description('reporting.v'::regclass, 'pg_class'), pg_get_userbyid(relowner),
+                    has_table_privilege('public', 'reporting.v', 'SELECT')
+             FROM pg_class WHERE oid = 'reporting.v'::regclass",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.get::<_, Option<String>>(0).as_deref(),
+        Some("dashboards read this; it's important")
+    );
+    assert_eq!(r.get::<_, String>(1), role);
+    assert!(r.get::<_, bool>(2), "PUBLIC lost SELECT");
+    // No temporary relation left behind.
+    let leftovers: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_rs\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leftovers, 0);
+
+    // Unchanged afterwards: a refresh, not another rebuild.
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    assert_eq!(action(&db, "reporting.v").await.as_deref(), Some("refresh"));
+    c.batch_execute(&format!(
+        "DROP MATERIALIZED VIEW reporting.v; DROP ROLE {role}"
+    ))
+    .await
+    .unwrap();
+}
+
+/// A reader querying the view all through a rebuild never gets an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_never_see_an_error_during_a_rebuild() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    let id = db
+        .custom("reporting.live", "gotham", 1, "SELECT 1 AS version")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    db.client()
+        .await
+        .execute(
+            "UPDATE reporting.seeder_custom_report_manifest SET query = $1 WHERE id = $2",
+            &[
+                &"SELECT 2 AS version FROM (SELECT pg_sleep(1.5)) s",
+                &(id as i32),
+            ],
+        )
+        .await
+        .unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (stop, reads, client) = (stop.clone(), reads.clone(), db.client().await);
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                match client
+                    .query_one("SELECT version FROM reporting.live", &[])
+                    .await
+                {
+                    Ok(r) => {
+                        let v: i32 = r.get(0);
+                        if seen.last() != Some(&v) {
+                            seen.push(v);
+                        }
+                        reads.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (errors, seen)
+        })
+    };
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    stop.store(true, Ordering::SeqCst);
+    let (errors, seen) = reader.await.unwrap();
+    assert_exit(&out, 0);
+    assert!(errors.is_empty(), "reader errors: {errors:?}");
+    assert!(reads.load(Ordering::SeqCst) > 10, "the reader barely ran");
+    assert_eq!(
+        seen,
+        [1, 2],
+        "the reader saw the old view, then the new one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrently_when_enabled_and_a_unique_index_allows_it() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    db.custom(
+        "reporting.with_key",
+        "gotham",
+        1,
+        "SELECT i AS id FROM generate_series(1, 50) i",
+    )
+    .await;
+    db.custom(
+        "reporting.without_key",
+        "gotham",
+        1,
+        "SELECT i AS id FROM generate_series(1, 50) i",
+    )
+    .await;
+    let on = [("SEEDER_REFRESH_CONCURRENTLY", "true")];
+    assert_exit(&db.run(&["run", "refresh_all"], &on).await, 0);
+    db.client()
+        .await
+        .batch_execute("CREATE UNIQUE INDEX ON reporting.with_key (id)")
+        .await
+        .unwrap();
+    assert_exit(&db.run(&["run", "refresh_all"], &on).await, 0);
+    assert_eq!(
+        action(&db, "reporting.with_key").await.as_deref(),
+        Some("refresh concurrently")
+    );
+    assert_eq!(
+        action(&db, "reporting.without_key").await.as_deref(),
+        Some("refresh")
+    );
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    assert_eq!(
+        action(&db, "reporting.with_key").await.as_deref(),
+        Some("refresh"),
+        "off by default"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_built_without_the_tool_is_adopted_once() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    let c = db.client().await;
+    c.batch_execute("CREATE MATERIALIZED VIEW reporting.legacy AS SELECT 1 AS id")
+        .await
+        .unwrap();
+    let oid = db.oid("reporting.legacy").await.unwrap();
+    db.custom("reporting.legacy", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    assert_eq!(
+        action(&db, "reporting.legacy").await.as_deref(),
+        Some("adopt")
+    );
+    let adopted = db.oid("reporting.legacy").await.unwrap();
+    assert_ne!(adopted, oid);
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    assert_eq!(
+        action(&db, "reporting.legacy").await.as_deref(),
+        Some("refresh")
+    );
+    assert_eq!(db.oid("reporting.legacy").await, Some(adopted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_canned_report_is_one_view_refreshed_once_per_run() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    db.canned(
+        "reporting.shared",
+        "SELECT 1 AS id",
+        &[(1, "gotham"), (2, "metropolis"), (3, "smallville")],
+    )
+    .await;
+    db.custom("reporting.gotham_own", "gotham", 1, "SELECT 2 AS id")
+        .await;
+    for _ in 0..2 {
+        assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+        let run = db.last_run_id().await;
+        let rows = db.history(&run).await;
+        let shared: Vec<_> = rows.iter().filter(|r| r.0 == "reporting.shared").collect();
+        assert_eq!(shared.len(), 1, "{rows:?}");
+        assert_eq!(shared[0].1, "success");
+    }
+    let slug: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT agency_slug FROM reporting.seeder_run_history WHERE table_name = 'reporting.shared' LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slug, "gotham,metropolis,smallville");
+
+    // refresh_agency includes the canned view its agency shares.
+    let out = db.run(&["run", "refresh_agency", "metropolis"], &[]).await;
+    assert_exit(&out, 0);
+    let rows = db.history(&db.last_run_id().await).await;
+    let tables: Vec<&str> = rows.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(tables, ["reporting.shared"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_and_selection_errors() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    db.custom("reporting.good", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let off = db
+        .custom("reporting.off", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.client()
+        .await
+        .execute(
+            "UPDATE reporting.seeder_custom_report_manifest SET enabled = false WHERE id = $1",
+            &[&(off as i32)],
+        )
+        .await
+        .unwrap();
+    db.custom("reporting.only_off", "smallville", 9, "SELECT 1 AS id")
+        .await;
+    db.client()
+        .await
+        .execute("UPDATE reporting.seeder_custom_report_manifest SET enabled = false WHERE agency_slug = 'smallville'", &[])
+        .await
+        .unwrap();
+
+    assert_exit(
+        &db.run(&["run", "refresh_table", "reporting.good"], &[])
+            .await,
+        0,
+    );
+
+    let out = db
+        .run(&["run", "refresh_table", "reporting.nothing_here"], &[])
+        .await;
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("no manifest names table reporting.nothing_here"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = db
+        .run(&["run", "refresh_table", "reporting.off"], &[])
+        .await;
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("disabled"), "{}", stderr(&out));
+
+    let out = db.run(&["run", "refresh_table", "not a table"], &[]).await;
+    assert_exit(&out, 2);
+
+    let out = db.run(&["run", "refresh_agency", "atlantis"], &[]).await;
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("atlantis"), "{}", stderr(&out));
+
+    let out = db.run(&["run", "refresh_agency", "smallville"], &[]).await;
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("disabled"), "{}", stderr(&out));
+
+    db.custom("reporting.broken", "gotham", 1, "SELECT 1 / 0 AS x")
+        .await;
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 1);
+    assert!(
+        stdout(&out).contains("division by zero"),
+        "{}",
+        stdout(&out)
+    );
+    assert_exit(
+        &db.run(&["run", "refresh_table", "reporting.good"], &[])
+            .await,
+        0,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_manifests_execute_nothing_and_the_rest_still_runs() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE reporting.victim (id int); CREATE TABLE reporting.taken (id int)",
+    )
+    .await
+    .unwrap();
+    let long = format!("reporting.{}", "x".repeat(64));
+    let bad_names = [
+        "",
+        "reporting",
+        "a.b.c",
+        long.as_str(),
+        "reporting.\"quoted\"",
+        "reporting.x;DROP TABLE reporting.victim",
+        "reporting. spaced",
+        "reporting.tab\there",
+        "reporting.zero\u{200b}width",
+    ];
+    for name in bad_names {
+        db.custom(name, "gotham", 1, "SELECT 1 AS id").await;
+    }
+    db.custom(
+        "reporting.two_statements",
+        "gotham",
+        1,
+        "SELECT 1 AS id; DROP TABLE reporting.victim",
+    )
+    .await;
+    db.custom(
+        "reporting.not_a_query",
+        "gotham",
+        1,
+        "DROP TABLE reporting.victim",
+    )
+    .await;
+    db.custom(
+        "reporting.select_into",
+        "gotham",
+        1,
+        "SELECT 1 AS id INTO reporting.sneaky",
+    )
+    .await;
+    db.custom("reporting.taken", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.custom("reporting.fine", "gotham", 1, "SELECT 1 AS id")
+        .await;
+
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 1);
+    let rows = db.history(&db.last_run_id().await).await;
+    assert_eq!(rows.len(), bad_names.len() + 5, "{rows:?}");
+    for (table, status, errors) in &rows {
+        if table == "reporting.fine" {
+            assert_eq!(status, "success");
+            continue;
+        }
+        assert_eq!(status, "error", "{table}");
+        let reason = errors.clone().unwrap_or_default();
+        assert!(!reason.is_empty(), "{table} has no reason");
+        if table.contains("two_statements") {
+            assert!(reason.contains("statement"), "{reason}");
+        }
+        if table == "reporting.taken" {
+            assert!(reason.contains("is a table"), "{reason}");
+        }
+    }
+    assert!(db.oid("reporting.victim").await.is_some(), "victim dropped");
+    assert!(db.oid("reporting.sneaky").await.is_none());
+    assert!(db.oid("reporting.fine").await.is_some());
+    let kind: String = c
+        .query_one(
+            "SELECT relkind::text FROM pg_class WHERE oid = 'reporting.taken'::regclass",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kind, "r", "a table of the manifest's name is left alone");
+}
