@@ -187,7 +187,7 @@ impl Drop for TestDb {
     }
 }
 
-fn url_with_db(url: &str, db: &str) -> String {
+pub fn url_with_db(url: &str, db: &str) -> String {
     // postgres://user@host:port/dbname?params → replace the path.
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, Some(q)),
