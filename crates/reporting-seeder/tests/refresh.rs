@@ -501,3 +501,43 @@ async fn invalid_manifests_execute_nothing_and_the_rest_still_runs() {
         .get(0);
     assert_eq!(kind, "r", "a table of the manifest's name is left alone");
 }
+
+/// The repository's own fallback: PostgreSQL refuses CONCURRENTLY for a view without a usable
+/// unique index (here: only an expression index), and the plain form still refreshes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_refresh_falls_back_to_plain_when_postgres_refuses() {
+    use reporting_seeder::repositories::{views, Rel};
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE public.src (id int); INSERT INTO public.src VALUES (1);
+         CREATE MATERIALIZED VIEW public.expr_key AS SELECT id FROM public.src;
+         CREATE UNIQUE INDEX ON public.expr_key ((id + 0));
+         INSERT INTO public.src VALUES (2);",
+    )
+    .await
+    .unwrap();
+    let refused = c
+        .batch_execute("REFRESH MATERIALIZED VIEW CONCURRENTLY public.expr_key")
+        .await;
+    assert!(
+        refused.is_err(),
+        "PostgreSQL accepted CONCURRENTLY; the test no longer covers the fallback"
+    );
+    views::refresh(
+        &c,
+        Rel {
+            schema: "public",
+            name: "expr_key",
+        },
+        true,
+    )
+    .await
+    .unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM public.expr_key", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}

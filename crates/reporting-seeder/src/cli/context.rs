@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etl_core::breaker::SystemClock;
-use etl_core::db::{ConnectionSettings, PostgresClient};
+use etl_core::db::{client_from_env, ConnectionSettings};
 use etl_core::{ConfigError, Env, ExitStatus, JobError};
 
 use crate::processors::planner::Selection;
@@ -94,25 +94,13 @@ pub struct AppContext {
 }
 
 impl AppContext {
-    /// Reads and validates every setting; connects lazily (nothing is opened here).
+    /// Reads and validates every setting and picks the client from the environment; connects
+    /// lazily (nothing is opened here).
     pub fn from_env(env: &Env) -> Result<AppContext, ConfigError> {
         let settings = Settings::from_env(env)?;
-        let connection = ConnectionSettings::from_env(env, APPLICATION_NAME)?;
-        AppContext::with_connection(settings, connection)
-    }
-
-    pub fn with_connection(
-        settings: Settings,
-        connection: ConnectionSettings,
-    ) -> Result<AppContext, ConfigError> {
         // One connection per worker plus the run's own.
-        let client =
-            PostgresClient::new(&connection, settings.run.max_workers.get() + 1).map_err(|e| {
-                ConfigError::InvalidSecret {
-                    var: "DATABASE_URL".into(),
-                    reason: e.to_string(),
-                }
-            })?;
+        let (connection, client) =
+            client_from_env(env, APPLICATION_NAME, settings.run.max_workers.get() + 1)?;
         Ok(AppContext {
             settings,
             connection,
