@@ -19,12 +19,25 @@ fn demo_cmd() -> tokio::process::Command {
 async fn demo_runs_on_the_configured_server_in_a_database_of_its_own() {
     // Runs twice: the second run resets the demo database and must succeed the same way.
     for _ in 0..2 {
-        let out = demo_cmd().env("DATABASE_URL", server_url()).output().await.unwrap();
+        let out = demo_cmd()
+            .env("DATABASE_URL", server_url())
+            .output()
+            .await
+            .unwrap();
         assert_exit(&out, 0);
         let text = stdout(&out);
-        assert!(text.contains("4 views, 4 success, 0 error, 0 skipped"), "{text}");
-        assert!(text.contains("gotham") && text.contains("metropolis"), "{text}");
-        assert!(text.contains("psql ") && text.contains("reporting_seeder_demo"), "{text}");
+        assert!(
+            text.contains("4 views, 4 success, 0 error, 0 skipped"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gotham") && text.contains("metropolis"),
+            "{text}"
+        );
+        assert!(
+            text.contains("psql ") && text.contains("reporting_seeder_demo"),
+            "{text}"
+        );
     }
     let demo = connect(&url_with_db(&server_url(), "reporting_seeder_demo")).await;
     let agencies: String = demo
@@ -37,7 +50,10 @@ async fn demo_runs_on_the_configured_server_in_a_database_of_its_own() {
         .get(0);
     assert_eq!(agencies, "gotham,metropolis");
     let rows: i64 = demo
-        .query_one("SELECT count(*) FROM reporting.canned_arrests_by_agency", &[])
+        .query_one(
+            "SELECT count(*) FROM reporting.canned_arrests_by_agency",
+            &[],
+        )
         .await
         .unwrap()
         .get(0);
@@ -48,11 +64,19 @@ async fn demo_runs_on_the_configured_server_in_a_database_of_its_own() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_without_a_server_uses_a_throwaway_cluster() {
     let before = tmp_dirs();
-    let out = demo_cmd().env("DB_HOST", "127.0.0.1").env("DB_PORT", "1").output().await.unwrap();
+    let out = demo_cmd()
+        .env("DB_HOST", "127.0.0.1")
+        .env("DB_PORT", "1")
+        .output()
+        .await
+        .unwrap();
     assert_exit(&out, 0);
     let text = stdout(&out);
     assert!(text.contains("4 views, 4 success"), "{text}");
-    assert!(text.contains("throwaway cluster has been removed"), "{text}");
+    assert!(
+        text.contains("throwaway cluster has been removed"),
+        "{text}"
+    );
     let left: Vec<_> = tmp_dirs().difference(&before).cloned().collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
