@@ -361,6 +361,8 @@ fn start_view<C: Clock + 'static>(
                 );
             }
         };
+        // The recorded duration is the view's own work, from its `running` row on.
+        let began = Instant::now();
         let rel = Rel {
             schema: name.schema(),
             name: name.name(),

@@ -174,11 +174,14 @@ pub async fn record_finish(
     let history_write = match history_id {
         Some(_) => format!(
             "UPDATE {history}
-             SET status = $7, finish_time = now(), duration_seconds = $8, records_processed = $9,
+             SET status = $7, duration_seconds = $8,
+                 -- Server time throughout, and the end of the work even when the row is
+                 -- written later (retried on the run's connection).
+                 finish_time = start_time + $15::bigint * interval '1 millisecond', records_processed = $9,
                  bytes_processed = $10, errors = $11, consecutive_failures = (SELECT n FROM cf),
                  updated_at = now()
              WHERE id = $12
-             RETURNING id::bigint AS id, start_time"
+             RETURNING id::bigint AS id, start_time, finish_time"
         ),
         None => format!(
             "INSERT INTO {history} (run_id, manifest_id, table_name, report_name, agency_id,
@@ -188,7 +191,7 @@ pub async fn record_finish(
              SELECT $1, $2::bigint, $3, $4, $5::bigint, $6, $13, $7, now(), now(), $8, $9, $10,
                  $11, (SELECT n FROM cf), now(), now()
              WHERE $12::bigint IS NULL
-             RETURNING id::bigint AS id, start_time"
+             RETURNING id::bigint AS id, start_time, finish_time"
         ),
     };
     // consecutive_failures counts errors only: a skip leaves it as it was.
@@ -217,14 +220,15 @@ pub async fn record_finish(
          )
          INSERT INTO reporting.seeder_view_run (run_id, table_name, history_table, history_id,
              report_type, status, action, duration_ms, rows, bytes, error, finished_at)
-         SELECT $1, $3, '{history}', h.id, $13, $7, $14, $15, $9, $10, $11, now() FROM h
+         SELECT $1, $3, '{history}', h.id, $13, $7, $14, $15, $9, $10, $11, h.finish_time FROM h
          ON CONFLICT (run_id, table_name) DO UPDATE SET
              history_table = EXCLUDED.history_table, history_id = EXCLUDED.history_id,
              status = EXCLUDED.status, action = EXCLUDED.action,
              duration_ms = EXCLUDED.duration_ms, rows = EXCLUDED.rows, bytes = EXCLUDED.bytes,
              error = EXCLUDED.error, finished_at = EXCLUDED.finished_at"
     );
-    let seconds = i32::try_from(o.duration_ms.div_ceil(1000)).unwrap_or(i32::MAX);
+    // Whole seconds, rounded to nearest; milliseconds are in seeder_view_run.
+    let seconds = i32::try_from(o.duration_ms.saturating_add(500) / 1000).unwrap_or(i32::MAX);
     let ms = i64::try_from(o.duration_ms).unwrap_or(i64::MAX);
     client
         .execute(
