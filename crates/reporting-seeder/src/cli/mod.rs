@@ -23,6 +23,11 @@ const ABOUT: &str =
 manifest tables, then creates, refreshes or rebuilds one materialized view per enabled query, in \
 parallel, behind a circuit breaker, recording a history row per view.
 
+Configuration (environment, or a .env file in the working directory that never overrides it): \
+DATABASE_URL, or DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD; SEEDER_MAX_WORKERS (8), \
+SEEDER_MAX_FAILURES (5), SEEDER_RESET_SECONDS (300), SEEDER_REFRESH_CONCURRENTLY (false); \
+RUST_LOG, SEEDER_LOG_FORMAT=json.
+
 Exit codes: 0 every selected view is up to date; 1 a view failed or was skipped; 2 usage or \
 configuration error; 3 the database could not be reached at start; 130/143 interrupted.";
 
