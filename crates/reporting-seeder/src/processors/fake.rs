@@ -26,6 +26,7 @@ pub struct FakeState {
     next_id: HistoryId,
     pub in_flight: usize,
     pub peak_in_flight: usize,
+    pub durations: HashMap<String, u64>,
 }
 
 #[derive(Clone, Default)]
@@ -96,6 +97,9 @@ impl Session for FakeStore {
     }
     async fn history_routes(&mut self) -> Result<HistoryRoutes, DbError> {
         Ok(HistoryRoutes::default())
+    }
+    async fn recent_durations(&mut self, _: &[String]) -> Result<HashMap<String, u64>, DbError> {
+        Ok(self.state().durations.clone())
     }
     async fn begin_run(&mut self, _: &str, _: &str, _: &str) -> Result<(), DbError> {
         Ok(())

@@ -165,6 +165,12 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             .inspect(&names)
             .await
             .map_err(at("inspecting the views"))?;
+        let keys: Vec<String> = planned.iter().map(|p| p.key.clone()).collect();
+        let durations = main
+            .recent_durations(&keys)
+            .await
+            .map_err(at("reading recent durations"))?;
+        let order = longest_first(&keys, &durations);
         let run_id = uuid::Uuid::new_v4().to_string();
         main.begin_run(&run_id, job, arguments)
             .await
@@ -184,8 +190,13 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             settings: self.settings.clone(),
         });
 
+        let mut slots: Vec<Option<PlannedView>> = planned.into_iter().map(Some).collect();
+        let scheduled: Vec<(usize, PlannedView)> = order
+            .into_iter()
+            .filter_map(|i| slots.get_mut(i).and_then(Option::take).map(|v| (i, v)))
+            .collect();
         let finished = run_bounded(
-            planned.into_iter().enumerate(),
+            scheduled,
             self.settings.max_workers,
             |(i, view)| {
                 let key = (i, view.key.clone(), view.record.clone());
@@ -250,6 +261,23 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         }
         Ok(report)
     }
+}
+
+/// The order views start in: longest expected duration first, so a long view never starts last
+/// and stretches the run. A view with no successful run yet counts as the median of the others;
+/// ties keep manifest order.
+pub fn longest_first(keys: &[String], recent_ms: &HashMap<String, u64>) -> Vec<usize> {
+    let mut known: Vec<u64> = keys.iter().filter_map(|k| recent_ms.get(k).copied()).collect();
+    known.sort_unstable();
+    let n = known.len();
+    let median = match n {
+        0 => 0,
+        _ if n % 2 == 1 => known[n / 2],
+        _ => (known[n / 2 - 1] + known[n / 2]) / 2,
+    };
+    let mut order: Vec<usize> = (0..keys.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(recent_ms.get(&keys[i]).copied().unwrap_or(median)));
+    order
 }
 
 fn failed(duration_ms: u64, error: String) -> Outcome {
@@ -633,6 +661,29 @@ mod tests {
         assert!(r.all_succeeded());
         let peak = s.state().peak_in_flight;
         assert!((1..=3).contains(&peak), "peak {peak}");
+    }
+
+    #[test]
+    fn longest_expected_first_unknown_as_median_ties_in_manifest_order() {
+        let keys: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
+        let ms: HashMap<String, u64> =
+            [("a", 100), ("b", 2000), ("d", 300)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        // median of 100, 300, 2000 is 300: c and e count as 300, after b, tied with d in order.
+        assert_eq!(longest_first(&keys, &ms), [1, 2, 3, 4, 0]);
+        assert_eq!(longest_first(&keys, &HashMap::new()), [0, 1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn long_views_start_first_and_results_stay_in_manifest_order() {
+        let rows: Vec<_> = (1..=4).map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1")).collect();
+        let s = store(rows);
+        s.state().durations.insert("s.v4".into(), 5000);
+        s.state().durations.insert("s.v1".into(), 10);
+        let r = run(&s, 1, 5).await;
+        let started: Vec<String> = s.state().calls.iter().map(|(_, k)| k.clone()).collect();
+        assert_eq!(started, ["s.v4", "s.v2", "s.v3", "s.v1"]);
+        let keys: Vec<&str> = r.results.iter().map(|v| v.key.as_str()).collect();
+        assert_eq!(keys, ["s.v1", "s.v2", "s.v3", "s.v4"]);
     }
 
     #[tokio::test]

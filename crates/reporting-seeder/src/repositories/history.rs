@@ -1,6 +1,9 @@
 //! Run bookkeeping: one `seeder_run` row per run; per view one history row (`running`, then its
 //! final status), the job status upsert and the per-run detail.
 
+use std::collections::HashMap;
+
+use deadpool_postgres::ClientWrapper;
 use etl_core::DbError;
 use tokio_postgres::Client;
 
@@ -129,7 +132,7 @@ pub async fn finish_run(
 }
 
 pub async fn record_start(
-    client: &Client,
+    client: &ClientWrapper,
     routes: HistoryRoutes,
     run_id: &str,
     v: &ViewRecord,
@@ -145,9 +148,11 @@ pub async fn record_start(
              now(), now())
          RETURNING id::bigint"
     );
+    // Prepared once per connection: the hot path runs it for every view.
+    let statement = client.prepare_cached(&sql).await?;
     let row = client
         .query_one(
-            &sql,
+            &statement,
             &[
                 &run_id,
                 &v.manifest_id,
@@ -163,7 +168,7 @@ pub async fn record_start(
 }
 
 pub async fn record_finish(
-    client: &Client,
+    client: &ClientWrapper,
     routes: HistoryRoutes,
     run_id: &str,
     v: &ViewRecord,
@@ -230,9 +235,10 @@ pub async fn record_finish(
     // Whole seconds, rounded to nearest; milliseconds are in seeder_view_run.
     let seconds = i32::try_from(o.duration_ms.saturating_add(500) / 1000).unwrap_or(i32::MAX);
     let ms = i64::try_from(o.duration_ms).unwrap_or(i64::MAX);
+    let statement = client.prepare_cached(&sql).await?;
     client
         .execute(
-            &sql,
+            &statement,
             &[
                 &run_id,
                 &v.manifest_id,
@@ -253,4 +259,25 @@ pub async fn record_finish(
         )
         .await?;
     Ok(())
+}
+
+// The last five successful durations per view, through the (table_name, finished_at) index.
+const RECENT_DURATIONS: &str = "
+    SELECT k.t, (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x.d)
+                 FROM (SELECT r.duration_ms AS d FROM reporting.seeder_view_run r
+                       WHERE r.table_name = k.t AND r.status = 'success'
+                       ORDER BY r.finished_at DESC LIMIT 5) x)::bigint
+    FROM unnest($1::text[]) AS k(t)";
+
+/// The median of each view's recent successful durations, in milliseconds; views that never
+/// succeeded are absent.
+pub async fn recent_durations(client: &Client, keys: &[String]) -> Result<HashMap<String, u64>, DbError> {
+    let mut out = HashMap::new();
+    for r in client.query(RECENT_DURATIONS, &[&keys]).await? {
+        let ms: Option<i64> = r.try_get(1)?;
+        if let Some(ms) = ms {
+            out.insert(r.try_get(0)?, u64::try_from(ms).unwrap_or(0));
+        }
+    }
+    Ok(out)
 }

@@ -54,6 +54,8 @@ pub trait Session: Send {
     async fn inspect(&mut self, views: &[Rel<'_>]) -> Result<HashMap<String, ViewState>, DbError>;
     /// Which history/status tables can hold which report type.
     async fn history_routes(&mut self) -> Result<HistoryRoutes, DbError>;
+    /// Median of each view's recent successful durations (ms), for scheduling.
+    async fn recent_durations(&mut self, keys: &[String]) -> Result<HashMap<String, u64>, DbError>;
 
     async fn begin_run(&mut self, run_id: &str, job: &str, arguments: &str) -> Result<(), DbError>;
     async fn finish_run(
@@ -161,6 +163,9 @@ impl Session for PgSession {
     }
     async fn history_routes(&mut self) -> Result<HistoryRoutes, DbError> {
         history::routes(&self.conn).await
+    }
+    async fn recent_durations(&mut self, keys: &[String]) -> Result<HashMap<String, u64>, DbError> {
+        history::recent_durations(&self.conn, keys).await
     }
     async fn begin_run(&mut self, run_id: &str, job: &str, arguments: &str) -> Result<(), DbError> {
         history::begin_run(&self.conn, run_id, job, arguments).await

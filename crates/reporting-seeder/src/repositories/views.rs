@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use deadpool_postgres::ClientWrapper;
 use etl_core::DbError;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
@@ -324,18 +325,23 @@ async fn dress_and_swap(
     Ok(())
 }
 
-pub async fn analyze(client: &Client, view: Rel<'_>) -> Result<ViewStats, DbError> {
-    client
-        .batch_execute(&format!("ANALYZE {}", view.quoted()))
-        .await?;
-    let r = client
-        .query_one(
-            "SELECT greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid)
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE n.nspname = $1 AND c.relname = $2",
-            &[&view.schema, &view.name],
-        )
-        .await?;
+const STATS: &str = "
+    SELECT greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = $1 AND c.relname = $2";
+
+pub async fn analyze(client: &ClientWrapper, view: Rel<'_>) -> Result<ViewStats, DbError> {
+    let statement = client.prepare_cached(STATS).await?;
+    let analyze = format!("ANALYZE {}", view.quoted());
+    // Pipelined: both are sent at once and run in order, so the figures are read after ANALYZE
+    // without waiting a round trip in between.
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&view.schema, &view.name];
+    let (analyzed, stats) = tokio::join!(
+        client.batch_execute(&analyze),
+        client.query_one(&statement, &params)
+    );
+    analyzed?;
+    let r = stats?;
     Ok(ViewStats {
         rows: r.try_get(0)?,
         bytes: r.try_get(1)?,
