@@ -81,14 +81,24 @@ fn measured(env: &[(&str, String)], cmd: &Path, args: &[&str]) -> Result<Sample>
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let f: Vec<f64> = text.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let f: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
     if f.len() != 5 {
-        bail!("measure failed: {text} {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "measure failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     if f[4] != 0.0 {
         bail!("{} {} exited {}", cmd.display(), args.join(" "), f[4]);
     }
-    Ok(Sample { wall_ms: f[0], cpu_ms: f[1] + f[2], rss_kib: f[3] })
+    Ok(Sample {
+        wall_ms: f[0],
+        cpu_ms: f[1] + f[2],
+        rss_kib: f[3],
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -118,7 +128,12 @@ fn workloads() -> Vec<Workload> {
         (0..n)
             .map(|i| {
                 let a = i % agencies;
-                (format!("bench.{prefix}_{i:05}"), TINY.to_string(), format!("agency_{a}"), a as i64 + 1)
+                (
+                    format!("bench.{prefix}_{i:05}"),
+                    TINY.to_string(),
+                    format!("agency_{a}"),
+                    a as i64 + 1,
+                )
             })
             .collect::<Vec<_>>()
     };
@@ -136,10 +151,22 @@ fn workloads() -> Vec<Workload> {
             .collect::<Vec<_>>()
     };
     let w2: Vec<f64> = vec![0.25; 48];
-    let w3: Vec<f64> = std::iter::repeat_n(0.2, 40).chain(std::iter::repeat_n(2.0, 4)).collect();
+    let w3: Vec<f64> = std::iter::repeat_n(0.2, 40)
+        .chain(std::iter::repeat_n(2.0, 4))
+        .collect();
     vec![
-        Workload { name: "w1", title: "W1 tiny: 400 views of 200 rows", views: tiny(400, 1, "w1"), sleeps: None },
-        Workload { name: "w2", title: "W2 sleepy: 48 views of 0.25 s", views: sleepy(&w2, "w2"), sleeps: Some(w2) },
+        Workload {
+            name: "w1",
+            title: "W1 tiny: 400 views of 200 rows",
+            views: tiny(400, 1, "w1"),
+            sleeps: None,
+        },
+        Workload {
+            name: "w2",
+            title: "W2 sleepy: 48 views of 0.25 s",
+            views: sleepy(&w2, "w2"),
+            sleeps: Some(w2),
+        },
         Workload {
             name: "w3",
             title: "W3 uneven: 40 views of 0.2 s, then 4 of 2 s",
@@ -162,9 +189,13 @@ fn server_url() -> String {
 }
 
 fn with_db(url: &str, db: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let path = base[scheme_end..].find('/').map_or(base.len(), |i| i + scheme_end);
+    let path = base[scheme_end..]
+        .find('/')
+        .map_or(base.len(), |i| i + scheme_end);
     let mut out = format!("{}/{db}", &base[..path]);
     if let Some(q) = query {
         out.push('?');
@@ -192,14 +223,23 @@ struct BenchDb {
 impl BenchDb {
     async fn create() -> Result<BenchDb> {
         let name = format!("rs_bench_{}", uuid::Uuid::new_v4().simple());
-        connect(&server_url()).await?.batch_execute(&format!("CREATE DATABASE {name}")).await?;
-        Ok(BenchDb { url: with_db(&server_url(), &name), name })
+        connect(&server_url())
+            .await?
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await?;
+        Ok(BenchDb {
+            url: with_db(&server_url(), &name),
+            name,
+        })
     }
 
     async fn drop_db(self) -> Result<()> {
         connect(&server_url())
             .await?
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
             .await?;
         Ok(())
     }
@@ -221,7 +261,9 @@ fn build_release() -> Result<PathBuf> {
         bail!("cargo build --release failed");
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
     Ok(target.join("release/reporting-seeder"))
 }
 
@@ -243,7 +285,15 @@ async fn bench_main(args: &[String]) -> Result<()> {
     while let Some(a) = it.next() {
         match a.as_str() {
             "--runs" => runs = it.next().context("--runs N")?.parse().context("--runs N")?,
-            "--only" => only = Some(it.next().context("--only LIST")?.split(',').map(str::to_string).collect()),
+            "--only" => {
+                only = Some(
+                    it.next()
+                        .context("--only LIST")?
+                        .split(',')
+                        .map(str::to_string)
+                        .collect(),
+                )
+            }
             "--output" => output = PathBuf::from(it.next().context("--output FILE")?),
             "-h" | "--help" => {
                 println!("{}", usage());
@@ -287,7 +337,9 @@ async fn bench_main(args: &[String]) -> Result<()> {
     }
     let table = render(&rows);
     println!("{table}");
-    let command = format!("cargo xtask bench {}", args.join(" ")).trim().to_string();
+    let command = format!("cargo xtask bench {}", args.join(" "))
+        .trim()
+        .to_string();
     write_report(&output, &table, &command, &pg_version, ctx.runs)?;
     eprintln!("bench: wrote {}", output.display());
     Ok(())
@@ -314,13 +366,23 @@ struct Row {
 
 async fn startup(ctx: &Ctx) -> Result<(Vec<Row>, String)> {
     let db = BenchDb::create().await?;
-    let env = vec![("DATABASE_URL", db.url.clone()), ("SEEDER_MAX_WORKERS", WORKERS.to_string())];
+    let env = vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("SEEDER_MAX_WORKERS", WORKERS.to_string()),
+    ];
     measured(&env, &ctx.bin, &["run", "migrate"])?;
     let n = 20.max(ctx.runs);
-    let list: Vec<Sample> = (0..n).map(|_| measured(&env, &ctx.bin, &["list"])).collect::<Result<_>>()?;
-    let empty: Vec<Sample> =
-        (0..n).map(|_| measured(&env, &ctx.bin, &["run", "refresh_all"])).collect::<Result<_>>()?;
-    let version: String = connect(&db.url).await?.query_one("SELECT version()", &[]).await?.get(0);
+    let list: Vec<Sample> = (0..n)
+        .map(|_| measured(&env, &ctx.bin, &["list"]))
+        .collect::<Result<_>>()?;
+    let empty: Vec<Sample> = (0..n)
+        .map(|_| measured(&env, &ctx.bin, &["run", "refresh_all"]))
+        .collect::<Result<_>>()?;
+    let version: String = connect(&db.url)
+        .await?
+        .query_one("SELECT version()", &[])
+        .await?
+        .get(0);
     db.drop_db().await?;
     let row = |phase: &str, s: &[Sample], target: f64| {
         let tool = med(s);
@@ -337,7 +399,13 @@ async fn startup(ctx: &Ctx) -> Result<(Vec<Row>, String)> {
             extra: format!("median of {n}"),
         }
     };
-    Ok((vec![row("list", &list, 10.0), row("refresh_all, 0 manifests", &empty, 50.0)], version))
+    Ok((
+        vec![
+            row("list", &list, 10.0),
+            row("refresh_all, 0 manifests", &empty, 50.0),
+        ],
+        version,
+    ))
 }
 
 fn med(s: &[Sample]) -> Sample {
@@ -367,7 +435,8 @@ async fn reset_views(url: &str) -> Result<()> {
         if names.is_empty() {
             break;
         }
-        c.batch_execute(&format!("DROP MATERIALIZED VIEW {}", names.join(", "))).await?;
+        c.batch_execute(&format!("DROP MATERIALIZED VIEW {}", names.join(", ")))
+            .await?;
     }
     c.batch_execute("CHECKPOINT").await?;
     Ok(())
@@ -407,7 +476,9 @@ fn write_sql(ctx: &Ctx, w: &Workload, kind: &str, sessions: usize) -> Result<Vec
         .into_iter()
         .enumerate()
         .map(|(i, t)| {
-            let p = ctx.dir.join(format!("{}_{kind}_{sessions}_{i}.sql", w.name));
+            let p = ctx
+                .dir
+                .join(format!("{}_{kind}_{sessions}_{i}.sql", w.name));
             std::fs::write(&p, t)?;
             Ok(p)
         })
@@ -416,7 +487,10 @@ fn write_sql(ctx: &Ctx, w: &Workload, kind: &str, sessions: usize) -> Result<Vec
 
 async fn workload(ctx: &Ctx, w: &Workload) -> Result<Vec<Row>> {
     let db = BenchDb::create().await?;
-    let env = vec![("DATABASE_URL", db.url.clone()), ("SEEDER_MAX_WORKERS", WORKERS.to_string())];
+    let env = vec![
+        ("DATABASE_URL", db.url.clone()),
+        ("SEEDER_MAX_WORKERS", WORKERS.to_string()),
+    ];
     measured(&env, &ctx.bin, &["run", "migrate"])?;
     {
         let c = connect(&db.url).await?;
@@ -439,7 +513,8 @@ async fn workload(ctx: &Ctx, w: &Workload) -> Result<Vec<Row>> {
     let create8 = write_sql(ctx, w, "create", WORKERS)?;
     let refresh8 = write_sql(ctx, w, "refresh", WORKERS)?;
 
-    let (mut tb, mut tr, mut p1b, mut p1r, mut p8b, mut p8r) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut tb, mut tr, mut p1b, mut p1r, mut p8b, mut p8r) =
+        (vec![], vec![], vec![], vec![], vec![], vec![]);
     for run in 0..ctx.runs {
         eprintln!("bench:   {} run {}/{}", w.name, run + 1, ctx.runs);
         reset_views(&db.url).await?;
@@ -467,13 +542,32 @@ async fn workload(ctx: &Ctx, w: &Workload) -> Result<Vec<Row>> {
         let refresh = phase == "refresh";
         let verdict = match (w.name, refresh) {
             ("w1", true) => Some(("psql, 1 session".to_string(), tool.wall_ms / psql1, 1.5)),
-            ("w2", true) => Some(("lower bound".to_string(), tool.wall_ms / bound.unwrap_or(f64::NAN), 1.10)),
-            ("w3", true) => Some(("lower bound".to_string(), tool.wall_ms / bound.unwrap_or(f64::NAN), 1.15)),
-            ("w4", true) => Some(("overhead ms/view".to_string(), (tool.wall_ms - floor) / n as f64, 2.0)),
+            ("w2", true) => Some((
+                "lower bound".to_string(),
+                tool.wall_ms / bound.unwrap_or(f64::NAN),
+                1.10,
+            )),
+            ("w3", true) => Some((
+                "lower bound".to_string(),
+                tool.wall_ms / bound.unwrap_or(f64::NAN),
+                1.15,
+            )),
+            ("w4", true) => Some((
+                "overhead ms/view".to_string(),
+                (tool.wall_ms - floor) / n as f64,
+                2.0,
+            )),
             _ => None,
         };
         let extra = if w.name == "w4" && refresh {
-            format!("peak RSS target 64 MiB: {}", if tool.rss_kib <= 65536.0 { "met" } else { "MISSED" })
+            format!(
+                "peak RSS target 64 MiB: {}",
+                if tool.rss_kib <= 65536.0 {
+                    "met"
+                } else {
+                    "MISSED"
+                }
+            )
         } else {
             String::new()
         };
@@ -490,7 +584,10 @@ async fn workload(ctx: &Ctx, w: &Workload) -> Result<Vec<Row>> {
             extra,
         }
     };
-    Ok(vec![row("first build", &tb, &p1b, &p8b), row("refresh", &tr, &p1r, &p8r)])
+    Ok(vec![
+        row("first build", &tb, &p1b, &p8b),
+        row("refresh", &tr, &p1r, &p8r),
+    ])
 }
 
 fn secs(ms: f64) -> String {
@@ -510,22 +607,40 @@ fn render(rows: &[Row]) -> String {
     let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         let opt = |v: Option<f64>| v.map(secs).unwrap_or_else(|| "–".into());
-        let ratio = |v: Option<f64>| v.map(|p| format!("{:.2}×", r.tool.wall_ms / p)).unwrap_or_else(|| "–".into());
+        let ratio = |v: Option<f64>| {
+            v.map(|p| format!("{:.2}×", r.tool.wall_ms / p))
+                .unwrap_or_else(|| "–".into())
+        };
         let (target, verdict) = match &r.verdict {
-            Some((what, value, target)) if what == "absolute ms" => {
-                (format!("≤ {target} ms"), format!("{} {}", secs(*value), if value <= target { "met" } else { "MISSED" }))
-            }
+            Some((what, value, target)) if what == "absolute ms" => (
+                format!("≤ {target} ms"),
+                format!(
+                    "{} {}",
+                    secs(*value),
+                    if value <= target { "met" } else { "MISSED" }
+                ),
+            ),
             Some((what, value, target)) if what == "overhead ms/view" => (
                 format!("≤ {target} ms/view"),
-                format!("{value:.3} ms/view {}", if value <= target { "met" } else { "MISSED" }),
+                format!(
+                    "{value:.3} ms/view {}",
+                    if value <= target { "met" } else { "MISSED" }
+                ),
             ),
             Some((what, value, target)) => (
                 format!("≤ {target:.2}× {what}"),
-                format!("{value:.2}× {}", if value <= target { "met" } else { "MISSED" }),
+                format!(
+                    "{value:.2}× {}",
+                    if value <= target { "met" } else { "MISSED" }
+                ),
             ),
             None => ("–".into(), "–".into()),
         };
-        let verdict = if r.extra.is_empty() { verdict } else { format!("{verdict}; {}", r.extra) };
+        let verdict = if r.extra.is_empty() {
+            verdict
+        } else {
+            format!("{verdict}; {}", r.extra)
+        };
         let _ = writeln!(
             out,
             "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} MiB | {} | {} |",
@@ -537,7 +652,10 @@ fn render(rows: &[Row]) -> String {
             opt(r.bound_ms),
             ratio(r.psql1_ms),
             ratio(r.psql8_ms),
-            r.overhead_ms.filter(|_| r.views > 0).map(|o| format!("{o:.3} ms")).unwrap_or_else(|| "–".into()),
+            r.overhead_ms
+                .filter(|_| r.views > 0)
+                .map(|o| format!("{o:.3} ms"))
+                .unwrap_or_else(|| "–".into()),
             secs(r.tool.cpu_ms),
             r.tool.rss_kib / 1024.0,
             target,
@@ -558,7 +676,9 @@ fn machine() -> String {
         .and_then(|l| l.split(':').nth(1))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem = read("/proc/meminfo")
         .lines()
         .find(|l| l.starts_with("MemTotal"))
