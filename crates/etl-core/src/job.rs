@@ -76,6 +76,8 @@ pub struct JobContext {
     pub env: Env,
     /// The job's own name, for messages.
     pub job: &'static str,
+    /// The job's arguments as given (after `--`), for the run's record.
+    pub args: Vec<String>,
 }
 
 pub type JobFuture = Pin<Box<dyn Future<Output = Result<ExitStatus, JobError>> + Send>>;
@@ -139,6 +141,7 @@ pub enum Invocation<'a> {
     Run {
         job: &'a JobEntry,
         matches: clap::ArgMatches,
+        args: Vec<String>,
     },
 }
 
@@ -191,9 +194,13 @@ pub fn parse<'a>(
             if rest.first().is_some_and(|a| a == "--") {
                 rest.remove(0);
             }
+            let args = rest
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
             let argv = std::iter::once(OsString::from(job.name)).chain(rest);
             match job_command(bin, job).try_get_matches_from(argv) {
-                Ok(matches) => Invocation::Run { job, matches },
+                Ok(matches) => Invocation::Run { job, matches, args },
                 Err(e) => clap_print(e),
             }
         }
@@ -234,7 +241,7 @@ fn clap_print(e: clap::Error) -> Invocation<'static> {
 /// outcome to an exit code. `.env` is read before any thread starts.
 pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCode {
     let invocation = parse(bin, about, jobs, std::env::args_os());
-    let (job, matches) = match invocation {
+    let (job, matches, args) = match invocation {
         Invocation::Print { text, status } => {
             if status == ExitStatus::Success {
                 print!("{text}");
@@ -243,7 +250,7 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
             }
             return status.into();
         }
-        Invocation::Run { job, matches } => (job, matches),
+        Invocation::Run { job, matches, args } => (job, matches, args),
     };
     let env = match Env::load() {
         Ok(env) => env,
@@ -263,7 +270,11 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
             return ExitStatus::Failed.into();
         }
     };
-    let ctx = JobContext { env, job: job.name };
+    let ctx = JobContext {
+        env,
+        job: job.name,
+        args,
+    };
     let outcome = runtime.block_on((job.run)(ctx, matches));
     // In-flight work has been awaited by the job; don't wait for stray blocking tasks.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -347,7 +358,7 @@ mod tests {
             &["run", "beta", "gotham", "--flag", "v"][..],
         ] {
             match parse("tool", "about", JOBS, argv(args)) {
-                Invocation::Run { job, matches } => {
+                Invocation::Run { job, matches, .. } => {
                     assert_eq!(job.name, "beta");
                     assert_eq!(
                         matches.get_one::<String>("slug").map(String::as_str),

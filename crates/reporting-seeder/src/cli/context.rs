@@ -8,6 +8,7 @@ use etl_core::breaker::SystemClock;
 use etl_core::db::{client_from_env, ConnectionSettings};
 use etl_core::{ConfigError, Env, ExitStatus, JobError};
 
+use super::args::{OutputArgs, OutputFormat};
 use crate::processors::planner::Selection;
 use crate::processors::run::{RunError, RunProcessor, RunReport, RunSettings};
 use crate::processors::summary;
@@ -116,19 +117,35 @@ impl AppContext {
 pub fn run_error(e: RunError) -> JobError {
     match e {
         RunError::Unavailable(_) => JobError::unavailable(e.to_string()),
-        RunError::Configuration(_) | RunError::Selection(_) => JobError::usage(e.to_string()),
+        RunError::Configuration(_)
+        | RunError::Selection(_)
+        | RunError::Select(_)
+        | RunError::NoRunToRetry => JobError::usage(e.to_string()),
         RunError::Database { .. } => JobError::failed(e.to_string()),
     }
 }
 
-/// Prints the summary and maps the outcome to the exit code.
-pub fn finish(report: &RunReport) -> ExitStatus {
-    print!("{}", summary::render(report));
-    if report.all_succeeded() {
+/// Prints the summary (or JSON), writes the results file, and maps the outcome to the exit code.
+pub fn finish(report: &RunReport, job: &str, output: &OutputArgs) -> Result<ExitStatus, JobError> {
+    let json = summary::to_json(report, job);
+    match output.output {
+        OutputFormat::Text => print!("{}", summary::render(report)),
+        OutputFormat::Json => println!("{json:#}"),
+    }
+    if let Some(path) = &output.results_file {
+        std::fs::write(path, format!("{json:#}\n")).map_err(|e| {
+            JobError::failed(format!(
+                "run {} finished but its results could not be written to {}: {e}",
+                report.run_id,
+                path.display()
+            ))
+        })?;
+    }
+    Ok(if report.all_succeeded() {
         ExitStatus::Success
     } else {
         ExitStatus::Failed
-    }
+    })
 }
 
 /// The shared body of the refresh jobs.
@@ -137,6 +154,7 @@ pub async fn refresh(
     job: &str,
     arguments: String,
     selection: Selection,
+    output: &OutputArgs,
 ) -> Result<ExitStatus, JobError> {
     let ctx = AppContext::from_env(env)?;
     tracing::debug!(target = %ctx.connection.target(), "configuration read");
@@ -145,5 +163,5 @@ pub async fn refresh(
         .run(job, &arguments, &selection)
         .await
         .map_err(run_error)?;
-    Ok(finish(&report))
+    finish(&report, job, output)
 }

@@ -1,5 +1,6 @@
 //! Console entry point and job wiring: the job table, and the context every job builds once.
 
+pub mod args;
 pub mod context;
 
 use std::process::ExitCode;
@@ -13,6 +14,8 @@ pub const JOBS: &[JobEntry] = &[
     jobs::refresh_all::JOB,
     jobs::refresh_agency::JOB,
     jobs::refresh_table::JOB,
+    jobs::plan::JOB,
+    jobs::retry::JOB,
     jobs::migrate::JOB,
     jobs::demo::JOB,
 ];

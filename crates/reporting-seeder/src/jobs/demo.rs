@@ -5,6 +5,7 @@ use clap::{CommandFactory, Parser};
 use etl_core::db::ConnectionSettings;
 use etl_core::{JobContext, JobEntry, JobError, JobFuture};
 
+use crate::cli::args::OutputArgs;
 use crate::cli::context::{finish, run_error, Settings, APPLICATION_NAME};
 use crate::processors::demo::{self, DemoError, DEMO_DATABASE};
 
@@ -39,7 +40,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             "demo: loaded 2 agencies (gotham, metropolis), 2 custom and 2 canned reports (one shared by both agencies) into database {DEMO_DATABASE} on {}, then ran refresh_all",
             outcome.server
         );
-        let status = finish(&outcome.report);
+        let status = finish(&outcome.report, "demo", &OutputArgs::default())?;
         if !outcome.preview.is_empty() {
             println!("reporting.canned_arrests_by_agency (shared by both agencies):");
             for line in &outcome.preview {

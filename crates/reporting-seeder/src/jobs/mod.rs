@@ -3,9 +3,11 @@
 
 pub mod demo;
 pub mod migrate;
+pub mod plan;
 pub mod refresh_agency;
 pub mod refresh_all;
 pub mod refresh_table;
+pub mod retry;
 
 use clap::FromArgMatches;
 use etl_core::JobError;

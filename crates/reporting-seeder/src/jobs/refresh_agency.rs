@@ -4,6 +4,7 @@ use clap::{CommandFactory, Parser};
 use etl_core::{JobContext, JobEntry, JobFuture};
 
 use super::refresh_all::ReportTypeArg;
+use crate::cli::args::{OutputArgs, SelectArgs};
 use crate::cli::context;
 use crate::processors::planner::{Scope, Selection};
 
@@ -15,26 +16,37 @@ pub const JOB: JobEntry = JobEntry {
 };
 
 #[derive(Debug, Parser)]
-#[command(after_help = "Example: reporting-seeder run refresh_agency -- gotham")]
+#[command(
+    after_help = "Example: reporting-seeder run refresh_agency -- gotham\n\
+Same as: reporting-seeder run refresh_all -- --select agency:gotham"
+)]
 struct Cli {
     /// The agency's slug, as in the manifests' agency_slug column.
     slug: String,
     #[command(flatten)]
     report_type: ReportTypeArg,
+    #[command(flatten)]
+    select: SelectArgs,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
     Box::pin(async move {
         let cli: Cli = super::args(&matches)?;
-        let arguments = format!(
-            "{} --report-type {:?}",
-            cli.slug, cli.report_type.report_type
-        )
-        .to_lowercase();
         let selection = Selection {
             report_type: cli.report_type.report_type,
             scope: Scope::Agency(cli.slug),
+            select: cli.select.select,
+            exclude: cli.select.exclude,
         };
-        context::refresh(&ctx.env, ctx.job, arguments, selection).await
+        context::refresh(
+            &ctx.env,
+            ctx.job,
+            ctx.args.join(" "),
+            selection,
+            &cli.output,
+        )
+        .await
     })
 }

@@ -1,23 +1,31 @@
-//! `refresh_all`: every enabled manifest's view.
+//! `refresh_all`: every enabled manifest's view (narrowed by `--select`/`--exclude`).
 
 use clap::{Args, CommandFactory, Parser};
 use etl_core::{JobContext, JobEntry, JobFuture};
 
+use crate::cli::args::{OutputArgs, SelectArgs};
 use crate::cli::context;
 use crate::processors::planner::{Scope, Selection, TypeFilter};
 
 pub const JOB: JobEntry = JobEntry {
     name: "refresh_all",
-    description: "Create, refresh or rebuild the view of every enabled manifest",
+    description:
+        "Create, refresh or rebuild the view of every enabled manifest, in dependency order",
     command: Cli::command,
     run,
 };
 
 #[derive(Debug, Parser)]
-#[command(after_help = "Example: reporting-seeder run refresh_all -- --report-type canned")]
+#[command(
+    after_help = "Examples:\n  reporting-seeder run refresh_all -- --report-type canned\n  reporting-seeder run refresh_all -- --select 'table:reporting.stg_*+' --exclude agency:gotham"
+)]
 struct Cli {
     #[command(flatten)]
     report_type: ReportTypeArg,
+    #[command(flatten)]
+    select: SelectArgs,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 /// Shared by the refresh jobs.
@@ -34,8 +42,16 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let selection = Selection {
             report_type: cli.report_type.report_type,
             scope: Scope::All,
+            select: cli.select.select,
+            exclude: cli.select.exclude,
         };
-        let arguments = format!("--report-type {:?}", cli.report_type.report_type).to_lowercase();
-        context::refresh(&ctx.env, ctx.job, arguments, selection).await
+        context::refresh(
+            &ctx.env,
+            ctx.job,
+            ctx.args.join(" "),
+            selection,
+            &cli.output,
+        )
+        .await
     })
 }

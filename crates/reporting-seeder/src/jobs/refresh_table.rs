@@ -3,6 +3,7 @@
 use clap::{CommandFactory, Parser};
 use etl_core::{JobContext, JobEntry, JobFuture};
 
+use crate::cli::args::OutputArgs;
 use crate::cli::context;
 use crate::processors::planner::{Scope, Selection};
 
@@ -14,19 +15,31 @@ pub const JOB: JobEntry = JobEntry {
 };
 
 #[derive(Debug, Parser)]
-#[command(after_help = "Example: reporting-seeder run refresh_table -- reporting.stg_arrests")]
+#[command(
+    after_help = "Example: reporting-seeder run refresh_table -- reporting.stg_arrests\n\
+Same as: reporting-seeder run refresh_all -- --select table:reporting.stg_arrests"
+)]
 struct Cli {
     /// The view, as in the manifests' table_name column (schema.table).
     table: String,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
     Box::pin(async move {
         let cli: Cli = super::args(&matches)?;
         let selection = Selection {
-            scope: Scope::Table(cli.table.clone()),
+            scope: Scope::Table(cli.table),
             ..Default::default()
         };
-        context::refresh(&ctx.env, ctx.job, cli.table, selection).await
+        context::refresh(
+            &ctx.env,
+            ctx.job,
+            ctx.args.join(" "),
+            selection,
+            &cli.output,
+        )
+        .await
     })
 }

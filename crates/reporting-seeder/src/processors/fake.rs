@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use etl_core::{DbError, FailureKind};
 
 use crate::repositories::{
-    HistoryId, HistoryRoutes, ManifestRow, Outcome, Rel, RunCounts, Session, Store, ViewRecord,
-    ViewState, ViewStats,
+    HistoryId, HistoryRoutes, ManifestRow, Outcome, Rebuilt, Rel, RunCounts, Session, Store,
+    ViewRecord, ViewState, ViewStats,
 };
 
 #[derive(Default)]
@@ -27,6 +27,12 @@ pub struct FakeState {
     pub in_flight: usize,
     pub peak_in_flight: usize,
     pub durations: HashMap<String, u64>,
+    /// (reader, read) pairs the catalog reports.
+    pub catalog_edges: Vec<(String, String)>,
+    /// What a rebuild of a key recreates with it.
+    pub rebuilt_dependents: HashMap<String, Vec<String>>,
+    pub last_run: Option<String>,
+    pub unfinished: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -101,6 +107,15 @@ impl Session for FakeStore {
     async fn recent_durations(&mut self, _: &[String]) -> Result<HashMap<String, u64>, DbError> {
         Ok(self.state().durations.clone())
     }
+    async fn view_dependencies(&mut self) -> Result<Vec<(String, String)>, DbError> {
+        Ok(self.state().catalog_edges.clone())
+    }
+    async fn last_run_id(&mut self) -> Result<Option<String>, DbError> {
+        Ok(self.state().last_run.clone())
+    }
+    async fn unfinished_views(&mut self, _: &str) -> Result<Vec<String>, DbError> {
+        Ok(self.state().unfinished.clone())
+    }
     async fn begin_run(&mut self, _: &str, _: &str, _: &str) -> Result<(), DbError> {
         Ok(())
     }
@@ -158,8 +173,19 @@ impl Session for FakeStore {
         _: &str,
         _: &str,
         _: u64,
-    ) -> Result<u64, DbError> {
-        self.ddl("rebuild", view.key()).await.map(|_| 1)
+        _: &HashMap<String, (String, String)>,
+    ) -> Result<Rebuilt, DbError> {
+        self.ddl("rebuild", view.key()).await?;
+        let dependents = self
+            .state()
+            .rebuilt_dependents
+            .get(&view.key())
+            .cloned()
+            .unwrap_or_default();
+        Ok(Rebuilt {
+            rows: 1,
+            dependents,
+        })
     }
     async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError> {
         self.state().calls.push(("drop".into(), view.key()));

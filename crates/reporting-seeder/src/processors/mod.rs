@@ -3,9 +3,11 @@
 //! injection and never build SQL.
 
 pub mod demo;
+pub mod graph;
 pub mod planner;
 pub mod refresh;
 pub mod run;
+pub mod select;
 pub mod summary;
 pub mod validate;
 

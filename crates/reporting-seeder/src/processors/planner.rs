@@ -36,12 +36,28 @@ pub enum Scope {
     Agency(String),
     /// One view, by `schema.table`.
     Table(String),
+    /// These views (by key), those no enabled manifest names any more left out.
+    Tables(Vec<String>),
+    /// The views that ended `error` or `skipped` in this run (the newest when none); resolved
+    /// to [`Scope::Tables`] before planning.
+    Retry(Option<String>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Selection {
     pub report_type: TypeFilter,
     pub scope: Scope,
+    /// `--select`: when not empty, only views matching one of these (graph operators applied).
+    pub select: Vec<super::select::Selector>,
+    /// `--exclude`: views matching one of these are left out.
+    pub exclude: Vec<super::select::Selector>,
+}
+
+/// Every enabled view, and which of them the job's own arguments (scope, report type) select.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub views: Vec<PlannedView>,
+    pub in_scope: Vec<bool>,
 }
 
 /// One view of the run.
@@ -50,6 +66,8 @@ pub struct PlannedView {
     /// `schema.name` when valid, else the manifest's table name as written.
     pub key: String,
     pub record: ViewRecord,
+    /// Every agency the view serves (a shared canned view serves several).
+    pub agencies: Vec<String>,
     pub plan: ViewPlan,
 }
 
@@ -96,16 +114,14 @@ pub fn hash_query(query: &str) -> String {
         .collect()
 }
 
-/// The views a run with `selection` covers, in manifest order (custom by id, then canned).
-pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Vec<PlannedView>, PlanError> {
-    let mut rows: Vec<&ManifestRow> = rows
-        .iter()
-        .filter(|r| selection.report_type.admits(r.report_type))
-        .collect();
+/// Every enabled view (manifest order: custom by id, then canned), and which of them
+/// `selection`'s scope and report type select. A scope naming nothing is a usage error.
+pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Plan, PlanError> {
+    let mut rows: Vec<&ManifestRow> = rows.iter().collect();
     rows.sort_by_key(|r| (r.report_type, r.manifest_id));
 
-    let selected: Vec<&ManifestRow> = match &selection.scope {
-        Scope::All => rows.into_iter().filter(|r| r.enabled).collect(),
+    let wanted_table = match &selection.scope {
+        Scope::All | Scope::Tables(_) | Scope::Retry(_) => None,
         Scope::Agency(slug) => {
             let named: Vec<&&ManifestRow> =
                 rows.iter().filter(|r| &r.agency_slug == slug).collect();
@@ -115,27 +131,14 @@ pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Vec<PlannedVi
             if !named.iter().any(|r| r.enabled) {
                 return Err(PlanError::DisabledAgency(slug.clone()));
             }
-            // A canned view mapped to this agency is refreshed whole: its row lists every
-            // agency it serves.
-            let canned: Vec<i64> = named
-                .iter()
-                .filter(|r| r.enabled && r.report_type == ReportType::Canned)
-                .filter_map(|r| r.report_id)
-                .collect();
-            rows.into_iter()
-                .filter(|r| r.enabled)
-                .filter(|r| match r.report_type {
-                    ReportType::Custom => &r.agency_slug == slug,
-                    ReportType::Canned => r.report_id.is_some_and(|id| canned.contains(&id)),
-                })
-                .collect()
+            None
         }
         Scope::Table(table) => {
             let wanted = ViewName::parse(table)
                 .map_err(|e| PlanError::BadTable(e.to_string()))?
                 .to_string();
-            let named: Vec<&ManifestRow> = rows
-                .into_iter()
+            let named: Vec<&&ManifestRow> = rows
+                .iter()
                 .filter(|r| key_of(&r.table_name) == wanted)
                 .collect();
             if named.is_empty() {
@@ -144,13 +147,13 @@ pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Vec<PlannedVi
             if !named.iter().any(|r| r.enabled) {
                 return Err(PlanError::DisabledTable(wanted));
             }
-            named.into_iter().filter(|r| r.enabled).collect()
+            Some(wanted)
         }
     };
 
     let mut order: Vec<String> = Vec::new();
     let mut groups: HashMap<String, Vec<&ManifestRow>> = HashMap::new();
-    for r in selected {
+    for r in rows.into_iter().filter(|r| r.enabled) {
         let key = key_of(&r.table_name);
         let group = groups.entry(key.clone()).or_default();
         if group.is_empty() {
@@ -158,10 +161,24 @@ pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Vec<PlannedVi
         }
         group.push(r);
     }
-    Ok(order
+    let views: Vec<PlannedView> = order
         .into_iter()
         .filter_map(|key| groups.remove(&key).map(|g| plan_view(key, &g)))
-        .collect())
+        .collect();
+    let in_scope = views
+        .iter()
+        .map(|v| {
+            selection.report_type.admits(v.record.report_type)
+                && match &selection.scope {
+                    Scope::All => true,
+                    Scope::Agency(slug) => v.agencies.contains(slug),
+                    Scope::Table(_) => Some(&v.key) == wanted_table.as_ref(),
+                    Scope::Tables(keys) => keys.contains(&v.key),
+                    Scope::Retry(_) => false,
+                }
+        })
+        .collect();
+    Ok(Plan { views, in_scope })
 }
 
 fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
@@ -175,6 +192,7 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
     let mut slugs: Vec<&str> = agencies.iter().map(|(_, s)| *s).collect();
     slugs.sort();
     slugs.dedup();
+    let agency_list: Vec<String> = slugs.iter().map(|s| s.to_string()).collect();
     let record = ViewRecord {
         table_name: key.clone(),
         manifest_id: match first.report_type {
@@ -224,7 +242,12 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
             },
         }
     };
-    PlannedView { key, record, plan }
+    PlannedView {
+        key,
+        record,
+        agencies: agency_list,
+        plan,
+    }
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -281,8 +304,13 @@ mod tests {
         ]
     }
 
-    fn keys(p: &[PlannedView]) -> Vec<&str> {
-        p.iter().map(|v| v.key.as_str()).collect()
+    fn keys(p: &Plan) -> Vec<&str> {
+        p.views
+            .iter()
+            .zip(&p.in_scope)
+            .filter(|(_, s)| **s)
+            .map(|(v, _)| v.key.as_str())
+            .collect()
     }
 
     #[test]
@@ -297,7 +325,7 @@ mod tests {
                 "reporting.metro_only"
             ]
         );
-        let shared = &p[2];
+        let shared = &p.views[2];
         assert_eq!(shared.record.manifest_id, 100);
         assert_eq!(shared.record.agency_slug, "gotham,metropolis");
         assert_eq!(shared.record.agency_id, 5);
@@ -309,6 +337,7 @@ mod tests {
         let s = Selection {
             report_type: TypeFilter::Canned,
             scope: Scope::All,
+            ..Default::default()
         };
         assert_eq!(
             keys(&plan(&rows(), &s).unwrap()),
@@ -317,6 +346,7 @@ mod tests {
         let s = Selection {
             report_type: TypeFilter::Custom,
             scope: Scope::All,
+            ..Default::default()
         };
         assert_eq!(
             keys(&plan(&rows(), &s).unwrap()),
@@ -335,7 +365,7 @@ mod tests {
             keys(&p),
             ["reporting.gotham_arrests", "reporting.stg_arrests"]
         );
-        assert_eq!(p[1].record.agency_slug, "gotham,metropolis");
+        assert_eq!(p.views[2].record.agency_slug, "gotham,metropolis");
     }
 
     #[test]
@@ -390,7 +420,8 @@ mod tests {
             ],
             &Selection::default(),
         )
-        .unwrap();
+        .unwrap()
+        .views;
         assert_eq!(p.len(), 3);
         assert!(
             matches!(&p[0].plan, ViewPlan::Invalid(r) if r.contains("table name")),
@@ -410,14 +441,14 @@ mod tests {
         let a = custom(1, "reporting.same", "gotham", true);
         let mut b = custom(2, "reporting.same", "metropolis", true);
         b.query = "SELECT 2 AS id".into();
-        let p = plan(&[a.clone(), b], &Selection::default()).unwrap();
+        let p = plan(&[a.clone(), b], &Selection::default()).unwrap().views;
         assert_eq!(p.len(), 1);
         assert!(
             matches!(&p[0].plan, ViewPlan::Invalid(r) if r.contains("custom manifest 1") && r.contains("custom manifest 2"))
         );
         let mut c = custom(3, "reporting.same", "metropolis", true);
         c.query = a.query.clone();
-        let p = plan(&[a, c], &Selection::default()).unwrap();
+        let p = plan(&[a, c], &Selection::default()).unwrap().views;
         assert!(matches!(p[0].plan, ViewPlan::Valid { .. }));
     }
 

@@ -1,5 +1,7 @@
 //! One view: decide what to do from the catalog and the stored hash, do it, analyze.
 
+use std::collections::HashMap;
+
 use etl_core::DbError;
 
 use crate::repositories::{Rel, Session, ViewState};
@@ -14,6 +16,8 @@ pub enum Action {
     /// The query changed, or the view was built without a recorded hash (by the old tool or by
     /// hand: adopted): build anew under a temporary name and swap.
     Rebuild { oid: u32, adopt: bool },
+    /// Already rebuilt in this run, with an upstream view whose rebuild recreated it.
+    RebuiltWithUpstream,
 }
 
 impl Action {
@@ -26,6 +30,7 @@ impl Action {
             Action::Refresh { concurrently: true } => "refresh concurrently",
             Action::Rebuild { adopt: false, .. } => "rebuild",
             Action::Rebuild { adopt: true, .. } => "adopt",
+            Action::RebuiltWithUpstream => "rebuilt with upstream",
         }
     }
 }
@@ -71,14 +76,17 @@ pub fn temp_name(oid: u32) -> String {
 }
 
 /// What a successful refresh reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Done {
     pub rows: i64,
     pub bytes: i64,
+    /// Managed views a rebuild recreated with this one (they read it).
+    pub dependents: Vec<String>,
 }
 
 /// Performs `action`, then `ANALYZE`. Rows are exact for a create or rebuild (PostgreSQL's
 /// command tag), and `ANALYZE`'s count otherwise.
+#[allow(clippy::too_many_arguments)]
 pub async fn perform(
     session: &mut dyn Session,
     name: Rel<'_>,
@@ -87,7 +95,9 @@ pub async fn perform(
     hash: &str,
     run_id: &str,
     lock_timeout_ms: u64,
+    managed: &HashMap<String, (String, String)>,
 ) -> Result<Done, DbError> {
+    let mut dependents = Vec::new();
     let exact = match action {
         Action::Create { create_schema } => Some(
             session
@@ -98,11 +108,22 @@ pub async fn perform(
             session.refresh_view(name, concurrently).await?;
             None
         }
-        Action::Rebuild { oid, .. } => Some(
-            session
-                .rebuild_view(name, &temp_name(oid), query, hash, run_id, lock_timeout_ms)
-                .await?,
-        ),
+        Action::Rebuild { oid, .. } => {
+            let rebuilt = session
+                .rebuild_view(
+                    name,
+                    &temp_name(oid),
+                    query,
+                    hash,
+                    run_id,
+                    lock_timeout_ms,
+                    managed,
+                )
+                .await?;
+            dependents = rebuilt.dependents;
+            Some(rebuilt.rows)
+        }
+        Action::RebuiltWithUpstream => None,
     };
     let stats = session.analyze_view(name).await?;
     Ok(Done {
@@ -110,6 +131,7 @@ pub async fn perform(
             .map(|r| i64::try_from(r).unwrap_or(i64::MAX))
             .unwrap_or(stats.rows),
         bytes: stats.bytes,
+        dependents,
     })
 }
 

@@ -1,19 +1,22 @@
-//! A run: plan, execute with at most `max_workers` refreshes in flight under the circuit
-//! breaker, record every view's outcome, report.
+//! A run: plan, order by dependencies, execute with at most `max_workers` refreshes in flight
+//! under the circuit breaker, record every view's outcome, report.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etl_core::breaker::{Admission, CircuitBreaker, Clock, Outcome as BreakerOutcome, Ticket};
-use etl_core::executor::{run_bounded, Start};
+use etl_core::executor::{run_graph, simulate, Graph, Start};
 use etl_core::{DbError, FailureKind};
 
-use super::planner::{plan, PlanError, PlannedView, Selection, ViewPlan};
-use super::refresh::{decide, perform};
+use super::graph;
+use super::planner::{plan, PlanError, PlannedView, Scope, Selection, ViewPlan};
+use super::refresh::{decide, perform, Action};
+use super::select::{self, SelectError};
+use super::validate::referenced_relations;
 use crate::repositories::{
-    HistoryId, HistoryRoutes, Outcome, Rel, RunCounts, Session, Store, ViewRecord, ViewState,
+    HistoryId, HistoryRoutes, Outcome, Rel, RunCounts, Session, Store, ViewRecord,
 };
 
 /// What a run is allowed to do.
@@ -78,6 +81,10 @@ pub enum RunError {
     Configuration(DbError),
     #[error(transparent)]
     Selection(#[from] PlanError),
+    #[error(transparent)]
+    Select(#[from] SelectError),
+    #[error("no run is recorded yet: nothing to retry")]
+    NoRunToRetry,
     #[error("{context}: {error}")]
     Database {
         context: &'static str,
@@ -100,6 +107,223 @@ pub async fn connect(store: &dyn Store) -> Result<Box<dyn Session>, RunError> {
     })
 }
 
+/// What a run with a selection would do, before anything changes.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared {
+    /// The selected views, in manifest order.
+    pub views: Vec<PlannedView>,
+    /// Dependencies among them (the scheduler's order).
+    pub graph: Graph,
+    /// Each view's managed upstreams, selected or not, by key.
+    pub upstream: Vec<Vec<String>>,
+    /// What each view needs, or why it is an error without running.
+    pub actions: Vec<Result<Action, String>>,
+    /// Expected duration: the median of recent successful runs, else the median of the others.
+    pub expected_ms: Vec<u64>,
+    pub expected_known: Vec<bool>,
+    /// Every valid managed view, selected or not: key → (query, hash); a rebuild recreates the
+    /// managed views that read the rebuilt one from these.
+    pub managed: HashMap<String, (String, String)>,
+    /// One message per dependency cycle, naming every view in it.
+    pub cycles: Vec<String>,
+    /// The run a `retry` repeats.
+    pub retried_run: Option<String>,
+}
+
+impl Prepared {
+    /// The wall time the schedule predicts with `workers`, from the expected durations.
+    pub fn expected_wall_ms(&self, workers: NonZeroUsize) -> u64 {
+        simulate(&self.graph, &self.expected_ms, workers)
+    }
+
+    /// Each view's priority: its expected duration plus the longest path below it.
+    pub fn priority(&self) -> Vec<u64> {
+        self.graph.remaining_path(&self.expected_ms)
+    }
+}
+
+/// Reads manifests and catalog, builds the dependency graph, applies the selection and decides
+/// each view's action. Changes nothing.
+pub async fn prepare(
+    session: &mut dyn Session,
+    selection: &Selection,
+    refresh_concurrently: bool,
+) -> Result<Prepared, RunError> {
+    let mut selection = selection.clone();
+    let mut retried_run = None;
+    if let Scope::Retry(run_id) = &selection.scope {
+        let run_id = match run_id {
+            Some(id) => id.clone(),
+            None => session
+                .last_run_id()
+                .await
+                .map_err(at("finding the last run"))?
+                .ok_or(RunError::NoRunToRetry)?,
+        };
+        let keys = session
+            .unfinished_views(&run_id)
+            .await
+            .map_err(at("reading the run to retry"))?;
+        retried_run = Some(run_id);
+        selection.scope = Scope::Tables(keys);
+    }
+    let rows = session
+        .load_manifests()
+        .await
+        .map_err(at("reading the manifest tables"))?;
+    let planned = plan(&rows, &selection)?;
+
+    let reads: Vec<_> = planned
+        .views
+        .iter()
+        .map(|v| match &v.plan {
+            ViewPlan::Valid { query, .. } => referenced_relations(query).unwrap_or_default(),
+            ViewPlan::Invalid(_) => Vec::new(),
+        })
+        .collect();
+    let names: Vec<Rel<'_>> = planned
+        .views
+        .iter()
+        .filter_map(|p| match &p.plan {
+            ViewPlan::Valid { name, .. } => Some(Rel {
+                schema: name.schema(),
+                name: name.name(),
+            }),
+            ViewPlan::Invalid(_) => None,
+        })
+        .collect();
+    let states = session
+        .inspect(&names)
+        .await
+        .map_err(at("inspecting the views"))?;
+    let hashes: HashMap<&str, &str> = planned
+        .views
+        .iter()
+        .filter_map(|v| match &v.plan {
+            ViewPlan::Valid { hash, .. } => Some((v.key.as_str(), hash.as_str())),
+            ViewPlan::Invalid(_) => None,
+        })
+        .collect();
+    // The catalog's dependencies hold only for views built from their current query.
+    let catalog: Vec<(String, String)> = session
+        .view_dependencies()
+        .await
+        .map_err(at("reading dependencies between views"))?
+        .into_iter()
+        .filter(|(reader, _)| {
+            states.get(reader).and_then(|s| s.stored_hash.as_deref())
+                == hashes.get(reader.as_str()).copied()
+        })
+        .collect();
+    let deps = graph::build(&planned.views, &reads, &catalog);
+    let mask = select::apply(&planned, &deps, &selection.select, &selection.exclude)?;
+    let keep: Vec<usize> = (0..planned.views.len()).filter(|&i| mask[i]).collect();
+
+    let mut cycle_of: HashMap<usize, usize> = HashMap::new();
+    let cycles: Vec<String> = deps
+        .cycles
+        .iter()
+        .enumerate()
+        .map(|(c, members)| {
+            for &m in members {
+                cycle_of.insert(m, c);
+            }
+            let names: Vec<&str> = members.iter().map(|&m| planned.views[m].key.as_str()).collect();
+            format!(
+                "dependency cycle between {}: each reads another, so none can be built first; change one of their queries",
+                names.join(", ")
+            )
+        })
+        .collect();
+    for c in &cycles {
+        tracing::error!("{c}");
+    }
+
+    let managed: HashMap<String, (String, String)> = planned
+        .views
+        .iter()
+        .filter_map(|v| match &v.plan {
+            ViewPlan::Valid { query, hash, .. } => {
+                Some((v.key.clone(), (query.clone(), hash.clone())))
+            }
+            ViewPlan::Invalid(_) => None,
+        })
+        .collect();
+    let graph = deps.restrict(&keep);
+    let upstream: Vec<Vec<String>> = keep
+        .iter()
+        .map(|&i| {
+            deps.upstream[i]
+                .iter()
+                .map(|&u| planned.views[u].key.clone())
+                .collect()
+        })
+        .collect();
+    let actions: Vec<Result<Action, String>> = keep
+        .iter()
+        .map(|&i| {
+            let v = &planned.views[i];
+            if let Some(&c) = cycle_of.get(&i) {
+                return Err(cycles[c].clone());
+            }
+            match &v.plan {
+                ViewPlan::Invalid(reason) => Err(reason.clone()),
+                ViewPlan::Valid { hash, .. } => decide(
+                    &states.get(&v.key).cloned().unwrap_or_default(),
+                    hash,
+                    refresh_concurrently,
+                    &v.key,
+                ),
+            }
+        })
+        .collect();
+    let mut views_by_index: Vec<Option<PlannedView>> =
+        planned.views.into_iter().map(Some).collect();
+    let views: Vec<PlannedView> = keep
+        .iter()
+        .filter_map(|&i| views_by_index[i].take())
+        .collect();
+
+    let keys: Vec<String> = views.iter().map(|v| v.key.clone()).collect();
+    let recent = session
+        .recent_durations(&keys)
+        .await
+        .map_err(at("reading recent durations"))?;
+    let (expected_ms, expected_known) = expected(&keys, &recent);
+    Ok(Prepared {
+        views,
+        graph,
+        upstream,
+        actions,
+        expected_ms,
+        expected_known,
+        managed,
+        cycles,
+        retried_run,
+    })
+}
+
+/// Each view's expected duration: its recent median, or the median of the known ones.
+pub fn expected(keys: &[String], recent_ms: &HashMap<String, u64>) -> (Vec<u64>, Vec<bool>) {
+    let mut known: Vec<u64> = keys
+        .iter()
+        .filter_map(|k| recent_ms.get(k).copied())
+        .collect();
+    known.sort_unstable();
+    let n = known.len();
+    let median = match n {
+        0 => 0,
+        _ if n % 2 == 1 => known[n / 2],
+        _ => (known[n / 2 - 1] + known[n / 2]) / 2,
+    };
+    keys.iter()
+        .map(|k| match recent_ms.get(k) {
+            Some(&ms) => (ms, true),
+            None => (median, false),
+        })
+        .unzip()
+}
+
 pub struct RunProcessor<C: Clock + Clone + 'static> {
     store: Arc<dyn Store>,
     settings: RunSettings,
@@ -114,6 +338,9 @@ struct Shared<C: Clock> {
     routes: HistoryRoutes,
     run_id: String,
     settings: RunSettings,
+    prepared: Prepared,
+    /// Views recreated in this run by the rebuild of a view they read.
+    rebuilt_with_upstream: Mutex<HashSet<String>>,
 }
 
 /// What a task hands back: the result, and whether its history is already written.
@@ -132,7 +359,8 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         }
     }
 
-    /// Migrates, plans `selection`, refreshes every selected view and records each outcome.
+    /// Migrates, prepares `selection`, refreshes every selected view in dependency order and
+    /// records each outcome.
     pub async fn run(
         &self,
         job: &str,
@@ -142,41 +370,23 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         let started = Instant::now();
         let mut main = connect(self.store.as_ref()).await?;
         main.migrate().await.map_err(at("applying migrations"))?;
-        let rows = main
-            .load_manifests()
-            .await
-            .map_err(at("reading the manifest tables"))?;
-        let planned = plan(&rows, selection)?;
+        let prepared =
+            prepare(main.as_mut(), selection, self.settings.refresh_concurrently).await?;
+        if let Some(retried) = &prepared.retried_run {
+            tracing::info!(retried_run = %retried, views = prepared.views.len(), "retrying the views that failed or were skipped");
+        }
         let routes = main
             .history_routes()
             .await
             .map_err(at("inspecting the history tables"))?;
-        let names: Vec<Rel<'_>> = planned
-            .iter()
-            .filter_map(|p| match &p.plan {
-                ViewPlan::Valid { name, .. } => Some(Rel {
-                    schema: name.schema(),
-                    name: name.name(),
-                }),
-                ViewPlan::Invalid(_) => None,
-            })
-            .collect();
-        let states = main
-            .inspect(&names)
-            .await
-            .map_err(at("inspecting the views"))?;
-        let keys: Vec<String> = planned.iter().map(|p| p.key.clone()).collect();
-        let durations = main
-            .recent_durations(&keys)
-            .await
-            .map_err(at("reading recent durations"))?;
-        let order = longest_first(&keys, &durations);
         let run_id = uuid::Uuid::new_v4().to_string();
         main.begin_run(&run_id, job, arguments)
             .await
             .map_err(at("recording the run"))?;
-        tracing::info!(run_id = %run_id, views = planned.len(), workers = self.settings.max_workers.get(), "run started");
+        tracing::info!(run_id = %run_id, views = prepared.views.len(), workers = self.settings.max_workers.get(), "run started");
 
+        let priority = prepared.priority();
+        let graph = prepared.graph.clone();
         let shared = Arc::new(Shared {
             store: self.store.clone(),
             breaker: Mutex::new(CircuitBreaker::new(
@@ -188,20 +398,26 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             routes,
             run_id: run_id.clone(),
             settings: self.settings.clone(),
+            prepared,
+            rebuilt_with_upstream: Mutex::new(HashSet::new()),
         });
-
-        let mut slots: Vec<Option<PlannedView>> = planned.into_iter().map(Some).collect();
-        let scheduled: Vec<(usize, PlannedView)> = order
-            .into_iter()
-            .filter_map(|i| slots.get_mut(i).and_then(Option::take).map(|v| (i, v)))
-            .collect();
-        let finished = run_bounded(
-            scheduled,
+        let finished = run_graph(
+            &graph,
+            priority,
             self.settings.max_workers,
-            |(i, view)| {
-                let key = (i, view.key.clone(), view.record.clone());
-                let decision = start_view(&shared, view, &states);
-                (key, decision)
+            |i| start_view(&shared, i),
+            |t: &TaskResult| t.result.outcome.status == "success",
+            |i, failed| TaskResult {
+                result: ViewResult {
+                    key: shared.prepared.views[i].key.clone(),
+                    record: shared.prepared.views[i].record.clone(),
+                    outcome: skipped(format!(
+                        "upstream {} failed",
+                        shared.prepared.views[failed].key
+                    )),
+                },
+                history: None,
+                recorded: false,
             },
         )
         .await;
@@ -210,11 +426,12 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         // here, so every view ends with exactly one history row.
         let mut results: Vec<(usize, ViewResult)> = Vec::with_capacity(finished.len());
         let mut bookkeeping_errors = Vec::new();
-        for ((i, key, record), task) in finished {
+        for (i, task) in finished {
+            let view = &shared.prepared.views[i];
             let task = task.unwrap_or_else(|panic| TaskResult {
                 result: ViewResult {
-                    key: key.clone(),
-                    record: record.clone(),
+                    key: view.key.clone(),
+                    record: view.record.clone(),
                     outcome: failed(0, format!("internal error, please report it: {panic}")),
                 },
                 history: None,
@@ -263,23 +480,6 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
     }
 }
 
-/// The order views start in: longest expected duration first, so a long view never starts last
-/// and stretches the run. A view with no successful run yet counts as the median of the others;
-/// ties keep manifest order.
-pub fn longest_first(keys: &[String], recent_ms: &HashMap<String, u64>) -> Vec<usize> {
-    let mut known: Vec<u64> = keys.iter().filter_map(|k| recent_ms.get(k).copied()).collect();
-    known.sort_unstable();
-    let n = known.len();
-    let median = match n {
-        0 => 0,
-        _ if n % 2 == 1 => known[n / 2],
-        _ => (known[n / 2 - 1] + known[n / 2]) / 2,
-    };
-    let mut order: Vec<usize> = (0..keys.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(recent_ms.get(&keys[i]).copied().unwrap_or(median)));
-    order
-}
-
 fn failed(duration_ms: u64, error: String) -> Outcome {
     Outcome {
         status: "error",
@@ -304,12 +504,9 @@ fn skipped(reason: String) -> Outcome {
 
 type Task = std::pin::Pin<Box<dyn std::future::Future<Output = TaskResult> + Send>>;
 
-/// Called when a worker slot is free: decides whether the view runs now.
-fn start_view<C: Clock + 'static>(
-    shared: &Arc<Shared<C>>,
-    view: PlannedView,
-    states: &HashMap<String, ViewState>,
-) -> Start<Task, TaskResult> {
+/// Called when view `i`'s upstreams are done and a worker slot is free: decides whether it runs.
+fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Task, TaskResult> {
+    let view = &shared.prepared.views[i];
     let done = |outcome: Outcome| {
         Start::Done(TaskResult {
             result: ViewResult {
@@ -325,16 +522,13 @@ fn start_view<C: Clock + 'static>(
         ViewPlan::Invalid(reason) => return done(failed(0, reason.clone())),
         ViewPlan::Valid { name, query, hash } => (name.clone(), query.clone(), hash.clone()),
     };
-    let state = states.get(&view.key).cloned().unwrap_or_default();
-    let action = match decide(
-        &state,
-        &hash,
-        shared.settings.refresh_concurrently,
-        &view.key,
-    ) {
-        Ok(a) => a,
-        Err(reason) => return done(failed(0, reason)),
+    let mut action = match &shared.prepared.actions[i] {
+        Ok(a) => *a,
+        Err(reason) => return done(failed(0, reason.clone())),
     };
+    if lock(&shared.rebuilt_with_upstream).contains(&view.key) {
+        action = Action::RebuiltWithUpstream;
+    }
     let ticket = match lock(&shared.breaker).admit() {
         Admission::Admitted(t) => t,
         Admission::Denied { retry_after } => {
@@ -348,18 +542,17 @@ fn start_view<C: Clock + 'static>(
     };
     let shared = shared.clone();
     Start::Run(Box::pin(async move {
+        let view = &shared.prepared.views[i];
         let mut guard = TicketGuard {
             shared: &shared,
             ticket: Some(ticket),
         };
         let began = Instant::now();
         let ms = |b: Instant| u64::try_from(b.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let record = view.record.clone();
-        let key = view.key.clone();
         let result = |outcome: Outcome, history, recorded| TaskResult {
             result: ViewResult {
-                key: key.clone(),
-                record: record.clone(),
+                key: view.key.clone(),
+                record: view.record.clone(),
                 outcome,
             },
             history,
@@ -404,11 +597,16 @@ fn start_view<C: Clock + 'static>(
             &hash,
             &shared.run_id,
             shared.settings.lock_timeout_ms,
+            &shared.prepared.managed,
         )
         .await
         {
             Ok(done) => {
                 guard.succeed();
+                if !done.dependents.is_empty() {
+                    tracing::info!(view = %view.key, dependents = ?done.dependents, "rebuilt together with the views reading it");
+                    lock(&shared.rebuilt_with_upstream).extend(done.dependents.iter().cloned());
+                }
                 tracing::info!(view = %view.key, action = action.label(), ms = ms(began), rows = done.rows, "refreshed");
                 Outcome {
                     status: "success",
@@ -491,7 +689,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::processors::fake::{own_error, trouble, FakeStore};
-    use crate::repositories::{ManifestRow, ReportType};
+    use crate::repositories::{ManifestRow, ReportType, ViewState};
     use std::sync::atomic::{AtomicU64, Ordering};
 
     /// A clock that only moves when the test says so.
@@ -664,18 +862,31 @@ mod tests {
     }
 
     #[test]
-    fn longest_expected_first_unknown_as_median_ties_in_manifest_order() {
-        let keys: Vec<String> = ["a", "b", "c", "d", "e"].iter().map(|s| s.to_string()).collect();
-        let ms: HashMap<String, u64> =
-            [("a", 100), ("b", 2000), ("d", 300)].iter().map(|(k, v)| (k.to_string(), *v)).collect();
-        // median of 100, 300, 2000 is 300: c and e count as 300, after b, tied with d in order.
-        assert_eq!(longest_first(&keys, &ms), [1, 2, 3, 4, 0]);
-        assert_eq!(longest_first(&keys, &HashMap::new()), [0, 1, 2, 3, 4]);
+    fn unknown_durations_count_as_the_median() {
+        let keys: Vec<String> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let ms: HashMap<String, u64> = [("a", 100), ("b", 2000), ("d", 300)]
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect();
+        // The median of 100, 300 and 2000 is 300.
+        assert_eq!(
+            expected(&keys, &ms),
+            (
+                vec![100, 2000, 300, 300, 300],
+                vec![true, true, false, true, false]
+            )
+        );
+        assert_eq!(expected(&keys[..2], &HashMap::new()).0, vec![0, 0]);
     }
 
     #[tokio::test]
     async fn long_views_start_first_and_results_stay_in_manifest_order() {
-        let rows: Vec<_> = (1..=4).map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1")).collect();
+        let rows: Vec<_> = (1..=4)
+            .map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1"))
+            .collect();
         let s = store(rows);
         s.state().durations.insert("s.v4".into(), 5000);
         s.state().durations.insert("s.v1".into(), 10);

@@ -10,6 +10,8 @@
 //! * [`validate_query`] accepts exactly one read-only query (`SELECT`,
 //!   `VALUES`, `WITH … SELECT`, set operations, `TABLE x`) and returns the
 //!   text to embed.
+//! * [`referenced_relations`] lists the relations such a query reads, without
+//!   its CTE names and table functions.
 //!
 //! A failure is an [`InvalidManifest`] whose message names the rule that
 //! failed and what to fix; the caller records it and moves on to the next
@@ -21,11 +23,14 @@
 //! effects. The database role the seeder runs as stays the real limit on what
 //! a query can do.
 
+use std::convert::Infallible;
 use std::fmt;
 use std::ops::ControlFlow;
 use std::str::FromStr;
 
-use sqlparser::ast::{Query, Select, Statement, Visit, Visitor};
+use sqlparser::ast::{
+    Ident, ObjectNamePart, Query, Select, SetExpr, Statement, TableFactor, Visit, Visitor,
+};
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
@@ -344,6 +349,12 @@ fn echo(raw: &str) -> String {
 /// `CREATE MATERIALIZED VIEW x AS <returned>`. To be safe, the caller should
 /// put a space or newline before anything it appends (such as `WITH NO DATA`).
 pub fn validate_query(sql: &str) -> Result<String, InvalidManifest> {
+    validated_query(sql).map(|(text, _)| text.to_owned())
+}
+
+/// Does the work of [`validate_query`] and also returns the parsed query, so
+/// that [`referenced_relations`] accepts exactly the same queries.
+fn validated_query(sql: &str) -> Result<(&str, Box<Query>), InvalidManifest> {
     if sql.trim().is_empty() {
         return Err(InvalidManifest::EmptyQuery);
     }
@@ -355,10 +366,13 @@ pub fn validate_query(sql: &str) -> Result<String, InvalidManifest> {
         1 => statements.remove(0),
         count => return Err(InvalidManifest::MultipleStatements { count }),
     };
-    let Statement::Query(query) = &statement else {
-        return Err(InvalidManifest::NotAQuery {
-            kind: statement_kind(&statement),
-        });
+    let query = match statement {
+        Statement::Query(query) => query,
+        other => {
+            return Err(InvalidManifest::NotAQuery {
+                kind: statement_kind(&other),
+            })
+        }
     };
     if let ControlFlow::Break(problem) = query.visit(&mut ReadOnlyQueryCheck) {
         return Err(problem);
@@ -367,8 +381,8 @@ pub fn validate_query(sql: &str) -> Result<String, InvalidManifest> {
     let text = strip_trailing(sql)?;
     // Safety net: the text handed back must mean exactly what was validated.
     // Statement equality in sqlparser ignores source positions.
-    match parse_statements(text) {
-        Ok(reparsed) if reparsed.len() == 1 && reparsed[0] == statement => Ok(text.to_owned()),
+    match parse_statements(text).as_deref() {
+        Ok([Statement::Query(reparsed)]) if *reparsed == query => Ok((text, query)),
         _ => Err(InvalidManifest::UnsafeTrailingText),
     }
 }
@@ -456,6 +470,248 @@ fn statement_kind(statement: &Statement) -> String {
         kind.push_str("not a query");
     }
     kind
+}
+
+/// A relation a query reads, as [`referenced_relations`] reports it.
+///
+/// Both parts are folded the way PostgreSQL folds identifiers: an unquoted
+/// identifier is lower-cased (ASCII letters only, like the server), a
+/// double-quoted one is kept exactly as written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RelationRef {
+    /// The schema the name is qualified with, `None` when it is unqualified
+    /// (the server then resolves it through `search_path`).
+    pub schema: Option<String>,
+    /// The relation name.
+    pub name: String,
+}
+
+impl fmt::Display for RelationRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// The relations a query reads, as (schema, name) with `schema` None when
+/// unqualified; lower-cased unless quoted (PostgreSQL folding), deduplicated,
+/// in order of first appearance.
+///
+/// The query is parsed and checked exactly as by [`validate_query`], so this
+/// accepts the same queries and fails with the same errors.
+///
+/// Every table-like name read anywhere in the query counts: in `FROM` and
+/// `JOIN`, in derived tables, in scalar subqueries of the select list, in
+/// `EXISTS (…)` and `IN (SELECT …)`, in the operands of set operations, in CTE
+/// bodies, and in `TABLE name`. A name with more than two parts
+/// (`db.schema.table`) is reported by its last two.
+///
+/// Not relations, and not reported:
+///
+/// * CTE names. An unqualified name that matches a CTE in scope refers to the
+///   CTE. The scope is PostgreSQL's: a CTE is visible in the rest of the query
+///   whose `WITH` defines it (including subqueries) and in the bodies of the
+///   CTEs after it, or in all of that `WITH`'s CTE bodies if it is
+///   `WITH RECURSIVE`. Outside that query the same name refers to the real
+///   table again, and a schema-qualified name never refers to a CTE.
+/// * Table functions: `generate_series(1, 10)`, `now()`, `unnest(…)`,
+///   `LATERAL f(…)`, `XMLTABLE(…)`. Relations read in subqueries among their
+///   arguments still count.
+pub fn referenced_relations(query: &str) -> Result<Vec<RelationRef>, InvalidManifest> {
+    let (_, query) = validated_query(query)?;
+    let mut collector = RelationCollector::default();
+    collector.query(&query);
+    Ok(collector.found)
+}
+
+/// The CTE names one `WITH` clause defines, and how many of them the part of
+/// the query being walked can see.
+struct CteScope {
+    /// Folded CTE names, in definition order.
+    names: Vec<String>,
+    /// `names[..visible]` are in scope.
+    visible: usize,
+}
+
+/// Collects the relations of a query for [`referenced_relations`].
+///
+/// The query structure that decides CTE scope (`Query`, its `WITH` and its
+/// set-expression tree) is walked by hand. Everything else (select lists,
+/// `FROM`, `WHERE`, `ORDER BY`, …) goes through sqlparser's visitor in
+/// [`InScope`], which hands every subquery it meets back to
+/// [`RelationCollector::query`].
+#[derive(Default)]
+struct RelationCollector {
+    /// The `WITH` clauses enclosing the current position, innermost last.
+    scopes: Vec<CteScope>,
+    /// The relations found so far, without duplicates.
+    found: Vec<RelationRef>,
+}
+
+impl RelationCollector {
+    fn query(&mut self, query: &Query) {
+        // Destructured so that a field added by a sqlparser upgrade fails to
+        // compile here instead of being skipped silently.
+        let Query {
+            with,
+            body,
+            order_by,
+            limit_clause,
+            fetch,
+            locks,
+            for_clause,
+            settings,
+            format_clause,
+            pipe_operators,
+        } = query;
+        if let Some(with) = with {
+            let names: Vec<String> = with
+                .cte_tables
+                .iter()
+                .map(|cte| fold(&cte.alias.name))
+                .collect();
+            let count = names.len();
+            self.scopes.push(CteScope { names, visible: 0 });
+            for (index, cte) in with.cte_tables.iter().enumerate() {
+                self.set_visible_ctes(if with.recursive { count } else { index });
+                self.query(&cte.query);
+            }
+            self.set_visible_ctes(count);
+        }
+        self.set_expr(body);
+        self.visit_in_scope(order_by);
+        self.visit_in_scope(limit_clause);
+        self.visit_in_scope(fetch);
+        self.visit_in_scope(locks);
+        self.visit_in_scope(for_clause);
+        self.visit_in_scope(settings);
+        self.visit_in_scope(format_clause);
+        self.visit_in_scope(pipe_operators);
+        if with.is_some() {
+            self.scopes.pop();
+        }
+    }
+
+    fn set_visible_ctes(&mut self, visible: usize) {
+        if let Some(scope) = self.scopes.last_mut() {
+            scope.visible = visible;
+        }
+    }
+
+    fn set_expr(&mut self, body: &SetExpr) {
+        match body {
+            SetExpr::Query(query) => self.query(query),
+            SetExpr::SetOperation { left, right, .. } => {
+                self.set_expr(left);
+                self.set_expr(right);
+            }
+            // `TABLE name`: sqlparser keeps the name as plain identifiers,
+            // not as an `ObjectName`, so the visitor would not report it.
+            SetExpr::Table(table) => {
+                if let Some(name) = &table.table_name {
+                    self.record(table.schema_name.as_ref().map(fold), fold(name));
+                }
+            }
+            // `SELECT`, `VALUES` and anything else.
+            other => self.visit_in_scope(other),
+        }
+    }
+
+    /// Walks `node` with the current CTE scopes, recording its relations and
+    /// walking each subquery in it with [`RelationCollector::query`].
+    fn visit_in_scope<V: Visit>(&mut self, node: &V) {
+        let ControlFlow::Continue(()) = node.visit(&mut InScope {
+            collector: self,
+            depth: 0,
+        });
+    }
+
+    fn table_factor(&mut self, factor: &TableFactor) {
+        // `args: Some(…)` is a table function call such as
+        // `generate_series(1, 10)`; `LATERAL f(…)`, `unnest(…)` and
+        // `TABLE(…)` have variants of their own.
+        let TableFactor::Table {
+            name, args: None, ..
+        } = factor
+        else {
+            return;
+        };
+        let mut parts = name.0.iter().rev().map(fold_part);
+        if let Some(relation) = parts.next() {
+            self.record(parts.next(), relation);
+        }
+    }
+
+    fn record(&mut self, schema: Option<String>, name: String) {
+        if schema.is_none() && self.is_cte(&name) {
+            return;
+        }
+        let relation = RelationRef { schema, name };
+        if !self.found.contains(&relation) {
+            self.found.push(relation);
+        }
+    }
+
+    fn is_cte(&self, name: &str) -> bool {
+        self.scopes
+            .iter()
+            .any(|scope| scope.names[..scope.visible].iter().any(|cte| cte == name))
+    }
+}
+
+/// The visitor behind [`RelationCollector::visit_in_scope`]. It records the
+/// table factors of the current query level and hands each subquery to
+/// [`RelationCollector::query`]. The visitor cannot skip a node's children, so
+/// it then ignores everything until it leaves that subquery again.
+struct InScope<'a> {
+    collector: &'a mut RelationCollector,
+    /// How many subqueries deep the visitor is below the node it started at.
+    depth: usize,
+}
+
+impl Visitor for InScope<'_> {
+    type Break = Infallible;
+
+    fn pre_visit_query(&mut self, query: &Query) -> ControlFlow<Self::Break> {
+        if self.depth == 0 {
+            self.collector.query(query);
+        }
+        self.depth += 1;
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_query(&mut self, _query: &Query) -> ControlFlow<Self::Break> {
+        self.depth -= 1;
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_table_factor(&mut self, factor: &TableFactor) -> ControlFlow<Self::Break> {
+        if self.depth == 0 {
+            self.collector.table_factor(factor);
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// An identifier as PostgreSQL resolves it: unquoted identifiers are folded to
+/// lower case (ASCII letters only, as the server does), quoted ones are kept.
+fn fold(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_ascii_lowercase(),
+    }
+}
+
+/// [`fold`] for one part of an object name. sqlparser only produces the
+/// non-identifier parts (`IDENTIFIER(…)`) for Snowflake; they are kept as
+/// written.
+fn fold_part(part: &ObjectNamePart) -> String {
+    match part {
+        ObjectNamePart::Identifier(ident) => fold(ident),
+        other => other.to_string(),
+    }
 }
 
 /// Returns `sql` without leading whitespace and without anything after the
@@ -1215,6 +1471,312 @@ mod tests {
     fn comment_hiding_a_second_statement_is_harmless() {
         assert_eq!(query("SELECT 1 /* ; DROP TABLE x */"), "SELECT 1");
         assert_eq!(query("SELECT 1 -- ; DROP TABLE x"), "SELECT 1");
+    }
+
+    // ---- referenced relations --------------------------------------------------
+
+    fn relations(sql: &str) -> Vec<String> {
+        referenced_relations(sql)
+            .unwrap_or_else(|e| panic!("{sql:?} should be valid: {e}"))
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    fn rel(schema: Option<&str>, name: &str) -> RelationRef {
+        RelationRef {
+            schema: schema.map(str::to_owned),
+            name: name.to_owned(),
+        }
+    }
+
+    #[test]
+    fn relations_of_a_simple_from() {
+        assert_eq!(
+            referenced_relations("SELECT a FROM reporting.sales").unwrap(),
+            [rel(Some("reporting"), "sales")]
+        );
+        assert_eq!(
+            referenced_relations("SELECT a FROM sales s WHERE s.a > 1").unwrap(),
+            [rel(None, "sales")]
+        );
+        assert_eq!(relations("SELECT 1"), [] as [&str; 0]);
+        assert_eq!(relations("VALUES (1), (2)"), [] as [&str; 0]);
+    }
+
+    #[test]
+    fn relations_of_joins_qualified_and_not() {
+        assert_eq!(
+            relations(
+                "SELECT * FROM sales.orders o \
+                 JOIN items i ON i.order_id = o.id \
+                 LEFT JOIN public.customers c USING (customer_id) \
+                 CROSS JOIN regions, sales.currencies"
+            ),
+            [
+                "sales.orders",
+                "items",
+                "public.customers",
+                "regions",
+                "sales.currencies"
+            ]
+        );
+        assert_eq!(
+            relations("SELECT * FROM (a JOIN (b JOIN c ON true) ON true)"),
+            ["a", "b", "c"]
+        );
+    }
+
+    #[test]
+    fn relation_names_are_folded_unless_quoted() {
+        assert_eq!(
+            referenced_relations(
+                "SELECT * FROM Reporting.DAILY_Sales JOIN \"Sales\".\"Orders\" ON true"
+            )
+            .unwrap(),
+            [
+                rel(Some("reporting"), "daily_sales"),
+                rel(Some("Sales"), "Orders")
+            ]
+        );
+        assert_eq!(
+            relations("SELECT * FROM \"reporting\".X, \"lower\", \"Mixed\", ÄB"),
+            ["reporting.x", "lower", "Mixed", "Äb"]
+        );
+        // Folding makes these the same relation.
+        assert_eq!(relations("SELECT * FROM t, T, \"t\""), ["t"]);
+    }
+
+    #[test]
+    fn cte_names_are_not_relations() {
+        assert_eq!(
+            relations("WITH x AS (SELECT 1) SELECT * FROM x"),
+            [] as [&str; 0]
+        );
+        assert_eq!(
+            relations("WITH x AS (SELECT * FROM reporting.real) SELECT * FROM x"),
+            ["reporting.real"]
+        );
+        // Folding applies to CTE names too.
+        assert_eq!(
+            relations(
+                "WITH Recent AS (SELECT * FROM s.o) SELECT * FROM RECENT JOIN recent r2 ON true"
+            ),
+            ["s.o"]
+        );
+        assert_eq!(
+            relations("WITH \"X\" AS (SELECT 1) SELECT * FROM \"X\", x"),
+            ["x"]
+        );
+        // A qualified name never refers to a CTE.
+        assert_eq!(
+            relations("WITH x AS (SELECT 1) SELECT * FROM x, public.x"),
+            ["public.x"]
+        );
+        // CTEs are visible in subqueries, ORDER BY and later CTEs.
+        assert_eq!(
+            relations(
+                "WITH a AS (SELECT * FROM t1), b AS (SELECT * FROM a JOIN t2 ON true) \
+                 SELECT * FROM (SELECT * FROM b) s WHERE EXISTS (SELECT 1 FROM a) \
+                 ORDER BY (SELECT max(v) FROM b)"
+            ),
+            ["t1", "t2"]
+        );
+        assert_eq!(
+            relations("WITH c AS (SELECT 1 AS a) TABLE c"),
+            [] as [&str; 0]
+        );
+    }
+
+    #[test]
+    fn cte_scope_is_the_with_that_defines_it() {
+        // Inside a derived table only: the outer `x` is the real table.
+        assert_eq!(
+            relations("SELECT * FROM (WITH x AS (SELECT 1) SELECT * FROM x) s JOIN x ON true"),
+            ["x"]
+        );
+        // In a scalar subquery only.
+        assert_eq!(
+            relations("SELECT (WITH x AS (SELECT 1 AS v) SELECT v FROM x) FROM x"),
+            ["x"]
+        );
+        // In a CTE body only: the main query's `x` is the real table.
+        assert_eq!(
+            relations("WITH a AS (WITH x AS (SELECT 1) SELECT * FROM x) SELECT * FROM a, x"),
+            ["x"]
+        );
+        // In the left operand of a UNION only.
+        assert_eq!(
+            relations("(WITH x AS (SELECT 1) SELECT * FROM x) UNION SELECT * FROM x"),
+            ["x"]
+        );
+        // A non-recursive CTE does not see itself or later CTEs: those names
+        // are the real tables.
+        assert_eq!(
+            relations("WITH x AS (SELECT * FROM x) SELECT * FROM x"),
+            ["x"]
+        );
+        assert_eq!(
+            relations("WITH a AS (SELECT * FROM b), b AS (SELECT 1) SELECT * FROM a, b"),
+            ["b"]
+        );
+        // WITH RECURSIVE puts all of its CTEs in scope in all of its bodies.
+        assert_eq!(
+            relations(
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10) \
+                 SELECT i FROM n"
+            ),
+            [] as [&str; 0]
+        );
+        assert_eq!(
+            relations(
+                "WITH RECURSIVE a AS (SELECT * FROM b), b AS (SELECT * FROM t) SELECT * FROM a"
+            ),
+            ["t"]
+        );
+        // An inner CTE shadows an outer one of the same name, and only inside.
+        assert_eq!(
+            relations(
+                "WITH x AS (SELECT * FROM t1) \
+                 SELECT * FROM x, (WITH x AS (SELECT * FROM t2) SELECT * FROM x) s, \
+                 (SELECT * FROM x) s2"
+            ),
+            ["t1", "t2"]
+        );
+    }
+
+    #[test]
+    fn table_functions_are_not_relations() {
+        assert_eq!(
+            relations("SELECT * FROM generate_series(1, 10) AS g(i)"),
+            [] as [&str; 0]
+        );
+        assert_eq!(
+            relations("SELECT * FROM pg_catalog.generate_series(1, 10) WITH ORDINALITY"),
+            [] as [&str; 0]
+        );
+        assert_eq!(
+            relations("SELECT * FROM unnest(ARRAY[1, 2]) AS u(v)"),
+            [] as [&str; 0]
+        );
+        assert_eq!(
+            relations(
+                "SELECT * FROM orders o, LATERAL jsonb_array_elements(o.items) AS e \
+                 CROSS JOIN LATERAL unnest(o.tags) AS t"
+            ),
+            ["orders"]
+        );
+        // A table function of no arguments is still a call, not a table.
+        assert_eq!(relations("SELECT * FROM now()"), [] as [&str; 0]);
+        // Relations read in a table function's arguments still count.
+        assert_eq!(
+            relations(
+                "SELECT * FROM generate_series(1, (SELECT max(n) FROM reporting.limits)), \
+                 LATERAL f((SELECT count(*) FROM items))"
+            ),
+            ["reporting.limits", "items"]
+        );
+    }
+
+    #[test]
+    fn relations_in_subqueries_count() {
+        // Derived table.
+        assert_eq!(
+            relations("SELECT * FROM (SELECT * FROM inner_t) s JOIN LATERAL (SELECT * FROM lat) l ON true"),
+            ["inner_t", "lat"]
+        );
+        // Scalar subquery in the select list.
+        assert_eq!(
+            relations("SELECT (SELECT max(x) FROM y WHERE y.id = o.id) AS m FROM orders o"),
+            ["y", "orders"]
+        );
+        // EXISTS and IN in WHERE, nested.
+        assert_eq!(
+            relations(
+                "SELECT 1 FROM u WHERE EXISTS (SELECT 1 FROM z WHERE z.id = u.id) \
+                 AND u.k IN (SELECT k FROM s.keys WHERE k NOT IN (SELECT k FROM s.blocked))"
+            ),
+            ["u", "z", "s.keys", "s.blocked"]
+        );
+        // In HAVING, a function argument, ARRAY(…) and = ANY (…).
+        assert_eq!(
+            relations(
+                "SELECT coalesce((SELECT 1 FROM a), 0), ARRAY(SELECT v FROM b) FROM t \
+                 GROUP BY 1 HAVING count(*) > (SELECT count(*) FROM c) \
+                 AND 1 = ANY (SELECT 1 FROM d)"
+            ),
+            ["a", "b", "t", "c", "d"]
+        );
+    }
+
+    #[test]
+    fn relations_of_set_operations() {
+        assert_eq!(
+            relations("SELECT a FROM t1 UNION SELECT a FROM s.t2"),
+            ["t1", "s.t2"]
+        );
+        assert_eq!(
+            relations(
+                "SELECT a FROM t1 UNION ALL (SELECT a FROM t2 EXCEPT SELECT a FROM t3) \
+                 INTERSECT TABLE t4 ORDER BY 1"
+            ),
+            ["t1", "t2", "t3", "t4"]
+        );
+    }
+
+    #[test]
+    fn three_part_names_use_the_last_two() {
+        assert_eq!(
+            referenced_relations("SELECT * FROM mydb.Reporting.Sales").unwrap(),
+            [rel(Some("reporting"), "sales")]
+        );
+    }
+
+    #[test]
+    fn duplicates_are_removed_in_first_appearance_order() {
+        assert_eq!(
+            relations(
+                "SELECT * FROM b JOIN a ON true JOIN b b2 ON true \
+                 WHERE EXISTS (SELECT 1 FROM c JOIN a ON true) UNION SELECT * FROM B, s.b"
+            ),
+            ["b", "a", "c", "s.b"]
+        );
+    }
+
+    #[test]
+    fn relations_of_table_queries() {
+        assert_eq!(
+            referenced_relations("TABLE reporting.x").unwrap(),
+            [rel(Some("reporting"), "x")]
+        );
+        assert_eq!(relations(" table Sales.Orders ;"), ["sales.orders"]);
+        assert_eq!(relations("TABLE \"Odd\""), ["Odd"]);
+        assert_eq!(
+            relations("TABLE a UNION ALL TABLE b ORDER BY 1"),
+            ["a", "b"]
+        );
+        assert_eq!(relations("-- c\n(TABLE t);"), ["t"]);
+        // Order of appearance holds across TABLE and SELECT operands.
+        assert_eq!(
+            relations("TABLE a UNION VALUES ((SELECT 1 FROM b)) UNION SELECT * FROM c"),
+            ["a", "b", "c"]
+        );
+    }
+
+    #[test]
+    fn relations_reject_what_validation_rejects() {
+        for sql in [
+            "",
+            "SELEC 1",
+            "SELECT 1; SELECT 2",
+            "DELETE FROM t",
+            "SELECT * INTO x FROM t",
+            "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+            "SELECT * FROM t FOR UPDATE",
+            "TABLE t DROP TABLE t",
+        ] {
+            assert_eq!(referenced_relations(sql), Err(query_err(sql)), "{sql:?}");
+        }
     }
 
     // ---- helpers ---------------------------------------------------------------

@@ -271,7 +271,10 @@ const RECENT_DURATIONS: &str = "
 
 /// The median of each view's recent successful durations, in milliseconds; views that never
 /// succeeded are absent.
-pub async fn recent_durations(client: &Client, keys: &[String]) -> Result<HashMap<String, u64>, DbError> {
+pub async fn recent_durations(
+    client: &Client,
+    keys: &[String],
+) -> Result<HashMap<String, u64>, DbError> {
     let mut out = HashMap::new();
     for r in client.query(RECENT_DURATIONS, &[&keys]).await? {
         let ms: Option<i64> = r.try_get(1)?;
@@ -280,4 +283,29 @@ pub async fn recent_durations(client: &Client, keys: &[String]) -> Result<HashMa
         }
     }
     Ok(out)
+}
+
+pub async fn last_run_id(client: &Client) -> Result<Option<String>, DbError> {
+    Ok(client
+        .query_opt(
+            "SELECT run_id FROM reporting.seeder_run ORDER BY started_at DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .map(|r| r.try_get(0))
+        .transpose()?)
+}
+
+pub async fn unfinished_views(client: &Client, run_id: &str) -> Result<Vec<String>, DbError> {
+    client
+        .query(
+            "SELECT table_name FROM reporting.seeder_view_run
+             WHERE run_id = $1 AND status IN ('error', 'skipped')
+             ORDER BY table_name",
+            &[&run_id],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok(r.try_get(0)?))
+        .collect()
 }

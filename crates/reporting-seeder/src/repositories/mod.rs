@@ -19,7 +19,7 @@ use etl_core::DbError;
 
 pub use history::{HistoryId, HistoryRoutes, Outcome, RunCounts, ViewRecord};
 pub use manifests::{ManifestRow, ReportType};
-pub use views::{ViewState, ViewStats};
+pub use views::{Rebuilt, ViewState, ViewStats};
 
 /// A relation name as two parts; always quoted when put into SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,6 +56,12 @@ pub trait Session: Send {
     async fn history_routes(&mut self) -> Result<HistoryRoutes, DbError>;
     /// Median of each view's recent successful durations (ms), for scheduling.
     async fn recent_durations(&mut self, keys: &[String]) -> Result<HashMap<String, u64>, DbError>;
+    /// (reader, read) pairs of materialized views from `pg_depend`, by `schema.name`.
+    async fn view_dependencies(&mut self) -> Result<Vec<(String, String)>, DbError>;
+    /// The newest run's id, or none.
+    async fn last_run_id(&mut self) -> Result<Option<String>, DbError>;
+    /// The views that ended `error` or `skipped` in `run_id`.
+    async fn unfinished_views(&mut self, run_id: &str) -> Result<Vec<String>, DbError>;
 
     async fn begin_run(&mut self, run_id: &str, job: &str, arguments: &str) -> Result<(), DbError>;
     async fn finish_run(
@@ -93,7 +99,9 @@ pub trait Session: Send {
     ) -> Result<u64, DbError>;
     async fn refresh_view(&mut self, view: Rel<'_>, concurrently: bool) -> Result<(), DbError>;
     /// Builds `query` under `temp`, copies indexes, grants, comment and owner from `view`, then
-    /// swaps the names and drops the old view in one short transaction; returns rows.
+    /// swaps the names and drops the old view in one short transaction, recreating the managed
+    /// views that read it (`managed`: key → (query, hash)).
+    #[allow(clippy::too_many_arguments)]
     async fn rebuild_view(
         &mut self,
         view: Rel<'_>,
@@ -102,7 +110,8 @@ pub trait Session: Send {
         hash: &str,
         run_id: &str,
         lock_timeout_ms: u64,
-    ) -> Result<u64, DbError>;
+        managed: &HashMap<String, (String, String)>,
+    ) -> Result<Rebuilt, DbError>;
     /// Drops a leftover temporary view (from an interrupted rebuild).
     async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError>;
     /// `ANALYZE`, then the view's row estimate and size.
@@ -167,6 +176,15 @@ impl Session for PgSession {
     async fn recent_durations(&mut self, keys: &[String]) -> Result<HashMap<String, u64>, DbError> {
         history::recent_durations(&self.conn, keys).await
     }
+    async fn view_dependencies(&mut self) -> Result<Vec<(String, String)>, DbError> {
+        views::dependencies(&self.conn).await
+    }
+    async fn last_run_id(&mut self) -> Result<Option<String>, DbError> {
+        history::last_run_id(&self.conn).await
+    }
+    async fn unfinished_views(&mut self, run_id: &str) -> Result<Vec<String>, DbError> {
+        history::unfinished_views(&self.conn, run_id).await
+    }
     async fn begin_run(&mut self, run_id: &str, job: &str, arguments: &str) -> Result<(), DbError> {
         history::begin_run(&self.conn, run_id, job, arguments).await
     }
@@ -217,7 +235,8 @@ impl Session for PgSession {
         hash: &str,
         run_id: &str,
         lock_timeout_ms: u64,
-    ) -> Result<u64, DbError> {
+        managed: &HashMap<String, (String, String)>,
+    ) -> Result<Rebuilt, DbError> {
         views::rebuild(
             &mut self.conn,
             view,
@@ -226,6 +245,7 @@ impl Session for PgSession {
             hash,
             run_id,
             lock_timeout_ms,
+            managed,
         )
         .await
     }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use deadpool_postgres::ClientWrapper;
 use etl_core::DbError;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, GenericClient};
 
 use super::{ident, Rel};
 
@@ -184,6 +184,156 @@ const PRIVILEGES: &[&str] = &[
     "MAINTAIN",
 ];
 
+/// What a rebuild made: the new view's rows and the managed dependents recreated with it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Rebuilt {
+    pub rows: u64,
+    pub dependents: Vec<String>,
+}
+
+/// A view's indexes, grants, comment and owner, to give a new view of the same name.
+#[derive(Debug, Clone)]
+struct Dress {
+    owner: String,
+    foreign_owner: bool,
+    comment: Option<String>,
+    /// (grantee, None for PUBLIC; privilege keyword; grantable)
+    grants: Vec<(Option<String>, &'static str, bool)>,
+    /// (name, unique, definition after USING)
+    indexes: Vec<(String, bool, String)>,
+}
+
+async fn capture(client: &impl GenericClient, view: Rel<'_>) -> Result<(u32, Dress), DbError> {
+    let old = client
+        .query_opt(OLD_VIEW, &[&view.schema, &view.name])
+        .await?
+        .ok_or_else(|| DbError::other(format!("{} disappeared during the rebuild", view.key())))?;
+    let oid: u32 = old.try_get(0)?;
+    let mut dress = Dress {
+        owner: old.try_get(1)?,
+        foreign_owner: old.try_get(2)?,
+        comment: old.try_get(3)?,
+        grants: Vec::new(),
+        indexes: Vec::new(),
+    };
+    for r in client.query(OLD_INDEXES, &[&oid]).await? {
+        let name: String = r.try_get(0)?;
+        let tail: Option<String> = r.try_get(1)?;
+        let tail = tail.ok_or_else(|| {
+            DbError::other(format!(
+                "cannot copy index {name} of {}: its definition has an unexpected form; rebuild it by hand",
+                view.key()
+            ))
+        })?;
+        dress.indexes.push((name, r.try_get(2)?, tail));
+    }
+    for g in client.query(OLD_GRANTS, &[&oid]).await? {
+        let privilege: String = g.try_get(1)?;
+        // The privilege is a keyword from the catalog; only known ones are ever put into SQL.
+        let Some(privilege) = PRIVILEGES.iter().find(|p| **p == privilege) else {
+            return Err(DbError::other(format!(
+                "cannot copy privilege {privilege:?} of {}: unknown privilege",
+                view.key()
+            )));
+        };
+        dress.grants.push((g.try_get(0)?, privilege, g.try_get(2)?));
+    }
+    Ok((oid, dress))
+}
+
+/// Gives `target` what `dress` describes; index `n` is named `index_name(n, original)`.
+async fn put_on(
+    client: &impl GenericClient,
+    target: Rel<'_>,
+    dress: &Dress,
+    index_name: impl Fn(usize, &str) -> String,
+) -> Result<(), DbError> {
+    for (n, (name, unique, tail)) in dress.indexes.iter().enumerate() {
+        client
+            .batch_execute(&format!(
+                "CREATE {}INDEX {} ON {} USING {tail}",
+                if *unique { "UNIQUE " } else { "" },
+                ident(&index_name(n, name)),
+                target.quoted()
+            ))
+            .await?;
+    }
+    if dress.foreign_owner {
+        client
+            .batch_execute(&format!(
+                "ALTER MATERIALIZED VIEW {} OWNER TO {}",
+                target.quoted(),
+                ident(&dress.owner)
+            ))
+            .await?;
+    }
+    for (grantee, privilege, grantable) in &dress.grants {
+        client
+            .batch_execute(&format!(
+                "GRANT {privilege} ON {} TO {}{}",
+                target.quoted(),
+                grantee
+                    .as_deref()
+                    .map(ident)
+                    .unwrap_or_else(|| "PUBLIC".to_string()),
+                if *grantable { " WITH GRANT OPTION" } else { "" }
+            ))
+            .await?;
+    }
+    if let Some(comment) = &dress.comment {
+        // DDL takes no bind parameters: the one literal we embed, escaped by the driver's own
+        // escaping function.
+        client
+            .batch_execute(&format!(
+                "COMMENT ON MATERIALIZED VIEW {} IS {}",
+                target.quoted(),
+                postgres_protocol::escape::escape_literal(comment)
+            ))
+            .await?;
+    }
+    Ok(())
+}
+
+// Everything that reads the view through a rewrite rule (views and materialized views),
+// transitively, deepest last.
+const DEPENDENTS: &str = "
+    WITH RECURSIVE deps(oid, depth) AS (
+        SELECT r.ev_class, 1
+        FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+        WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+          AND d.refobjid = $1 AND r.ev_class <> $1
+        UNION
+        SELECT r.ev_class, deps.depth + 1
+        FROM deps
+        JOIN pg_depend d ON d.refobjid = deps.oid
+        JOIN pg_rewrite r ON r.oid = d.objid
+        WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+          AND r.ev_class <> deps.oid AND deps.depth < 64
+    )
+    SELECT n.nspname::text, c.relname::text, c.relkind::text, max(deps.depth)
+    FROM deps JOIN pg_class c ON c.oid = deps.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+    GROUP BY 1, 2, 3
+    ORDER BY 4, 1, 2";
+
+/// (schema, name, relkind) of everything depending on `oid`, each after what it reads.
+async fn dependents(
+    client: &impl GenericClient,
+    oid: u32,
+) -> Result<Vec<(String, String, String)>, DbError> {
+    client
+        .query(DEPENDENTS, &[&oid])
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
+}
+
+/// Builds `query` under `temp`, gives it the old view's indexes, grants, comment and owner, then
+/// in one short transaction drops the old view and renames the new one. When other views read
+/// the old one, they must all be managed materialized views (`managed`: key → (query, hash)):
+/// the same transaction drops and recreates them from their manifests, dressed as they were.
+/// A dependent no manifest manages stops the rebuild with an error naming it.
+#[allow(clippy::too_many_arguments)]
 pub async fn rebuild(
     client: &mut Client,
     view: Rel<'_>,
@@ -192,7 +342,8 @@ pub async fn rebuild(
     hash: &str,
     run_id: &str,
     lock_timeout_ms: u64,
-) -> Result<u64, DbError> {
+    managed: &HashMap<String, (String, String)>,
+) -> Result<Rebuilt, DbError> {
     let temp_rel = Rel {
         schema: view.schema,
         name: temp,
@@ -202,8 +353,18 @@ pub async fn rebuild(
     let rows = client
         .execute(&create_sql(&temp_rel.quoted(), query), &[])
         .await?;
-    match dress_and_swap(client, view, temp_rel, hash, run_id, lock_timeout_ms).await {
-        Ok(()) => Ok(rows),
+    match dress_and_swap(
+        client,
+        view,
+        temp_rel,
+        hash,
+        run_id,
+        lock_timeout_ms,
+        managed,
+    )
+    .await
+    {
+        Ok(dependents) => Ok(Rebuilt { rows, dependents }),
         Err(e) => {
             if let Err(cleanup) = drop_if_exists(client, temp_rel).await {
                 tracing::warn!(view = %temp_rel.key(), error = %cleanup, "could not drop the temporary view; the next rebuild drops it");
@@ -213,6 +374,42 @@ pub async fn rebuild(
     }
 }
 
+fn unmanaged(
+    view: Rel<'_>,
+    deps: &[(String, String, String)],
+    managed: &HashMap<String, (String, String)>,
+) -> Option<DbError> {
+    let bad: Vec<String> = deps
+        .iter()
+        .filter(|(s, n, k)| k != "m" || !managed.contains_key(&format!("{s}.{n}")))
+        .map(|(s, n, k)| {
+            let kind = if k == "m" {
+                "materialized view"
+            } else {
+                "view"
+            };
+            format!("{kind} {s}.{n}")
+        })
+        .collect();
+    if bad.is_empty() {
+        return None;
+    }
+    Some(DbError {
+        kind: etl_core::FailureKind::OwnError,
+        code: None,
+        connect: false,
+        message: format!(
+            "cannot rebuild {}: {} read{} it and no manifest manages {}; drop or change {} by hand, or add {} to the manifests",
+            view.key(),
+            bad.join(", "),
+            if bad.len() == 1 { "s" } else { "" },
+            if bad.len() == 1 { "it" } else { "them" },
+            if bad.len() == 1 { "it" } else { "them" },
+            if bad.len() == 1 { "it" } else { "them" },
+        ),
+    })
+}
+
 async fn dress_and_swap(
     client: &mut Client,
     view: Rel<'_>,
@@ -220,80 +417,20 @@ async fn dress_and_swap(
     hash: &str,
     run_id: &str,
     lock_timeout_ms: u64,
-) -> Result<(), DbError> {
-    let old = client
-        .query_opt(OLD_VIEW, &[&view.schema, &view.name])
-        .await?
-        .ok_or_else(|| DbError::other(format!("{} disappeared during the rebuild", view.key())))?;
-    let oid: u32 = old.try_get(0)?;
-    let owner: String = old.try_get(1)?;
-    let foreign_owner: bool = old.try_get(2)?;
-    let comment: Option<String> = old.try_get(3)?;
-
-    let mut renames = Vec::new();
-    for (n, r) in client.query(OLD_INDEXES, &[&oid]).await?.iter().enumerate() {
-        let name: String = r.try_get(0)?;
-        let tail: Option<String> = r.try_get(1)?;
-        let unique: bool = r.try_get(2)?;
-        let tail = tail.ok_or_else(|| {
-            DbError::other(format!(
-                "cannot copy index {name} of {}: its definition has an unexpected form; rebuild it by hand",
-                view.key()
-            ))
-        })?;
-        let temp_index = format!("{}_ix{n}", temp.name);
-        client
-            .batch_execute(&format!(
-                "CREATE {}INDEX {} ON {} USING {tail}",
-                if unique { "UNIQUE " } else { "" },
-                ident(&temp_index),
-                temp.quoted()
-            ))
-            .await?;
-        renames.push((temp_index, name));
+    managed: &HashMap<String, (String, String)>,
+) -> Result<Vec<String>, DbError> {
+    let (oid, dress) = capture(&*client, view).await?;
+    put_on(&*client, temp, &dress, |n, _| {
+        format!("{}_ix{n}", temp.name)
+    })
+    .await?;
+    let deps = dependents(&*client, oid).await?;
+    if let Some(e) = unmanaged(view, &deps, managed) {
+        return Err(e);
     }
-    if foreign_owner {
-        client
-            .batch_execute(&format!(
-                "ALTER MATERIALIZED VIEW {} OWNER TO {}",
-                temp.quoted(),
-                ident(&owner)
-            ))
-            .await?;
-    }
-    for g in client.query(OLD_GRANTS, &[&oid]).await? {
-        let grantee: Option<String> = g.try_get(0)?;
-        let privilege: String = g.try_get(1)?;
-        let grantable: bool = g.try_get(2)?;
-        // The privilege is a keyword from the catalog; only known ones are put into SQL.
-        let Some(privilege) = PRIVILEGES.iter().find(|p| **p == privilege) else {
-            return Err(DbError::other(format!(
-                "cannot copy privilege {privilege:?} of {}: unknown privilege",
-                view.key()
-            )));
-        };
-        client
-            .batch_execute(&format!(
-                "GRANT {privilege} ON {} TO {}{}",
-                temp.quoted(),
-                grantee
-                    .as_deref()
-                    .map(ident)
-                    .unwrap_or_else(|| "PUBLIC".to_string()),
-                if grantable { " WITH GRANT OPTION" } else { "" }
-            ))
-            .await?;
-    }
-    if let Some(comment) = comment {
-        // DDL takes no bind parameters: the one literal we embed, escaped by the driver's own
-        // escaping function.
-        client
-            .batch_execute(&format!(
-                "COMMENT ON MATERIALIZED VIEW {} IS {}",
-                temp.quoted(),
-                postgres_protocol::escape::escape_literal(&comment)
-            ))
-            .await?;
+    let mut dep_dress = Vec::with_capacity(deps.len());
+    for (s, n, _) in &deps {
+        dep_dress.push(capture(&*client, Rel { schema: s, name: n }).await?.1);
     }
 
     let tx = client.transaction().await?;
@@ -302,6 +439,16 @@ async fn dress_and_swap(
         &[&format!("{lock_timeout_ms}ms")],
     )
     .await?;
+    // The dependents first, deepest first, then the view, each without CASCADE: should anything
+    // else have come to depend on one of them since the check, its DROP fails and the whole
+    // swap rolls back, so nothing unmanaged is ever dropped.
+    for (s, n, _) in deps.iter().rev() {
+        tx.batch_execute(&format!(
+            "DROP MATERIALIZED VIEW {}",
+            Rel { schema: s, name: n }.quoted()
+        ))
+        .await?;
+    }
     tx.batch_execute(&format!("DROP MATERIALIZED VIEW {}", view.quoted()))
         .await?;
     tx.batch_execute(&format!(
@@ -310,19 +457,52 @@ async fn dress_and_swap(
         ident(view.name)
     ))
     .await?;
-    for (temp_index, name) in &renames {
+    for (n, (name, _, _)) in dress.indexes.iter().enumerate() {
         tx.batch_execute(&format!(
             "ALTER INDEX {}.{} RENAME TO {}",
             ident(view.schema),
-            ident(temp_index),
+            ident(&format!("{}_ix{n}", temp.name)),
             ident(name)
         ))
         .await?;
     }
     tx.execute(UPSERT_STATE, &[&view.key(), &hash, &run_id])
         .await?;
+    let mut recreated = Vec::with_capacity(deps.len());
+    for ((s, n, _), d) in deps.iter().zip(&dep_dress) {
+        let key = format!("{s}.{n}");
+        let Some((query, dep_hash)) = managed.get(&key) else {
+            continue;
+        };
+        let rel = Rel { schema: s, name: n };
+        tx.execute(&create_sql(&rel.quoted(), query), &[]).await?;
+        put_on(&tx, rel, d, |_, original| original.to_string()).await?;
+        tx.execute(UPSERT_STATE, &[&key, dep_hash, &run_id]).await?;
+        recreated.push(key);
+    }
     tx.commit().await?;
-    Ok(())
+    Ok(recreated)
+}
+
+/// Every (reader, read) pair of materialized views, by `schema.name`, from `pg_depend`.
+pub async fn dependencies(client: &Client) -> Result<Vec<(String, String)>, DbError> {
+    client
+        .query(
+            "SELECT DISTINCT dn.nspname || '.' || dc.relname, un.nspname || '.' || uc.relname
+             FROM pg_depend d
+             JOIN pg_rewrite r ON r.oid = d.objid
+             JOIN pg_class dc ON dc.oid = r.ev_class
+             JOIN pg_namespace dn ON dn.oid = dc.relnamespace
+             JOIN pg_class uc ON uc.oid = d.refobjid
+             JOIN pg_namespace un ON un.oid = uc.relnamespace
+             WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+               AND dc.relkind = 'm' AND uc.relkind = 'm' AND dc.oid <> uc.oid",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
 }
 
 const STATS: &str = "

@@ -1,0 +1,44 @@
+//! Flag groups shared by several jobs, defined once and flattened where needed.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use crate::processors::select::Selector;
+
+/// `--select` / `--exclude`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SelectArgs {
+    /// Only these views: agency:<slug>, type:custom|canned, table:<schema.table> (glob * allowed);
+    /// +X adds everything X reads, X+ everything that reads X. Repeat or separate with spaces.
+    #[arg(long, value_name = "SELECTOR", num_args = 1.., value_parser = parse_selector)]
+    pub select: Vec<Selector>,
+    /// Leave out these views (same forms as --select).
+    #[arg(long, value_name = "SELECTOR", num_args = 1.., value_parser = parse_selector)]
+    pub exclude: Vec<Selector>,
+}
+
+fn parse_selector(s: &str) -> Result<Selector, String> {
+    s.parse()
+        .map_err(|e: crate::processors::select::SelectError| e.to_string())
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// A table for people.
+    #[default]
+    Text,
+    /// One JSON document on stdout (schema in the README).
+    Json,
+}
+
+/// `--output` and `--results-file` of the refresh jobs.
+#[derive(Debug, Clone, Default, Args)]
+pub struct OutputArgs {
+    /// What to print on stdout at the end.
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: OutputFormat,
+    /// Also write the run's results as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub results_file: Option<PathBuf>,
+}

@@ -1,0 +1,50 @@
+//! `retry`: run again the views that ended `error` or `skipped` in the last run (or in one).
+
+use clap::{CommandFactory, Parser};
+use etl_core::{JobContext, JobEntry, JobFuture};
+
+use crate::cli::args::{OutputArgs, SelectArgs};
+use crate::cli::context;
+use crate::processors::planner::{Scope, Selection};
+
+pub const JOB: JobEntry = JobEntry {
+    name: "retry",
+    description: "Run again the views that failed or were skipped in the last run (or --run-id)",
+    command: Cli::command,
+    run,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    after_help = "Dependencies between the retried views are respected. A view whose manifest \
+has since been disabled or removed is left out."
+)]
+struct Cli {
+    /// The run to retry; default the newest.
+    #[arg(long, value_name = "RUN_ID")]
+    run_id: Option<String>,
+    #[command(flatten)]
+    select: SelectArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
+    Box::pin(async move {
+        let cli: Cli = super::args(&matches)?;
+        let selection = Selection {
+            scope: Scope::Retry(cli.run_id),
+            select: cli.select.select,
+            exclude: cli.select.exclude,
+            ..Default::default()
+        };
+        context::refresh(
+            &ctx.env,
+            ctx.job,
+            ctx.args.join(" "),
+            selection,
+            &cli.output,
+        )
+        .await
+    })
+}

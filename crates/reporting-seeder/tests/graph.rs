@@ -1,0 +1,562 @@
+//! Dependencies between views, selection, `plan`, `retry` and machine-readable results, against a
+//! real server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use common::*;
+
+async fn migrate(db: &TestDb) {
+    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+}
+
+/// (table, status, errors) of the last run, by table.
+async fn last(db: &TestDb) -> Vec<(String, String, Option<String>)> {
+    db.history(&db.last_run_id().await).await
+}
+
+fn status<'a>(
+    rows: &'a [(String, String, Option<String>)],
+    table: &str,
+) -> (&'a str, Option<&'a str>) {
+    let r = rows
+        .iter()
+        .find(|r| r.0 == table)
+        .unwrap_or_else(|| panic!("{table} not in {rows:?}"));
+    (r.1.as_str(), r.2.as_deref())
+}
+
+/// stg (canned, two agencies) ← rollup (custom gotham) ← top (custom gotham), plus an
+/// independent view; manifests in the reverse of dependency order.
+async fn chain(db: &TestDb) {
+    migrate(db).await;
+    db.client()
+        .await
+        .batch_execute("CREATE TABLE public.src (id int, v int); INSERT INTO public.src SELECT i, i FROM generate_series(1, 100) i")
+        .await
+        .unwrap();
+    db.custom(
+        "reporting.top",
+        "gotham",
+        1,
+        "SELECT max(total) AS top FROM reporting.rollup",
+    )
+    .await;
+    db.custom(
+        "reporting.rollup",
+        "gotham",
+        1,
+        "SELECT sum(v) AS total FROM reporting.stg",
+    )
+    .await;
+    db.custom("reporting.alone", "metropolis", 2, "SELECT 1 AS id")
+        .await;
+    db.canned(
+        "reporting.stg",
+        "SELECT id, v FROM public.src",
+        &[(1, "gotham"), (2, "metropolis")],
+    )
+    .await;
+}
+
+/// [start, finish] of each view of the last run, from the history.
+async fn times(db: &TestDb) -> std::collections::HashMap<String, (f64, f64)> {
+    db.client()
+        .await
+        .query(
+            "SELECT table_name, extract(epoch FROM start_time)::float8, extract(epoch FROM finish_time)::float8
+             FROM reporting.seeder_run_history WHERE run_id = $1",
+            &[&db.last_run_id().await],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), (r.get(1), r.get(2))))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_run_after_the_views_they_read() {
+    let db = TestDb::new().await;
+    chain(&db).await;
+    for _ in 0..2 {
+        let out = db
+            .run(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "8")])
+            .await;
+        assert_exit(&out, 0);
+        let t = times(&db).await;
+        assert!(t["reporting.stg"].1 <= t["reporting.rollup"].0, "{t:?}");
+        assert!(t["reporting.rollup"].1 <= t["reporting.top"].0, "{t:?}");
+    }
+    let top: i64 = db
+        .client()
+        .await
+        .query_one("SELECT top FROM reporting.top", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(top, 5050);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_upstream_skips_everything_downstream() {
+    let db = TestDb::new().await;
+    chain(&db).await;
+    db.client()
+        .await
+        .execute(
+            "UPDATE reporting.seeder_canned_report SET query = 'SELECT 1 / 0 AS id, 1 AS v'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 1);
+    let rows = last(&db).await;
+    assert_eq!(status(&rows, "reporting.stg").0, "error");
+    assert_eq!(
+        status(&rows, "reporting.rollup"),
+        ("skipped", Some("upstream reporting.stg failed"))
+    );
+    assert_eq!(
+        status(&rows, "reporting.top"),
+        ("skipped", Some("upstream reporting.stg failed"))
+    );
+    assert_eq!(status(&rows, "reporting.alone").0, "success");
+    assert!(
+        db.oid("reporting.rollup").await.is_none(),
+        "nothing ran for a skipped view"
+    );
+    assert!(db.oid("reporting.top").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_is_reported_once_and_the_rest_goes_on() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    db.custom("reporting.a", "gotham", 1, "SELECT * FROM reporting.b")
+        .await;
+    db.custom("reporting.b", "gotham", 1, "SELECT * FROM reporting.c")
+        .await;
+    db.custom("reporting.c", "gotham", 1, "SELECT * FROM reporting.a")
+        .await;
+    db.custom("reporting.reader", "gotham", 1, "SELECT * FROM reporting.a")
+        .await;
+    db.custom("reporting.fine", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let out = db
+        .run(&["run", "refresh_all"], &[("RUST_LOG", "error")])
+        .await;
+    assert_exit(&out, 1);
+    let rows = last(&db).await;
+    for t in ["reporting.a", "reporting.b", "reporting.c"] {
+        let (s, e) = status(&rows, t);
+        assert_eq!(s, "error");
+        let e = e.unwrap();
+        assert!(
+            e.contains("reporting.a") && e.contains("reporting.b") && e.contains("reporting.c"),
+            "{e}"
+        );
+    }
+    assert_eq!(
+        status(&rows, "reporting.reader"),
+        ("skipped", Some("upstream reporting.a failed"))
+    );
+    assert_eq!(status(&rows, "reporting.fine").0, "success");
+    assert_eq!(
+        stderr(&out).matches("dependency cycle").count(),
+        1,
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// The upstream's query changes: it is rebuilt, and the view reading it is recreated in the same
+/// swap, pointing at the new view, while a reader queries the downstream view throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_upstream_is_rebuilt_with_its_dependents_without_reader_errors() {
+    let db = TestDb::new().await;
+    chain(&db).await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE UNIQUE INDEX rollup_key ON reporting.rollup (total);
+         GRANT SELECT ON reporting.rollup TO PUBLIC;
+         UPDATE public.src SET v = v * 2;
+         UPDATE reporting.seeder_canned_report
+            SET query = 'SELECT id, v, v * 10 AS w FROM public.src, (SELECT pg_sleep(1)) s';",
+    )
+    .await
+    .unwrap();
+    let old_stg = db.oid("reporting.stg").await.unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let reader = {
+        let (stop, reads, client) = (stop.clone(), reads.clone(), db.client().await);
+        tokio::spawn(async move {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                match client.query_one("SELECT top FROM reporting.top", &[]).await {
+                    Ok(_) => {
+                        reads.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            errors
+        })
+    };
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    stop.store(true, Ordering::SeqCst);
+    let errors = reader.await.unwrap();
+    assert_exit(&out, 0);
+    assert!(errors.is_empty(), "reader errors: {errors:?}");
+    assert!(reads.load(Ordering::SeqCst) > 10);
+
+    let new_stg = db.oid("reporting.stg").await.unwrap();
+    assert_ne!(new_stg, old_stg);
+    // rollup now reads the new stg (dependent views bind by OID).
+    let reads_new: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+             WHERE r.ev_class = 'reporting.rollup'::regclass AND d.refobjid = $1)",
+            &[&new_stg],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reads_new);
+    let top: i64 = c
+        .query_one("SELECT top FROM reporting.top", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(top, 10100, "the chain shows the new data");
+    let kept: (bool, bool) = {
+        let r = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_indexes WHERE indexname = 'rollup_key'),
+                        has_table_privilege('public', 'reporting.rollup', 'SELECT')",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        kept,
+        (true, true),
+        "the recreated dependent keeps its index and grants"
+    );
+    let rows = last(&db).await;
+    for t in ["reporting.stg", "reporting.rollup", "reporting.top"] {
+        assert_eq!(status(&rows, t).0, "success", "{rows:?}");
+    }
+    // The next run refreshes: nothing is left marked as changed.
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let actions: Vec<String> = c
+        .query(
+            "SELECT action FROM reporting.seeder_view_run WHERE run_id = $1 ORDER BY table_name",
+            &[&db.last_run_id().await],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(actions.iter().all(|a| a == "refresh"), "{actions:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmanaged_dependent_stops_the_rebuild_and_is_never_dropped() {
+    let db = TestDb::new().await;
+    chain(&db).await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE VIEW public.hand_made AS SELECT * FROM reporting.stg;
+         UPDATE reporting.seeder_canned_report SET query = 'SELECT id, v, 0 AS extra FROM public.src';",
+    )
+    .await
+    .unwrap();
+    let old = db.oid("reporting.stg").await;
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 1);
+    let rows = last(&db).await;
+    let (s, e) = status(&rows, "reporting.stg");
+    assert_eq!(s, "error");
+    assert!(e.unwrap().contains("public.hand_made"), "{e:?}");
+    assert!(db.oid("public.hand_made").await.is_some());
+    assert_eq!(
+        db.oid("reporting.stg").await,
+        old,
+        "the old view stays for its readers"
+    );
+    let leftovers: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_rs\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leftovers, 0);
+}
+
+/// The views of the last run, sorted.
+async fn ran(db: &TestDb) -> Vec<String> {
+    last(db).await.into_iter().map(|r| r.0).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_selector_and_operator() {
+    let db = TestDb::new().await;
+    chain(&db).await;
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--select", "agency:metropolis"],
+            &["reporting.alone", "reporting.stg"],
+        ),
+        (&["--select", "type:canned"], &["reporting.stg"]),
+        (&["--select", "table:reporting.r*"], &["reporting.rollup"]),
+        (
+            &["--select", "+table:reporting.rollup"],
+            &["reporting.rollup", "reporting.stg"],
+        ),
+        (
+            &["--select", "table:reporting.rollup+"],
+            &["reporting.rollup", "reporting.top"],
+        ),
+        (
+            &[
+                "--select",
+                "table:reporting.stg+",
+                "--exclude",
+                "table:reporting.top",
+            ],
+            &["reporting.rollup", "reporting.stg"],
+        ),
+        (
+            &["--select", "type:custom", "table:reporting.stg"],
+            &[
+                "reporting.alone",
+                "reporting.rollup",
+                "reporting.stg",
+                "reporting.top",
+            ],
+        ),
+        (&["--exclude", "agency:gotham"], &["reporting.alone"]),
+        (
+            &[
+                "--report-type",
+                "custom",
+                "--exclude",
+                "table:reporting.alone",
+            ],
+            &["reporting.rollup", "reporting.top"],
+        ),
+    ];
+    for (args, expected) in cases {
+        let mut argv = vec!["run", "refresh_all", "--"];
+        argv.extend_from_slice(args);
+        let out = db.run(&argv, &[]).await;
+        assert_exit(&out, 0);
+        assert_eq!(ran(&db).await, *expected, "{args:?}");
+    }
+    // The old jobs are the same selections.
+    assert_exit(
+        &db.run(&["run", "refresh_agency", "metropolis"], &[]).await,
+        0,
+    );
+    assert_eq!(ran(&db).await, ["reporting.alone", "reporting.stg"]);
+    assert_exit(
+        &db.run(&["run", "refresh_table", "reporting.rollup"], &[])
+            .await,
+        0,
+    );
+    assert_eq!(ran(&db).await, ["reporting.rollup"]);
+
+    for bad in ["agency:atlantis", "table:nothing.*", "view:x"] {
+        let out = db
+            .run(&["run", "refresh_all", "--", "--select", bad], &[])
+            .await;
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains(bad), "{}", stderr(&out));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_shows_the_run_without_changing_anything() {
+    let db = TestDb::new().await;
+    chain(&db).await;
+    assert_exit(
+        &db.run(&["run", "refresh_table", "reporting.stg"], &[])
+            .await,
+        0,
+    );
+    db.custom("reporting.broken", "gotham", 1, "SELECT 1; SELECT 2")
+        .await;
+    let c = db.client().await;
+    let count = || async {
+        let c = db.client().await;
+        let runs: i64 = c
+            .query_one("SELECT count(*) FROM reporting.seeder_run", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let views: i64 = c
+            .query_one("SELECT count(*) FROM pg_matviews", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (runs, views)
+    };
+    let before = count().await;
+    let out = db.run(&["run", "plan"], &[]).await;
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    assert!(text.contains("expected wall time"), "{text}");
+    // The view is the second column, after the 20-wide action.
+    let line = |t: &str| {
+        text.lines()
+            .find(|l| {
+                l.get(23..)
+                    .is_some_and(|rest| rest.starts_with(&format!("{t} ")))
+            })
+            .unwrap_or_else(|| panic!("{t}: {text}"))
+            .to_string()
+    };
+    assert!(line("reporting.stg").contains("refresh"));
+    assert!(
+        line("reporting.rollup").contains("create")
+            && line("reporting.rollup").contains("reporting.stg")
+    );
+    assert!(line("reporting.broken").contains("skip-invalid"));
+
+    let out = db
+        .run(
+            &[
+                "run",
+                "plan",
+                "--",
+                "--output",
+                "json",
+                "--select",
+                "+table:reporting.top",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let views = json["views"].as_array().unwrap();
+    let tables: Vec<&str> = views.iter().map(|v| v["table"].as_str().unwrap()).collect();
+    assert_eq!(
+        tables,
+        ["reporting.top", "reporting.rollup", "reporting.stg"]
+    );
+    assert_eq!(
+        views[0]["upstream"],
+        serde_json::json!(["reporting.rollup"])
+    );
+    assert_eq!(views[2]["action"], "refresh");
+    assert!(views[2]["expected_from_history"].as_bool().unwrap());
+    assert!(json["expected_wall_ms"].as_u64().is_some());
+    assert_eq!(count().await, before, "plan changed something");
+    drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_runs_again_what_failed_or_was_skipped_in_order() {
+    let db = TestDb::new().await;
+    chain(&db).await;
+    let c = db.client().await;
+    c.execute(
+        "UPDATE reporting.seeder_canned_report SET query = 'SELECT 1 / 0 AS id, 1 AS v'",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 1);
+    let failed_run = db.last_run_id().await;
+    c.execute(
+        "UPDATE reporting.seeder_canned_report SET query = 'SELECT id, v FROM public.src'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let out = db.run(&["run", "retry"], &[]).await;
+    assert_exit(&out, 0);
+    assert_eq!(
+        ran(&db).await,
+        ["reporting.rollup", "reporting.stg", "reporting.top"]
+    );
+    let t = times(&db).await;
+    assert!(
+        t["reporting.stg"].1 <= t["reporting.rollup"].0
+            && t["reporting.rollup"].1 <= t["reporting.top"].0
+    );
+    // Retrying the retry: nothing failed, nothing to do.
+    let out = db.run(&["run", "retry"], &[]).await;
+    assert_exit(&out, 0);
+    assert!(ran(&db).await.is_empty());
+    // An explicit run id.
+    let out = db
+        .run(&["run", "retry", "--", "--run-id", &failed_run], &[])
+        .await;
+    assert_exit(&out, 0);
+    assert_eq!(ran(&db).await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_output_and_results_file() {
+    let db = TestDb::new().await;
+    chain(&db).await;
+    db.custom("reporting.broken", "gotham", 1, "SELECT 1 / 0 AS x")
+        .await;
+    let file = db.dir.path().join("results.json");
+    let out = db
+        .run(
+            &[
+                "run",
+                "refresh_all",
+                "--",
+                "--output",
+                "json",
+                "--results-file",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 1);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let from_file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(json, from_file);
+    assert_eq!(json["run_id"], db.last_run_id().await);
+    assert_eq!(json["status"], "failed");
+    assert_eq!(json["counts"]["views"], 5);
+    assert_eq!(json["counts"]["error"], 1);
+    let views = json["views"].as_array().unwrap();
+    let broken = views
+        .iter()
+        .find(|v| v["table"] == "reporting.broken")
+        .unwrap();
+    assert_eq!(broken["status"], "error");
+    assert!(broken["error"]
+        .as_str()
+        .unwrap()
+        .contains("division by zero"));
+    let stg = views
+        .iter()
+        .find(|v| v["table"] == "reporting.stg")
+        .unwrap();
+    assert_eq!(stg["action"], "create");
+    assert_eq!(stg["rows"], 100);
+    assert!(stg["duration_ms"].as_u64().is_some());
+}
