@@ -306,6 +306,8 @@ async fn bench_main(args: &[String]) -> Result<()> {
         bail!("--runs must be at least 1");
     }
     let wanted = |n: &str| only.as_ref().is_none_or(|o| o.iter().any(|x| x == n));
+    // The commit measured is the one built now, not the one checked out when the report is written.
+    let commit = git_commit();
     let ctx = Ctx {
         bin: build_release()?,
         psql: which("psql")?,
@@ -340,7 +342,7 @@ async fn bench_main(args: &[String]) -> Result<()> {
     let command = format!("cargo xtask bench {}", args.join(" "))
         .trim()
         .to_string();
-    write_report(&output, &table, &command, &pg_version, ctx.runs)?;
+    write_report(&output, &table, &command, &pg_version, ctx.runs, &commit)?;
     eprintln!("bench: wrote {}", output.display());
     Ok(())
 }
@@ -690,13 +692,24 @@ fn machine() -> String {
     format!("{cores} cores ({cpu}), {mem} memory, Linux {kernel}")
 }
 
-fn write_report(path: &Path, table: &str, command: &str, pg: &str, runs: usize) -> Result<()> {
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+fn git_commit() -> String {
+    let out = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let head = out(&["rev-parse", "--short", "HEAD"]);
+    if out(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        head
+    } else {
+        format!("{head} with uncommitted changes")
+    }
+}
+
+fn write_report(path: &Path, table: &str, command: &str, pg: &str, runs: usize, commit: &str) -> Result<()> {
     let now = Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
