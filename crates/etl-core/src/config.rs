@@ -106,6 +106,24 @@ impl Env {
         Ok(value)
     }
 
+    /// A duration: `500ms`, `30s`, `5min`, `2h`, or a bare number of milliseconds (as PostgreSQL
+    /// reads its timeouts); `0` means off.
+    pub fn duration_or(
+        &self,
+        name: &str,
+        default: std::time::Duration,
+    ) -> Result<std::time::Duration, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => parse_duration(raw).ok_or_else(|| ConfigError::Invalid {
+                var: name.to_string(),
+                value: raw.to_string(),
+                expected: "expected a duration such as 500ms, 30s, 5min or 2h (0 turns it off)"
+                    .to_string(),
+            }),
+        }
+    }
+
     /// `true/false`, `1/0`, `yes/no`, `on/off`, any case.
     pub fn bool_or(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
         match self.get(name) {
@@ -121,6 +139,23 @@ impl Env {
             },
         }
     }
+}
+
+/// `500ms`, `30s`, `5min`, `2h`, `1d`, or a bare number of milliseconds.
+pub fn parse_duration(raw: &str) -> Option<std::time::Duration> {
+    let raw = raw.trim();
+    let split = raw.find(|c: char| !c.is_ascii_digit()).unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let n: u64 = number.parse().ok()?;
+    let ms = match unit.trim() {
+        "" | "ms" => n,
+        "s" => n.checked_mul(1_000)?,
+        "min" | "m" => n.checked_mul(60_000)?,
+        "h" => n.checked_mul(3_600_000)?,
+        "d" => n.checked_mul(86_400_000)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_millis(ms))
 }
 
 /// Loads `path` into the process environment without overriding variables already set.
@@ -153,6 +188,26 @@ mod tests {
         let err = env.positive_or("SEEDER_MAX_WORKERS", 8).unwrap_err();
         assert!(err.to_string().contains("SEEDER_MAX_WORKERS"), "{err}");
         assert!(env.positive_or("Z", 8).is_err());
+    }
+
+    #[test]
+    fn durations() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("500"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5min"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration(" 2h "), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "s", "-1s", "1.5s", "10 parsecs", "1e3"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+        let env = Env::from_pairs([("T", "soon")]);
+        assert!(env
+            .duration_or("T", Duration::ZERO)
+            .unwrap_err()
+            .to_string()
+            .contains("T="));
     }
 
     #[test]

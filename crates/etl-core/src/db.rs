@@ -71,6 +71,19 @@ impl ConnectionSettings {
         ConnectionSettings { config, target }
     }
 
+    /// Sets a server parameter for every session (`-c name=value` in the startup packet), so it
+    /// costs no round trip and `RESET` returns to it.
+    pub fn set_session_parameter(&mut self, name: &str, value: &str) {
+        let existing = self.config.get_options().unwrap_or_default().to_string();
+        let option = format!("-c {name}={value}");
+        let options = if existing.is_empty() {
+            option
+        } else {
+            format!("{existing} {option}")
+        };
+        self.config.options(&options);
+    }
+
     /// The same server and credentials, another database.
     pub fn with_dbname(&self, dbname: &str) -> ConnectionSettings {
         let mut config = self.config.clone();
@@ -189,8 +202,12 @@ pub fn client_from_env(
     env: &Env,
     application_name: &str,
     max_connections: usize,
+    session_parameters: &[(&str, String)],
 ) -> Result<(ConnectionSettings, PostgresClient), ConfigError> {
-    let settings = ConnectionSettings::from_env(env, application_name)?;
+    let mut settings = ConnectionSettings::from_env(env, application_name)?;
+    for (name, value) in session_parameters {
+        settings.set_session_parameter(name, value);
+    }
     let client = PostgresClient::new(&settings, max_connections).map_err(|e| {
         ConfigError::InvalidSecret {
             var: "DATABASE_URL".to_string(),
@@ -283,6 +300,24 @@ impl DbError {
         e
     }
 
+    /// Worth trying again, on a new connection when the old one is gone: connection lost,
+    /// serialization failure, deadlock, lock timeout, shutdown, too many connections.
+    pub fn is_transient(&self) -> bool {
+        match self.code.as_deref() {
+            None => self.kind == FailureKind::DatabaseTrouble,
+            Some(c) => {
+                c.starts_with("08")
+                    || c == SqlState::T_R_SERIALIZATION_FAILURE.code()
+                    || c == SqlState::T_R_DEADLOCK_DETECTED.code()
+                    || c == SqlState::LOCK_NOT_AVAILABLE.code()
+                    || c == SqlState::ADMIN_SHUTDOWN.code()
+                    || c == SqlState::CRASH_SHUTDOWN.code()
+                    || c == SqlState::CANNOT_CONNECT_NOW.code()
+                    || c == SqlState::TOO_MANY_CONNECTIONS.code()
+            }
+        }
+    }
+
     /// A connection failure the operator must fix (credentials, database name) rather than retry.
     pub fn is_configuration(&self) -> bool {
         self.code
@@ -351,6 +386,32 @@ mod tests {
         }
         for code in ["42601", "42703", "22012", "42P01", "23505"] {
             assert_eq!(classify_sqlstate(code), FailureKind::OwnError, "{code}");
+        }
+    }
+
+    #[test]
+    fn transient_failures_are_the_retryable_ones() {
+        let e = |code: Option<&str>, kind| DbError {
+            kind,
+            code: code.map(str::to_string),
+            connect: false,
+            message: String::new(),
+        };
+        for code in ["08006", "40001", "40P01", "55P03", "57P01", "53300"] {
+            assert!(
+                e(Some(code), classify_sqlstate(code)).is_transient(),
+                "{code}"
+            );
+        }
+        assert!(
+            e(None, FailureKind::DatabaseTrouble).is_transient(),
+            "connection lost"
+        );
+        for code in ["57014", "42601", "22012", "53100"] {
+            assert!(
+                !e(Some(code), classify_sqlstate(code)).is_transient(),
+                "{code}"
+            );
         }
     }
 

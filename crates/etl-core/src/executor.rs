@@ -195,21 +195,26 @@ pub type Finished<R> = (usize, Result<R, String>);
 
 /// Runs the graph: `start(i)` when `i` is ready and a slot is free; `succeeded` tells whether a
 /// result lets the downstream items run; `skip(i, failed)` makes the result of an item skipped
-/// because `failed` did not succeed. Every item gets exactly one result.
-pub async fn run_graph<R, F, S, K>(
+/// because `failed` did not succeed. Every item gets exactly one result. Before each start,
+/// `pace(started_so_far)` is awaited: the caller's throttle.
+pub async fn run_graph<R, F, S, K, P, PF>(
     graph: &Graph,
     priority: Vec<u64>,
     limit: NonZeroUsize,
     mut start: S,
     succeeded: impl Fn(&R) -> bool,
     mut skip: K,
+    mut pace: P,
 ) -> Vec<Finished<R>>
 where
     R: Send + 'static,
     F: Future<Output = R> + Send + 'static,
     S: FnMut(usize) -> Start<F, R>,
     K: FnMut(usize, usize) -> R,
+    P: FnMut(usize) -> PF,
+    PF: Future<Output = ()>,
 {
+    let mut started = 0usize;
     let mut sched = Scheduler::new(graph, priority);
     let mut in_flight: JoinSet<(usize, R)> = JoinSet::new();
     let mut ids = std::collections::HashMap::new();
@@ -218,6 +223,8 @@ where
         // Start what may start; items finished without running can make others ready.
         while in_flight.len() < limit.get() {
             let Some(i) = sched.start_next() else { break };
+            pace(started).await;
+            started += 1;
             match start(i) {
                 Start::Done(r) => {
                     let ok = succeeded(&r);
@@ -373,6 +380,7 @@ mod tests {
             },
             |ok: &bool| *ok,
             |_, _| false,
+            |_| async {},
         )
         .await;
         let mut by_item: Vec<_> = results.iter().map(|(i, r)| (*i, r.clone())).collect();
@@ -413,6 +421,7 @@ mod tests {
             },
             |_| true,
             |_, _| 0,
+            |_| async {},
         )
         .await;
         assert_eq!(results.len(), 20);
@@ -445,6 +454,7 @@ mod tests {
             },
             |_| true,
             |_, _| (),
+            |_| async {},
         )
         .await;
         assert_eq!(results.len(), 10);
@@ -472,6 +482,7 @@ mod tests {
             },
             |r: &i32| *r >= 0,
             |_, failed| -10 - failed as i32,
+            |_| async {},
         )
         .await;
         let mut by_key: Vec<_> = results.into_iter().collect();

@@ -70,6 +70,86 @@ impl From<ConfigError> for JobError {
     }
 }
 
+/// SIGINT / SIGTERM: the first asks running work to stop (jobs watch [`Interrupt::cancelled`]),
+/// the second exits at once.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt {
+    token: tokio_util::sync::CancellationToken,
+    signal: std::sync::Arc<std::sync::atomic::AtomicU8>,
+}
+
+impl Interrupt {
+    pub fn new() -> Interrupt {
+        Interrupt::default()
+    }
+
+    /// Marks the job interrupted by `status` (130 or 143) and wakes every waiter.
+    pub fn trigger(&self, status: ExitStatus) {
+        self.signal
+            .store(status as u8, std::sync::atomic::Ordering::SeqCst);
+        self.token.cancel();
+    }
+
+    pub fn is_interrupted(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Resolves when the job is interrupted.
+    pub async fn cancelled(&self) {
+        self.token.cancelled().await
+    }
+
+    /// The exit status the interruption calls for.
+    pub fn status(&self) -> Option<ExitStatus> {
+        match self.signal.load(std::sync::atomic::Ordering::SeqCst) {
+            130 => Some(ExitStatus::Interrupted),
+            143 => Some(ExitStatus::Terminated),
+            _ => None,
+        }
+    }
+
+    /// The signal's name, for messages.
+    pub fn signal_name(&self) -> &'static str {
+        match self.status() {
+            Some(ExitStatus::Terminated) => "SIGTERM",
+            Some(_) => "SIGINT",
+            None => "no signal",
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn watch_signals(interrupt: Interrupt) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!(
+            "could not install signal handlers; SIGINT/SIGTERM will end the process at once"
+        );
+        return;
+    };
+    loop {
+        let status = tokio::select! {
+            _ = int.recv() => ExitStatus::Interrupted,
+            _ = term.recv() => ExitStatus::Terminated,
+        };
+        if interrupt.is_interrupted() {
+            eprintln!("second signal: exiting now");
+            std::process::exit(status as i32);
+        }
+        interrupt.trigger(status);
+        eprintln!(
+            "{}: stopping; no new view starts and the running ones are cancelled on the server (a second signal exits at once)",
+            interrupt.signal_name()
+        );
+    }
+}
+
+#[cfg(not(unix))]
+async fn watch_signals(_interrupt: Interrupt) {}
+
 /// What every job receives: built once by the runner.
 #[derive(Debug, Clone)]
 pub struct JobContext {
@@ -78,6 +158,7 @@ pub struct JobContext {
     pub job: &'static str,
     /// The job's arguments as given (after `--`), for the run's record.
     pub args: Vec<String>,
+    pub interrupt: Interrupt,
 }
 
 pub type JobFuture = Pin<Box<dyn Future<Output = Result<ExitStatus, JobError>> + Send>>;
@@ -270,21 +351,29 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
             return ExitStatus::Failed.into();
         }
     };
+    let interrupt = Interrupt::new();
     let ctx = JobContext {
         env,
         job: job.name,
         args,
+        interrupt: interrupt.clone(),
     };
-    let outcome = runtime.block_on((job.run)(ctx, matches));
+    let outcome = runtime.block_on(async {
+        let watcher = tokio::spawn(watch_signals(interrupt.clone()));
+        let outcome = (job.run)(ctx, matches).await;
+        watcher.abort();
+        outcome
+    });
     // In-flight work has been awaited by the job; don't wait for stray blocking tasks.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    match outcome {
-        Ok(status) => status.into(),
+    let status = match outcome {
+        Ok(status) => status,
         Err(e) => {
             eprintln!("error: {}", e.message);
-            e.status.into()
+            e.status
         }
-    }
+    };
+    interrupt.status().unwrap_or(status).into()
 }
 
 #[cfg(test)]

@@ -709,7 +709,14 @@ fn git_commit() -> String {
     }
 }
 
-fn write_report(path: &Path, table: &str, command: &str, pg: &str, runs: usize, commit: &str) -> Result<()> {
+fn write_report(
+    path: &Path,
+    table: &str,
+    command: &str,
+    pg: &str,
+    runs: usize,
+    commit: &str,
+) -> Result<()> {
     let now = Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()

@@ -42,3 +42,11 @@ pub struct OutputArgs {
     #[arg(long, value_name = "PATH")]
     pub results_file: Option<PathBuf>,
 }
+
+/// How a run treats views another run is refreshing.
+#[derive(Debug, Clone, Default, Args)]
+pub struct LockArgs {
+    /// Wait for a view another run is refreshing, instead of recording it skipped.
+    #[arg(long)]
+    pub wait_for_locks: bool,
+}

@@ -8,7 +8,7 @@ use etl_core::breaker::SystemClock;
 use etl_core::db::{client_from_env, ConnectionSettings};
 use etl_core::{ConfigError, Env, ExitStatus, JobError};
 
-use super::args::{OutputArgs, OutputFormat};
+use super::args::{LockArgs, OutputArgs, OutputFormat};
 use crate::processors::planner::Selection;
 use crate::processors::run::{RunError, RunProcessor, RunReport, RunSettings};
 use crate::processors::summary;
@@ -16,17 +16,10 @@ use crate::repositories::{PgStore, Store};
 
 pub const APPLICATION_NAME: &str = "reporting-seeder";
 
-/// How long the swap of a rebuild may wait for a lock before giving up (readers keep the old view).
-const SWAP_LOCK_TIMEOUT_MS: u64 = 5_000;
-
 /// Settings from `SEEDER_*` variables, validated before any connection.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub run: RunSettings,
-    /// Kept from the old tool and validated; not enforced yet.
-    pub batch_size: u64,
-    pub start_delay_ms: u64,
-    pub max_db_active_queries: u64,
 }
 
 impl Settings {
@@ -64,25 +57,40 @@ impl Settings {
             300,
             "expected a whole number of seconds",
         )?;
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let batch = env.positive_or("SEEDER_BATCH_SIZE", 8)?;
         Ok(Settings {
             run: RunSettings {
                 max_workers,
                 max_failures,
                 reset_after: Duration::from_secs(reset),
                 refresh_concurrently: env.bool_or("SEEDER_REFRESH_CONCURRENTLY", false)?,
-                lock_timeout_ms: SWAP_LOCK_TIMEOUT_MS,
+                statement_timeout_ms: ms(
+                    env.duration_or("SEEDER_STATEMENT_TIMEOUT", Duration::ZERO)?
+                ),
+                lock_timeout_ms: ms(env.duration_or("SEEDER_LOCK_TIMEOUT", Duration::from_secs(5))?),
+                max_retries: env.parse_or(
+                    "SEEDER_MAX_RETRIES",
+                    2u32,
+                    "expected a whole number (0 turns retries off)",
+                )?,
+                retry_base: Duration::from_millis(200),
+                wait_for_locks: false,
+                batch_size: usize::try_from(batch)
+                    .ok()
+                    .and_then(NonZeroUsize::new)
+                    .unwrap_or(NonZeroUsize::MIN),
+                start_delay: Duration::from_millis(env.parse_or(
+                    "SEEDER_START_DELAY_MS",
+                    0,
+                    "expected a whole number of milliseconds",
+                )?),
+                max_db_active_queries: env.parse_or(
+                    "SEEDER_MAX_DB_ACTIVE_QUERIES",
+                    0,
+                    "expected a whole number (0 turns it off)",
+                )?,
             },
-            batch_size: env.positive_or("SEEDER_BATCH_SIZE", 8)?,
-            start_delay_ms: env.parse_or(
-                "SEEDER_START_DELAY_MS",
-                0,
-                "expected a whole number of milliseconds",
-            )?,
-            max_db_active_queries: env.parse_or(
-                "SEEDER_MAX_DB_ACTIVE_QUERIES",
-                0,
-                "expected a whole number (0 turns it off)",
-            )?,
         })
     }
 }
@@ -99,9 +107,24 @@ impl AppContext {
     /// lazily (nothing is opened here).
     pub fn from_env(env: &Env) -> Result<AppContext, ConfigError> {
         let settings = Settings::from_env(env)?;
-        // One connection per worker plus the run's own.
-        let (connection, client) =
-            client_from_env(env, APPLICATION_NAME, settings.run.max_workers.get() + 1)?;
+        // Every statement of the tool runs under these; a manifest may override them per view.
+        let session = [
+            (
+                "statement_timeout",
+                format!("{}ms", settings.run.statement_timeout_ms),
+            ),
+            (
+                "lock_timeout",
+                format!("{}ms", settings.run.lock_timeout_ms),
+            ),
+        ];
+        // One connection per worker, the run's own, and one for the throttle's checks.
+        let (connection, client) = client_from_env(
+            env,
+            APPLICATION_NAME,
+            settings.run.max_workers.get() + 2,
+            &session,
+        )?;
         Ok(AppContext {
             settings,
             connection,
@@ -150,18 +173,19 @@ pub fn finish(report: &RunReport, job: &str, output: &OutputArgs) -> Result<Exit
 
 /// The shared body of the refresh jobs.
 pub async fn refresh(
-    env: &etl_core::Env,
-    job: &str,
-    arguments: String,
+    job: &etl_core::JobContext,
     selection: Selection,
+    locks: &LockArgs,
     output: &OutputArgs,
 ) -> Result<ExitStatus, JobError> {
-    let ctx = AppContext::from_env(env)?;
+    let mut ctx = AppContext::from_env(&job.env)?;
+    ctx.settings.run.wait_for_locks = locks.wait_for_locks;
     tracing::debug!(target = %ctx.connection.target(), "configuration read");
     let report = ctx
         .processor()
-        .run(job, &arguments, &selection)
+        .with_interrupt(job.interrupt.clone())
+        .run(job.job, &job.args.join(" "), &selection)
         .await
         .map_err(run_error)?;
-    finish(&report, job, output)
+    finish(&report, job.job, output)
 }

@@ -4,7 +4,7 @@ use clap::{CommandFactory, Parser};
 use etl_core::{JobContext, JobEntry, JobFuture};
 
 use super::refresh_all::ReportTypeArg;
-use crate::cli::args::{OutputArgs, SelectArgs};
+use crate::cli::args::{LockArgs, OutputArgs, SelectArgs};
 use crate::cli::context;
 use crate::processors::planner::{Scope, Selection};
 
@@ -28,6 +28,8 @@ struct Cli {
     #[command(flatten)]
     select: SelectArgs,
     #[command(flatten)]
+    locks: LockArgs,
+    #[command(flatten)]
     output: OutputArgs,
 }
 
@@ -40,13 +42,6 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             select: cli.select.select,
             exclude: cli.select.exclude,
         };
-        context::refresh(
-            &ctx.env,
-            ctx.job,
-            ctx.args.join(" "),
-            selection,
-            &cli.output,
-        )
-        .await
+        context::refresh(&ctx, selection, &cli.locks, &cli.output).await
     })
 }

@@ -3,7 +3,7 @@
 use clap::{Args, CommandFactory, Parser};
 use etl_core::{JobContext, JobEntry, JobFuture};
 
-use crate::cli::args::{OutputArgs, SelectArgs};
+use crate::cli::args::{LockArgs, OutputArgs, SelectArgs};
 use crate::cli::context;
 use crate::processors::planner::{Scope, Selection, TypeFilter};
 
@@ -25,6 +25,8 @@ struct Cli {
     #[command(flatten)]
     select: SelectArgs,
     #[command(flatten)]
+    locks: LockArgs,
+    #[command(flatten)]
     output: OutputArgs,
 }
 
@@ -45,13 +47,6 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             select: cli.select.select,
             exclude: cli.select.exclude,
         };
-        context::refresh(
-            &ctx.env,
-            ctx.job,
-            ctx.args.join(" "),
-            selection,
-            &cli.output,
-        )
-        .await
+        context::refresh(&ctx, selection, &cli.locks, &cli.output).await
     })
 }

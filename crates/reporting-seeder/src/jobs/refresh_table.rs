@@ -3,7 +3,7 @@
 use clap::{CommandFactory, Parser};
 use etl_core::{JobContext, JobEntry, JobFuture};
 
-use crate::cli::args::OutputArgs;
+use crate::cli::args::{LockArgs, OutputArgs};
 use crate::cli::context;
 use crate::processors::planner::{Scope, Selection};
 
@@ -23,6 +23,8 @@ struct Cli {
     /// The view, as in the manifests' table_name column (schema.table).
     table: String,
     #[command(flatten)]
+    locks: LockArgs,
+    #[command(flatten)]
     output: OutputArgs,
 }
 
@@ -33,13 +35,6 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             scope: Scope::Table(cli.table),
             ..Default::default()
         };
-        context::refresh(
-            &ctx.env,
-            ctx.job,
-            ctx.args.join(" "),
-            selection,
-            &cli.output,
-        )
-        .await
+        context::refresh(&ctx, selection, &cli.locks, &cli.output).await
     })
 }

@@ -3,7 +3,7 @@
 use clap::{CommandFactory, Parser};
 use etl_core::{JobContext, JobEntry, JobFuture};
 
-use crate::cli::args::{OutputArgs, SelectArgs};
+use crate::cli::args::{LockArgs, OutputArgs, SelectArgs};
 use crate::cli::context;
 use crate::processors::planner::{Scope, Selection};
 
@@ -26,6 +26,8 @@ struct Cli {
     #[command(flatten)]
     select: SelectArgs,
     #[command(flatten)]
+    locks: LockArgs,
+    #[command(flatten)]
     output: OutputArgs,
 }
 
@@ -38,13 +40,6 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             exclude: cli.select.exclude,
             ..Default::default()
         };
-        context::refresh(
-            &ctx.env,
-            ctx.job,
-            ctx.args.join(" "),
-            selection,
-            &cli.output,
-        )
-        .await
+        context::refresh(&ctx, selection, &cli.locks, &cli.output).await
     })
 }

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use etl_core::{DbError, FailureKind};
 
 use crate::repositories::{
-    HistoryId, HistoryRoutes, ManifestRow, Outcome, Rebuilt, Rel, RunCounts, Session, Store,
-    ViewRecord, ViewState, ViewStats,
+    Canceller, HistoryId, HistoryRoutes, ManifestRow, Outcome, Rebuilt, Recovery, Rel, RunCounts,
+    Session, Store, ViewLock, ViewRecord, ViewState, ViewStats,
 };
 
 #[derive(Default)]
@@ -33,6 +33,10 @@ pub struct FakeState {
     pub rebuilt_dependents: HashMap<String, Vec<String>>,
     pub last_run: Option<String>,
     pub unfinished: Vec<String>,
+    /// Views another run holds.
+    pub locked: HashMap<String, ViewLock>,
+    /// Failures that happen only on the first attempt of a key (then it succeeds).
+    pub fail_once: HashMap<String, DbError>,
 }
 
 #[derive(Clone, Default)]
@@ -83,6 +87,9 @@ impl FakeStore {
         tokio::task::yield_now().await;
         let mut s = self.state();
         s.in_flight -= 1;
+        if let Some(e) = s.fail_once.remove(&key) {
+            return Err(e);
+        }
         match s.failures.get(&key) {
             Some(e) => Err(e.clone()),
             None => Ok(()),
@@ -186,6 +193,32 @@ impl Session for FakeStore {
             rows: 1,
             dependents,
         })
+    }
+    async fn lock_run(&mut self, _: &str) -> Result<(), DbError> {
+        Ok(())
+    }
+    async fn recover(&mut self, _: Option<&str>) -> Result<Recovery, DbError> {
+        Ok(Recovery::default())
+    }
+    async fn lock_view(&mut self, key: &str, _: &str, _: bool) -> Result<ViewLock, DbError> {
+        Ok(self
+            .state()
+            .locked
+            .get(key)
+            .cloned()
+            .unwrap_or(ViewLock::Acquired))
+    }
+    async fn unlock_view(&mut self, _: &str) -> Result<(), DbError> {
+        Ok(())
+    }
+    async fn set_timeouts(&mut self, _: Option<u64>, _: Option<u64>) -> Result<(), DbError> {
+        Ok(())
+    }
+    async fn active_queries(&mut self) -> Result<i64, DbError> {
+        Ok(0)
+    }
+    fn canceller(&self) -> Option<Canceller> {
+        None
     }
     async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError> {
         self.state().calls.push(("drop".into(), view.key()));

@@ -173,6 +173,8 @@ mod tests {
                 agency_slug: "gotham".into(),
                 query: format!("SELECT {i} AS id"),
                 enabled: true,
+                statement_timeout: None,
+                lock_timeout: None,
             })
             .collect();
         plan(&rows, &Selection::default()).unwrap().views

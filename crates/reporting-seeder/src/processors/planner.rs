@@ -68,7 +68,25 @@ pub struct PlannedView {
     pub record: ViewRecord,
     /// Every agency the view serves (a shared canned view serves several).
     pub agencies: Vec<String>,
+    /// The manifest's own timeouts (milliseconds), overriding the run's.
+    pub timeouts: Timeouts,
     pub plan: ViewPlan,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timeouts {
+    pub statement_ms: Option<u64>,
+    pub lock_ms: Option<u64>,
+}
+
+/// A manifest's timeout column: a bare number of milliseconds or `30s`, `5min`…
+fn timeout(column: &str, raw: &Option<String>) -> Result<Option<u64>, String> {
+    match raw.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+        None => Ok(None),
+        Some(r) => etl_core::config::parse_duration(r)
+            .map(|d| Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+            .ok_or_else(|| format!("invalid {column} {r:?}: expected milliseconds or a duration such as 30s or 5min")),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,7 +242,16 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
         q.dedup();
         q.len()
     };
-    let plan = if distinct_queries > 1 {
+    let timeouts =
+        timeout("statement_timeout", &first.statement_timeout).and_then(|statement_ms| {
+            Ok(Timeouts {
+                statement_ms,
+                lock_ms: timeout("lock_timeout", &first.lock_timeout)?,
+            })
+        });
+    let plan = if let Err(reason) = &timeouts {
+        ViewPlan::Invalid(reason.clone())
+    } else if distinct_queries > 1 {
         ViewPlan::Invalid(format!(
             "{} name the same table with different queries; give each its own table_name or disable all but one",
             sources.join(", ")
@@ -246,6 +273,7 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
         key,
         record,
         agencies: agency_list,
+        timeouts: timeouts.unwrap_or_default(),
         plan,
     }
 }
@@ -276,6 +304,8 @@ mod tests {
             agency_slug: slug.to_string(),
             query: format!("SELECT {id} AS id"),
             enabled,
+            statement_timeout: None,
+            lock_timeout: None,
         }
     }
 
@@ -290,6 +320,8 @@ mod tests {
             agency_slug: slug.to_string(),
             query: "SELECT 1 AS id".to_string(),
             enabled: true,
+            statement_timeout: None,
+            lock_timeout: None,
         }
     }
 

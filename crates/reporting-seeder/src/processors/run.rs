@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use etl_core::breaker::{Admission, CircuitBreaker, Clock, Outcome as BreakerOutcome, Ticket};
 use etl_core::executor::{run_graph, simulate, Graph, Start};
+use etl_core::job::Interrupt;
 use etl_core::{DbError, FailureKind};
 
 use super::graph;
@@ -16,7 +17,7 @@ use super::refresh::{decide, perform, Action};
 use super::select::{self, SelectError};
 use super::validate::referenced_relations;
 use crate::repositories::{
-    HistoryId, HistoryRoutes, Outcome, Rel, RunCounts, Session, Store, ViewRecord,
+    HistoryId, HistoryRoutes, Outcome, Rel, RunCounts, Session, Store, ViewLock, ViewRecord,
 };
 
 /// What a run is allowed to do.
@@ -26,8 +27,21 @@ pub struct RunSettings {
     pub max_failures: NonZeroU32,
     pub reset_after: Duration,
     pub refresh_concurrently: bool,
-    /// For the short swap transaction of a rebuild.
+    /// Per statement, 0 off (`SEEDER_STATEMENT_TIMEOUT`); a manifest may override it.
+    pub statement_timeout_ms: u64,
+    /// For DDL, refreshes and the swap (`SEEDER_LOCK_TIMEOUT`); a manifest may override it.
     pub lock_timeout_ms: u64,
+    /// Transient failures are tried again this many times (`SEEDER_MAX_RETRIES`).
+    pub max_retries: u32,
+    /// The first backoff; each retry doubles it, plus up to as much again of jitter.
+    pub retry_base: Duration,
+    /// Wait for a view another run is refreshing instead of skipping it.
+    pub wait_for_locks: bool,
+    /// The old tool's throttle: after every `batch_size` starts, wait `start_delay`, then while
+    /// the server has at least `max_db_active_queries` active queries (0 off).
+    pub batch_size: NonZeroUsize,
+    pub start_delay: Duration,
+    pub max_db_active_queries: u64,
 }
 
 /// One view's result, as the summary and the exit code see it.
@@ -328,6 +342,7 @@ pub struct RunProcessor<C: Clock + Clone + 'static> {
     store: Arc<dyn Store>,
     settings: RunSettings,
     clock: C,
+    interrupt: Interrupt,
 }
 
 /// Shared by the tasks of one run.
@@ -341,6 +356,50 @@ struct Shared<C: Clock> {
     prepared: Prepared,
     /// Views recreated in this run by the rebuild of a view they read.
     rebuilt_with_upstream: Mutex<HashSet<String>>,
+    interrupt: Interrupt,
+}
+
+/// The old tool's throttle, before start number `started`: every `batch_size` starts, wait
+/// `start_delay`, then while the server is busier than `max_db_active_queries`.
+async fn throttle<C: Clock>(shared: Arc<Shared<C>>, started: usize) {
+    let s = &shared.settings;
+    if started == 0 || started % s.batch_size.get() != 0 || shared.interrupt.is_interrupted() {
+        return;
+    }
+    if !s.start_delay.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep(s.start_delay) => {}
+            _ = shared.interrupt.cancelled() => return,
+        }
+    }
+    if s.max_db_active_queries == 0 {
+        return;
+    }
+    let mut session = match shared.store.session().await {
+        Ok(session) => session,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not check the server's active queries; going on");
+            return;
+        }
+    };
+    loop {
+        match session.active_queries().await {
+            Ok(n) if u64::try_from(n).unwrap_or(0) < s.max_db_active_queries => return,
+            Ok(n) => tracing::info!(
+                active = n,
+                limit = s.max_db_active_queries,
+                "server busy: waiting before starting more views"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the server's active queries; going on");
+                return;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = shared.interrupt.cancelled() => return,
+        }
+    }
 }
 
 /// What a task hands back: the result, and whether its history is already written.
@@ -356,7 +415,14 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             store,
             settings,
             clock,
+            interrupt: Interrupt::new(),
         }
+    }
+
+    /// SIGINT/SIGTERM: no new view starts and the running statements are cancelled on the server.
+    pub fn with_interrupt(mut self, interrupt: Interrupt) -> Self {
+        self.interrupt = interrupt;
+        self
     }
 
     /// Migrates, prepares `selection`, refreshes every selected view in dependency order and
@@ -383,6 +449,9 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         main.begin_run(&run_id, job, arguments)
             .await
             .map_err(at("recording the run"))?;
+        main.lock_run(&run_id)
+            .await
+            .map_err(at("locking the run"))?;
         tracing::info!(run_id = %run_id, views = prepared.views.len(), workers = self.settings.max_workers.get(), "run started");
 
         let priority = prepared.priority();
@@ -400,6 +469,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             settings: self.settings.clone(),
             prepared,
             rebuilt_with_upstream: Mutex::new(HashSet::new()),
+            interrupt: self.interrupt.clone(),
         });
         let finished = run_graph(
             &graph,
@@ -411,14 +481,19 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 result: ViewResult {
                     key: shared.prepared.views[i].key.clone(),
                     record: shared.prepared.views[i].record.clone(),
-                    outcome: skipped(format!(
-                        "upstream {} failed",
-                        shared.prepared.views[failed].key
-                    )),
+                    outcome: if shared.interrupt.is_interrupted() {
+                        not_started(&shared.interrupt)
+                    } else {
+                        skipped(format!(
+                            "upstream {} failed",
+                            shared.prepared.views[failed].key
+                        ))
+                    },
                 },
                 history: None,
                 recorded: false,
             },
+            |started| throttle(shared.clone(), started),
         )
         .await;
 
@@ -488,6 +563,7 @@ fn failed(duration_ms: u64, error: String) -> Outcome {
         rows: 0,
         bytes: 0,
         error: Some(error),
+        attempts: 1,
     }
 }
 
@@ -499,7 +575,60 @@ fn skipped(reason: String) -> Outcome {
         rows: 0,
         bytes: 0,
         error: Some(reason),
+        attempts: 0,
     }
+}
+
+fn not_started(interrupt: &Interrupt) -> Outcome {
+    Outcome {
+        status: "cancelled",
+        attempts: 0,
+        ..skipped(format!(
+            "not started: the run was interrupted by {}",
+            interrupt.signal_name()
+        ))
+    }
+}
+
+/// Says which timeout fired, and where it was set.
+fn name_timeout(e: &mut DbError, view: &PlannedView, settings: &RunSettings) {
+    let (which, ms, from_manifest) =
+        if e.code.as_deref() == Some("57014") && e.message.contains("statement timeout") {
+            let own = view.timeouts.statement_ms;
+            (
+                "statement_timeout",
+                own.unwrap_or(settings.statement_timeout_ms),
+                own.is_some(),
+            )
+        } else if e.code.as_deref() == Some("55P03") && e.message.contains("lock timeout") {
+            let own = view.timeouts.lock_ms;
+            (
+                "lock_timeout",
+                own.unwrap_or(settings.lock_timeout_ms),
+                own.is_some(),
+            )
+        } else {
+            return;
+        };
+    let source = if from_manifest {
+        format!("the manifest's {which} column")
+    } else if which == "statement_timeout" {
+        "SEEDER_STATEMENT_TIMEOUT".to_string()
+    } else {
+        "SEEDER_LOCK_TIMEOUT".to_string()
+    };
+    e.message = format!("{} [{which} {ms}ms, from {source}]", e.message);
+}
+
+/// The wait before retry `attempt` (1-based): the base doubled each time, plus jitter of up to
+/// as much again, so retries from many workers do not arrive together.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let jitter = exp.mul_f64((h.finish() % 1000) as f64 / 1000.0);
+    exp + jitter
 }
 
 type Task = std::pin::Pin<Box<dyn std::future::Future<Output = TaskResult> + Send>>;
@@ -526,6 +655,9 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
         Ok(a) => *a,
         Err(reason) => return done(failed(0, reason.clone())),
     };
+    if shared.interrupt.is_interrupted() {
+        return done(not_started(&shared.interrupt));
+    }
     if lock(&shared.rebuilt_with_upstream).contains(&view.key) {
         action = Action::RebuiltWithUpstream;
     }
@@ -547,103 +679,293 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
             shared: &shared,
             ticket: Some(ticket),
         };
-        let began = Instant::now();
-        let ms = |b: Instant| u64::try_from(b.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let result = |outcome: Outcome, history, recorded| TaskResult {
+        let mut outcome =
+            refresh_with_retries(&shared, view, name, action, &query, &hash, &mut guard).await;
+        let recorded = match outcome.session.as_mut() {
+            Some(session) => {
+                let written = session
+                    .record_finish(
+                        shared.routes,
+                        &shared.run_id,
+                        &view.record,
+                        outcome.history,
+                        &outcome.outcome,
+                    )
+                    .await;
+                if outcome.locked {
+                    if let Err(e) = session.unlock_view(&view.key).await {
+                        tracing::warn!(view = %view.key, error = %e, "could not release the view's lock; it goes with the connection");
+                    }
+                }
+                match written {
+                    Ok(()) => true,
+                    // Retried once on the run's own connection at the end.
+                    Err(e) => {
+                        tracing::warn!(view = %view.key, error = %e, "could not record the outcome; retrying at the end of the run");
+                        false
+                    }
+                }
+            }
+            None => false,
+        };
+        TaskResult {
             result: ViewResult {
                 key: view.key.clone(),
                 record: view.record.clone(),
-                outcome,
+                outcome: outcome.outcome,
             },
-            history,
+            history: outcome.history,
             recorded,
-        };
-        let mut session = match shared.store.session().await {
-            Ok(s) => s,
-            Err(e) => {
-                guard.finish(&e);
-                return result(failed(ms(began), e.message), None, false);
-            }
-        };
-        let history = match session
-            .record_start(shared.routes, &shared.run_id, &view.record)
-            .await
-        {
-            Ok(id) => id,
-            Err(e) => {
-                guard.finish(&e);
-                return result(
-                    failed(
+        }
+    }))
+}
+
+/// One view's work and where it stands.
+struct Attempted {
+    outcome: Outcome,
+    /// The session that holds the view's lock and its history row (gone if the connection was lost
+    /// for good).
+    session: Option<Box<dyn Session>>,
+    history: Option<HistoryId>,
+    locked: bool,
+}
+
+/// Takes the view's lock, records its start, then refreshes it, trying transient failures again
+/// (on a new connection when the old one is gone), cancelling on the server when interrupted.
+async fn refresh_with_retries<C: Clock>(
+    shared: &Shared<C>,
+    view: &PlannedView,
+    name: super::validate::ViewName,
+    action: Action,
+    query: &str,
+    hash: &str,
+    guard: &mut TicketGuard<'_, C>,
+) -> Attempted {
+    let settings = &shared.settings;
+    let began = Instant::now();
+    let ms = |b: Instant| u64::try_from(b.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut done = Attempted {
+        outcome: failed(0, String::new()),
+        session: None,
+        history: None,
+        locked: false,
+    };
+    let mut errors: Vec<String> = Vec::new();
+    let max_attempts = settings.max_retries.saturating_add(1);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        // A session holding the view's lock, with its `running` row.
+        if done.session.is_none() {
+            let mut session = match shared.store.session().await {
+                Ok(s) => s,
+                Err(e) => {
+                    if e.is_transient()
+                        && attempt < max_attempts
+                        && !shared.interrupt.is_interrupted()
+                    {
+                        errors.push(format!(
+                            "attempt {attempt} of {max_attempts}: {}",
+                            e.message
+                        ));
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff(settings.retry_base, attempt)) => continue,
+                            _ = shared.interrupt.cancelled() => {}
+                        }
+                    }
+                    guard.finish(&e);
+                    errors.push(format!(
+                        "attempt {attempt} of {max_attempts}: {}",
+                        e.message
+                    ));
+                    done.outcome = Outcome {
+                        attempts: attempt as i32,
+                        ..failed(ms(began), errors.join("; "))
+                    };
+                    return done;
+                }
+            };
+            match session
+                .lock_view(&view.key, &shared.run_id, settings.wait_for_locks)
+                .await
+            {
+                Ok(ViewLock::Acquired) => done.locked = true,
+                Ok(ViewLock::Held(by)) => {
+                    guard.record(BreakerOutcome::OwnError);
+                    let by = by
+                        .map(|r| format!("run {r}"))
+                        .unwrap_or_else(|| "another run".to_string());
+                    done.outcome =
+                        skipped(format!("locked by {by}: it is refreshing this view now"));
+                    done.session = Some(session);
+                    return done;
+                }
+                Ok(ViewLock::AlreadyDone(by)) => {
+                    guard.record(BreakerOutcome::OwnError);
+                    done.outcome = skipped(format!(
+                        "already refreshed by run {by} since this run started"
+                    ));
+                    done.session = Some(session);
+                    return done;
+                }
+                Err(e) => {
+                    guard.finish(&e);
+                    done.outcome = failed(
                         ms(began),
-                        format!("could not record the start: {}", e.message),
-                    ),
-                    None,
-                    false,
-                );
+                        format!("could not take the view's lock: {}", e.message),
+                    );
+                    return done;
+                }
             }
+            if done.history.is_none() {
+                match session
+                    .record_start(shared.routes, &shared.run_id, &view.record)
+                    .await
+                {
+                    Ok(id) => done.history = Some(id),
+                    Err(e) => {
+                        guard.finish(&e);
+                        done.outcome = failed(
+                            ms(began),
+                            format!("could not record the start: {}", e.message),
+                        );
+                        done.session = Some(session);
+                        return done;
+                    }
+                }
+            }
+            let own = view.timeouts;
+            if own.statement_ms.is_some() || own.lock_ms.is_some() {
+                if let Err(e) = session.set_timeouts(own.statement_ms, own.lock_ms).await {
+                    guard.finish(&e);
+                    done.outcome = failed(
+                        ms(began),
+                        format!("could not set the manifest's timeouts: {}", e.message),
+                    );
+                    done.session = Some(session);
+                    return done;
+                }
+            }
+            done.session = Some(session);
+        }
+        let Some(session) = done.session.as_mut() else {
+            continue;
         };
-        // The recorded duration is the view's own work, from its `running` row on.
-        let began = Instant::now();
+        // The recorded duration is the view's own work.
+        let work_began = Instant::now();
         let rel = Rel {
             schema: name.schema(),
             name: name.name(),
         };
-        tracing::debug!(view = %view.key, action = action.label(), "refresh started");
-        let outcome = match perform(
-            session.as_mut(),
-            rel,
-            action,
-            &query,
-            &hash,
-            &shared.run_id,
-            shared.settings.lock_timeout_ms,
-            &shared.prepared.managed,
-        )
-        .await
-        {
-            Ok(done) => {
-                guard.succeed();
-                if !done.dependents.is_empty() {
-                    tracing::info!(view = %view.key, dependents = ?done.dependents, "rebuilt together with the views reading it");
-                    lock(&shared.rebuilt_with_upstream).extend(done.dependents.iter().cloned());
-                }
-                tracing::info!(view = %view.key, action = action.label(), ms = ms(began), rows = done.rows, "refreshed");
-                Outcome {
-                    status: "success",
-                    action: Some(action.label()),
-                    duration_ms: ms(began),
-                    rows: done.rows,
-                    bytes: done.bytes,
-                    error: None,
-                }
-            }
-            Err(e) => {
-                guard.finish(&e);
-                tracing::warn!(view = %view.key, action = action.label(), error = %e, "refresh failed");
-                Outcome {
-                    action: Some(action.label()),
-                    ..failed(ms(began), e.message)
+        tracing::debug!(view = %view.key, action = action.label(), attempt, "refresh started");
+        let canceller = session.canceller();
+        let result = {
+            let work = perform(
+                session.as_mut(),
+                rel,
+                action,
+                query,
+                hash,
+                &shared.run_id,
+                view.timeouts.lock_ms.unwrap_or(settings.lock_timeout_ms),
+                &shared.prepared.managed,
+            );
+            tokio::pin!(work);
+            tokio::select! {
+                r = &mut work => r,
+                _ = shared.interrupt.cancelled() => {
+                    if let Some(c) = &canceller {
+                        c.cancel().await;
+                    }
+                    work.await
                 }
             }
         };
-        match session
-            .record_finish(
-                shared.routes,
-                &shared.run_id,
-                &view.record,
-                Some(history),
-                &outcome,
-            )
-            .await
-        {
-            Ok(()) => result(outcome, Some(history), true),
-            // Retried once on the run's own connection at the end.
-            Err(e) => {
-                tracing::warn!(view = %view.key, error = %e, "could not record the outcome; retrying at the end of the run");
-                result(outcome, Some(history), false)
+        match result {
+            Ok(done_work) => {
+                guard.succeed();
+                if !done_work.dependents.is_empty() {
+                    tracing::info!(view = %view.key, dependents = ?done_work.dependents, "rebuilt together with the views reading it");
+                    lock(&shared.rebuilt_with_upstream)
+                        .extend(done_work.dependents.iter().cloned());
+                }
+                tracing::info!(view = %view.key, action = action.label(), ms = ms(work_began), rows = done_work.rows, "refreshed");
+                done.outcome = Outcome {
+                    status: "success",
+                    action: Some(action.label()),
+                    duration_ms: ms(work_began),
+                    rows: done_work.rows,
+                    bytes: done_work.bytes,
+                    error: (!errors.is_empty()).then(|| errors.join("; ")),
+                    attempts: attempt as i32,
+                };
+                break;
+            }
+            Err(_) if shared.interrupt.is_interrupted() => {
+                guard.record(BreakerOutcome::OwnError);
+                errors.push(format!(
+                    "cancelled by {}: the running statement was cancelled on the server",
+                    shared.interrupt.signal_name()
+                ));
+                done.outcome = Outcome {
+                    status: "cancelled",
+                    action: Some(action.label()),
+                    attempts: attempt as i32,
+                    ..failed(ms(work_began), errors.join("; "))
+                };
+                break;
+            }
+            Err(mut e) => {
+                name_timeout(&mut e, view, settings);
+                errors.push(format!(
+                    "attempt {attempt} of {max_attempts}: {}",
+                    e.message
+                ));
+                tracing::warn!(view = %view.key, action = action.label(), attempt, error = %e, "refresh failed");
+                if e.is_transient() && attempt < max_attempts {
+                    if e.code.is_none() {
+                        // The connection is gone, and its locks with it: start over on a new one.
+                        done.session = None;
+                        done.locked = false;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff(settings.retry_base, attempt)) => continue,
+                        _ = shared.interrupt.cancelled() => {
+                            guard.record(BreakerOutcome::OwnError);
+                            done.outcome = Outcome {
+                                status: "cancelled",
+                                action: Some(action.label()),
+                                attempts: attempt as i32,
+                                ..failed(ms(work_began), errors.join("; "))
+                            };
+                            break;
+                        }
+                    }
+                }
+                guard.finish(&e);
+                let message = if attempt == 1 {
+                    e.message
+                } else {
+                    errors.join("; ")
+                };
+                done.outcome = Outcome {
+                    action: Some(action.label()),
+                    attempts: attempt as i32,
+                    ..failed(ms(work_began), message)
+                };
+                break;
             }
         }
-    }))
+    }
+    let own = view.timeouts;
+    if own.statement_ms.is_some() || own.lock_ms.is_some() {
+        if let Some(session) = done.session.as_mut() {
+            if let Err(e) = session.set_timeouts(None, None).await {
+                tracing::warn!(view = %view.key, error = %e, "could not reset the manifest's timeouts");
+            }
+        }
+    }
+    done
 }
 
 /// Hands the breaker its outcome exactly once, even if the task panics or is dropped, so a
@@ -710,7 +1032,14 @@ mod tests {
             max_failures: NonZeroU32::new(failures).unwrap(),
             reset_after: Duration::from_secs(300),
             refresh_concurrently: false,
+            statement_timeout_ms: 0,
             lock_timeout_ms: 1000,
+            max_retries: 2,
+            retry_base: Duration::from_millis(1),
+            wait_for_locks: false,
+            batch_size: NonZeroUsize::new(8).unwrap(),
+            start_delay: Duration::ZERO,
+            max_db_active_queries: 0,
         }
     }
 
@@ -725,6 +1054,8 @@ mod tests {
             agency_slug: "gotham".into(),
             query: query.into(),
             enabled: true,
+            statement_timeout: None,
+            lock_timeout: None,
         }
     }
 
@@ -824,9 +1155,12 @@ mod tests {
             reason.contains("circuit breaker open") && reason.contains("administrator command"),
             "{reason}"
         );
+        let calls: Vec<String> = s.state().calls.iter().map(|(_, k)| k.clone()).collect();
+        // Each failing view was tried three times (admin shutdown is transient); nothing else
+        // started once the breaker opened.
         assert_eq!(
-            s.state().calls.len(),
-            2,
+            calls,
+            ["s.v1", "s.v1", "s.v1", "s.v2", "s.v2", "s.v2"],
             "nothing starts while the breaker is open"
         );
         assert_eq!(s.state().finished.len(), 6);
@@ -895,6 +1229,128 @@ mod tests {
         assert_eq!(started, ["s.v4", "s.v2", "s.v3", "s.v1"]);
         let keys: Vec<&str> = r.results.iter().map(|v| v.key.as_str()).collect();
         assert_eq!(keys, ["s.v1", "s.v2", "s.v3", "s.v4"]);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_and_each_attempt_is_kept() {
+        let rows: Vec<_> = (1..=3)
+            .map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1"))
+            .collect();
+        let s = store(rows);
+        s.state().fail_once.insert(
+            "s.v1".into(),
+            trouble("terminating connection due to administrator command"),
+        );
+        s.state()
+            .failures
+            .insert("s.v2".into(), own_error("division by zero"));
+        let mut lock_timeout = trouble("canceling statement due to lock timeout");
+        lock_timeout.code = Some("55P03".into());
+        s.state().failures.insert("s.v3".into(), lock_timeout);
+        let r = run(&s, 1, 10).await;
+        let v1 = &r.results[0].outcome;
+        assert_eq!((v1.status, v1.attempts), ("success", 2));
+        assert!(
+            v1.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("attempt 1 of 3"),
+            "{v1:?}"
+        );
+        let v2 = &r.results[1].outcome;
+        assert_eq!(
+            (v2.status, v2.attempts),
+            ("error", 1),
+            "own errors are never retried"
+        );
+        let v3 = &r.results[2].outcome;
+        assert_eq!((v3.status, v3.attempts), ("error", 3));
+        let e = v3.error.as_deref().unwrap_or_default();
+        assert!(
+            e.contains("attempt 3 of 3")
+                && e.contains("lock_timeout 1000ms, from SEEDER_LOCK_TIMEOUT"),
+            "{e}"
+        );
+        let calls = s.state().calls.iter().filter(|(_, k)| k == "s.v3").count();
+        assert_eq!(calls, 3);
+    }
+
+    #[tokio::test]
+    async fn views_another_run_holds_are_skipped_and_their_downstream_too() {
+        let s = store(vec![
+            manifest(1, "s.held", "SELECT 1"),
+            manifest(2, "s.reads_held", "SELECT * FROM s.held"),
+            manifest(3, "s.done", "SELECT 1"),
+        ]);
+        s.state()
+            .locked
+            .insert("s.held".into(), ViewLock::Held(Some("run-a".into())));
+        s.state()
+            .locked
+            .insert("s.done".into(), ViewLock::AlreadyDone("run-b".into()));
+        let r = run(&s, 2, 5).await;
+        let reasons: Vec<(&str, String)> = r
+            .results
+            .iter()
+            .map(|v| {
+                (
+                    v.outcome.status,
+                    v.outcome.error.clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(reasons[0].0, "skipped");
+        assert!(
+            reasons[0].1.starts_with("locked by run run-a"),
+            "{reasons:?}"
+        );
+        assert_eq!(
+            reasons[1],
+            ("skipped", "upstream s.held failed".to_string())
+        );
+        assert!(
+            reasons[2].1.contains("already refreshed by run run-b"),
+            "{reasons:?}"
+        );
+        assert!(s.state().calls.is_empty(), "nothing ran");
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_run_starts_nothing_and_records_it_cancelled() {
+        let rows: Vec<_> = (1..=3)
+            .map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1"))
+            .collect();
+        let s = store(rows);
+        let interrupt = Interrupt::new();
+        interrupt.trigger(etl_core::ExitStatus::Terminated);
+        let r = RunProcessor::new(Arc::new(s.clone()), settings(2, 5), TestClock::default())
+            .with_interrupt(interrupt)
+            .run("test", "", &Selection::default())
+            .await
+            .unwrap();
+        assert!(r.results.iter().all(|v| v.outcome.status == "cancelled"));
+        assert!(r.results[0]
+            .outcome
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("SIGTERM"));
+        assert!(s.state().calls.is_empty());
+        assert_eq!(
+            s.state().finished.len(),
+            3,
+            "every view still gets its history row"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_as_much_again() {
+        let base = Duration::from_millis(100);
+        for attempt in 1..=4u32 {
+            let exp = base * (1 << (attempt - 1));
+            let d = backoff(base, attempt);
+            assert!(d >= exp && d < exp * 2, "attempt {attempt}: {d:?}");
+        }
     }
 
     #[tokio::test]

@@ -214,6 +214,8 @@ mod tests {
             agency_slug: slug.into(),
             query: format!("SELECT {id}"),
             enabled: true,
+            statement_timeout: None,
+            lock_timeout: None,
         };
         let canned = |id: i64, slug: &str| ManifestRow {
             report_type: ReportType::Canned,
@@ -225,6 +227,8 @@ mod tests {
             agency_slug: slug.into(),
             query: "SELECT 1".into(),
             enabled: true,
+            statement_timeout: None,
+            lock_timeout: None,
         };
         let rows = vec![
             custom(1, "reporting.gotham_rollup", "gotham"),

@@ -70,6 +70,8 @@ pub struct Outcome {
     pub bytes: i64,
     /// PostgreSQL's message, or the reason for the skip.
     pub error: Option<String>,
+    /// Attempts made (transient failures are retried).
+    pub attempts: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -224,13 +226,15 @@ pub async fn record_finish(
                  updated_at = EXCLUDED.updated_at
          )
          INSERT INTO reporting.seeder_view_run (run_id, table_name, history_table, history_id,
-             report_type, status, action, duration_ms, rows, bytes, error, finished_at)
-         SELECT $1, $3, '{history}', h.id, $13, $7, $14, $15, $9, $10, $11, h.finish_time FROM h
+             report_type, status, action, duration_ms, rows, bytes, error, finished_at, attempts)
+         SELECT $1, $3, '{history}', h.id, $13, $7, $14, $15, $9, $10, $11, h.finish_time, $16
+         FROM h
          ON CONFLICT (run_id, table_name) DO UPDATE SET
              history_table = EXCLUDED.history_table, history_id = EXCLUDED.history_id,
              status = EXCLUDED.status, action = EXCLUDED.action,
              duration_ms = EXCLUDED.duration_ms, rows = EXCLUDED.rows, bytes = EXCLUDED.bytes,
-             error = EXCLUDED.error, finished_at = EXCLUDED.finished_at"
+             error = EXCLUDED.error, finished_at = EXCLUDED.finished_at,
+             attempts = EXCLUDED.attempts"
     );
     // Whole seconds, rounded to nearest; milliseconds are in seeder_view_run.
     let seconds = i32::try_from(o.duration_ms.saturating_add(500) / 1000).unwrap_or(i32::MAX);
@@ -255,6 +259,7 @@ pub async fn record_finish(
                 &v.report_type.as_str(),
                 &o.action,
                 &ms,
+                &o.attempts,
             ],
         )
         .await?;

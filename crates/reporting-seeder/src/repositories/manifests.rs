@@ -32,32 +32,28 @@ pub struct ManifestRow {
     pub agency_slug: String,
     pub query: String,
     pub enabled: bool,
+    /// The manifest's own timeouts, where its table has such columns (text as stored).
+    pub statement_timeout: Option<String>,
+    pub lock_timeout: Option<String>,
 }
 
+// Optional columns are read through to_jsonb(row), which has a key only for the columns the
+// table has: a canned manifest table without `enabled` (as the old Django model has it) means
+// every mapping is enabled; `statement_timeout` / `lock_timeout`, where a table has them, override
+// the run's timeouts for that view.
 const CUSTOM: &str = "
-    SELECT id::bigint, table_name::text, coalesce(report_name, '')::text, agency_id::bigint,
-           agency_slug::text, query::text, enabled
-    FROM reporting.seeder_custom_report_manifest";
+    SELECT m.id::bigint, m.table_name::text, coalesce(m.report_name, '')::text, m.agency_id::bigint,
+           m.agency_slug::text, m.query::text, m.enabled,
+           to_jsonb(m) ->> 'statement_timeout', to_jsonb(m) ->> 'lock_timeout'
+    FROM reporting.seeder_custom_report_manifest m";
 
-// A canned manifest table without `enabled` (as the old Django model has it) means every
-// mapping is enabled.
-const CANNED_WITH_ENABLED: &str = "
+const CANNED: &str = "
     SELECT m.id::bigint, r.id::bigint, r.table_name::text, coalesce(r.report_name, '')::text,
-           m.agency_id::bigint, m.agency_slug::text, r.query::text, m.enabled
+           m.agency_id::bigint, m.agency_slug::text, r.query::text,
+           coalesce((to_jsonb(m) ->> 'enabled')::boolean, true),
+           to_jsonb(r) ->> 'statement_timeout', to_jsonb(r) ->> 'lock_timeout'
     FROM reporting.seeder_canned_report_manifest m
     JOIN reporting.seeder_canned_report r ON r.id = m.canned_report_id";
-
-const CANNED_WITHOUT_ENABLED: &str = "
-    SELECT m.id::bigint, r.id::bigint, r.table_name::text, coalesce(r.report_name, '')::text,
-           m.agency_id::bigint, m.agency_slug::text, r.query::text, true
-    FROM reporting.seeder_canned_report_manifest m
-    JOIN reporting.seeder_canned_report r ON r.id = m.canned_report_id";
-
-const CANNED_HAS_ENABLED: &str = "
-    SELECT EXISTS (
-        SELECT 1 FROM pg_attribute
-        WHERE attrelid = 'reporting.seeder_canned_report_manifest'::regclass
-          AND attname = 'enabled' AND NOT attisdropped)";
 
 /// Every manifest row, enabled or not (the caller tells "disabled" from "unknown").
 pub async fn load(client: &Client) -> Result<Vec<ManifestRow>, DbError> {
@@ -73,18 +69,11 @@ pub async fn load(client: &Client) -> Result<Vec<ManifestRow>, DbError> {
             agency_slug: r.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
             query: r.try_get::<_, Option<String>>(5)?.unwrap_or_default(),
             enabled: r.try_get::<_, Option<bool>>(6)?.unwrap_or(false),
+            statement_timeout: r.try_get(7)?,
+            lock_timeout: r.try_get(8)?,
         });
     }
-    let has_enabled: bool = client
-        .query_one(CANNED_HAS_ENABLED, &[])
-        .await?
-        .try_get(0)?;
-    let canned = if has_enabled {
-        CANNED_WITH_ENABLED
-    } else {
-        CANNED_WITHOUT_ENABLED
-    };
-    for r in client.query(canned, &[]).await? {
+    for r in client.query(CANNED, &[]).await? {
         rows.push(ManifestRow {
             report_type: ReportType::Canned,
             manifest_id: r.try_get(0)?,
@@ -95,6 +84,8 @@ pub async fn load(client: &Client) -> Result<Vec<ManifestRow>, DbError> {
             agency_slug: r.try_get::<_, Option<String>>(5)?.unwrap_or_default(),
             query: r.try_get::<_, Option<String>>(6)?.unwrap_or_default(),
             enabled: r.try_get::<_, Option<bool>>(7)?.unwrap_or(false),
+            statement_timeout: r.try_get(8)?,
+            lock_timeout: r.try_get(9)?,
         });
     }
     Ok(rows)

@@ -5,11 +5,18 @@ use etl_core::DbError;
 use tokio_postgres::Client;
 
 /// (version, name, SQL). Append only: never edit an applied migration.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "control_tables",
-    include_str!("../../migrations/V1__control_tables.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "control_tables",
+        include_str!("../../migrations/V1__control_tables.sql"),
+    ),
+    (
+        2,
+        "attempts",
+        include_str!("../../migrations/V2__attempts.sql"),
+    ),
+];
 
 /// "reporting-seeder migrations", as a fixed advisory-lock key.
 const LOCK_KEY: i64 = 0x7273_6d69_6772_6174;

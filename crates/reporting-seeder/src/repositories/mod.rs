@@ -7,6 +7,7 @@
 
 pub mod demo;
 pub mod history;
+pub mod locks;
 pub mod manifests;
 pub mod migrations;
 pub mod views;
@@ -18,6 +19,7 @@ use etl_core::db::{Connection, DatabaseClient};
 use etl_core::DbError;
 
 pub use history::{HistoryId, HistoryRoutes, Outcome, RunCounts, ViewRecord};
+pub use locks::{Recovery, ViewLock};
 pub use manifests::{ManifestRow, ReportType};
 pub use views::{Rebuilt, ViewState, ViewStats};
 
@@ -112,6 +114,24 @@ pub trait Session: Send {
         lock_timeout_ms: u64,
         managed: &HashMap<String, (String, String)>,
     ) -> Result<Rebuilt, DbError>;
+    /// Holds the run's own lock for the life of this session (so a later run can tell it is alive).
+    async fn lock_run(&mut self, run_id: &str) -> Result<(), DbError>;
+    /// Marks dead runs' `running` rows abandoned and drops leftover temporary views.
+    async fn recover(&mut self, own_run: Option<&str>) -> Result<Recovery, DbError>;
+    /// Takes the view's lock for this session (waiting for it when `wait`).
+    async fn lock_view(&mut self, key: &str, run_id: &str, wait: bool)
+        -> Result<ViewLock, DbError>;
+    async fn unlock_view(&mut self, key: &str) -> Result<(), DbError>;
+    /// Overrides this session's statement and lock timeouts (None: back to the run's settings).
+    async fn set_timeouts(
+        &mut self,
+        statement_ms: Option<u64>,
+        lock_ms: Option<u64>,
+    ) -> Result<(), DbError>;
+    /// Active queries on the server, this session's excluded.
+    async fn active_queries(&mut self) -> Result<i64, DbError>;
+    /// A handle that cancels this session's running statement on the server.
+    fn canceller(&self) -> Option<Canceller>;
     /// Drops a leftover temporary view (from an interrupted rebuild).
     async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError>;
     /// `ANALYZE`, then the view's row estimate and size.
@@ -146,6 +166,17 @@ impl<C: DatabaseClient + 'static> Store for PgStore<C> {
 
 pub struct PgSession {
     conn: Connection,
+}
+
+/// Cancels a session's running statement through PostgreSQL's cancel protocol.
+pub struct Canceller(tokio_postgres::CancelToken);
+
+impl Canceller {
+    pub async fn cancel(&self) {
+        if let Err(e) = self.0.cancel_query(tokio_postgres::NoTls).await {
+            tracing::warn!(error = %e, "could not cancel a running statement on the server");
+        }
+    }
 }
 
 impl PgSession {
@@ -251,6 +282,40 @@ impl Session for PgSession {
     }
     async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError> {
         views::drop_if_exists(&self.conn, view).await
+    }
+    async fn lock_run(&mut self, run_id: &str) -> Result<(), DbError> {
+        locks::lock_run(&self.conn, run_id).await
+    }
+    async fn recover(&mut self, own_run: Option<&str>) -> Result<Recovery, DbError> {
+        locks::recover(&self.conn, own_run).await
+    }
+    async fn lock_view(
+        &mut self,
+        key: &str,
+        run_id: &str,
+        wait: bool,
+    ) -> Result<ViewLock, DbError> {
+        if wait {
+            locks::wait_lock_view(&self.conn, key, run_id).await
+        } else {
+            locks::try_lock_view(&self.conn, key, run_id).await
+        }
+    }
+    async fn unlock_view(&mut self, key: &str) -> Result<(), DbError> {
+        locks::unlock_view(&self.conn, key).await
+    }
+    async fn set_timeouts(
+        &mut self,
+        statement_ms: Option<u64>,
+        lock_ms: Option<u64>,
+    ) -> Result<(), DbError> {
+        views::set_timeouts(&self.conn, statement_ms, lock_ms).await
+    }
+    async fn active_queries(&mut self) -> Result<i64, DbError> {
+        views::active_queries(&self.conn).await
+    }
+    fn canceller(&self) -> Option<Canceller> {
+        Some(Canceller(self.conn.cancel_token()))
     }
     async fn analyze_view(&mut self, view: Rel<'_>) -> Result<ViewStats, DbError> {
         views::analyze(&self.conn, view).await

@@ -527,3 +527,33 @@ pub async fn analyze(client: &ClientWrapper, view: Rel<'_>) -> Result<ViewStats,
         bytes: r.try_get(1)?,
     })
 }
+
+/// Sets this session's timeouts (milliseconds; 0 is off); `None` puts one back to the value the
+/// connection started with (the run's settings).
+pub async fn set_timeouts(
+    client: &Client,
+    statement_ms: Option<u64>,
+    lock_ms: Option<u64>,
+) -> Result<(), DbError> {
+    let text = |v: Option<u64>| v.map(|ms| ms.to_string());
+    client
+        .execute(
+            "SELECT set_config('statement_timeout', coalesce($1::text,
+                        (SELECT reset_val FROM pg_settings WHERE name = 'statement_timeout')), false),
+                    set_config('lock_timeout', coalesce($2::text,
+                        (SELECT reset_val FROM pg_settings WHERE name = 'lock_timeout')), false)",
+            &[&text(statement_ms), &text(lock_ms)],
+        )
+        .await?;
+    Ok(())
+}
+
+pub async fn active_queries(client: &Client) -> Result<i64, DbError> {
+    Ok(client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await?
+        .try_get(0)?)
+}

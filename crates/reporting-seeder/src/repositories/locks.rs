@@ -1,0 +1,205 @@
+//! Advisory locks that keep runs from overlapping, and the recovery of what a killed run left.
+//!
+//! Every run holds a session lock on its run id for its whole life, and every refresh a session
+//! lock on its view. A run whose lock can be taken is dead; a view whose lock is held is being
+//! refreshed by someone else.
+
+use etl_core::DbError;
+use tokio_postgres::Client;
+
+/// Lock classes (the first key of the two-key advisory locks): "RS" + 1 or 2.
+const RUN_CLASS: i32 = 0x5253_0001;
+const VIEW_CLASS: i32 = 0x5253_0002;
+
+/// Held by a run for its whole life, on its own connection.
+pub async fn lock_run(client: &Client, run_id: &str) -> Result<(), DbError> {
+    client
+        .execute(
+            "SELECT pg_advisory_lock($1, hashtext($2))",
+            &[&RUN_CLASS, &run_id],
+        )
+        .await?;
+    Ok(())
+}
+
+/// What taking a view's lock found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ViewLock {
+    Acquired,
+    /// Another run is refreshing it (its id when its history row says so).
+    Held(Option<String>),
+    /// Another run refreshed it after this run started.
+    AlreadyDone(String),
+}
+
+const TRY_VIEW: &str = "
+    SELECT pg_try_advisory_lock($1, hashtext($2)),
+           (SELECT v.run_id FROM reporting.seeder_view_run v
+            WHERE v.table_name = $2 AND v.status = 'success' AND v.run_id <> $3
+              AND v.finished_at >= (SELECT started_at FROM reporting.seeder_run WHERE run_id = $3)
+            ORDER BY v.finished_at DESC LIMIT 1)";
+
+// Only asked when the lock is held, so the history tables are not scanned for every view.
+const HOLDER: &str = "
+    SELECT run_id FROM (
+        SELECT run_id, start_time FROM reporting.seeder_run_history
+        WHERE table_name = $1 AND status = 'running' AND run_id <> $2
+        UNION ALL
+        SELECT run_id, start_time FROM reporting.seeder_canned_run_history
+        WHERE table_name = $1 AND status = 'running' AND run_id <> $2
+    ) r ORDER BY start_time DESC LIMIT 1";
+
+/// Takes the view's lock without waiting, or says who has it (or has just done the work).
+pub async fn try_lock_view(client: &Client, key: &str, run_id: &str) -> Result<ViewLock, DbError> {
+    let r = client
+        .query_one(TRY_VIEW, &[&VIEW_CLASS, &key, &run_id])
+        .await?;
+    let got: bool = r.try_get(0)?;
+    let done_by: Option<String> = r.try_get(1)?;
+    match (got, done_by) {
+        (true, None) => Ok(ViewLock::Acquired),
+        (true, Some(other)) => {
+            unlock_view(client, key).await?;
+            Ok(ViewLock::AlreadyDone(other))
+        }
+        (false, _) => {
+            let holder = client.query_opt(HOLDER, &[&key, &run_id]).await?;
+            Ok(ViewLock::Held(holder.map(|h| h.try_get(0)).transpose()?))
+        }
+    }
+}
+
+/// Waits for the view's lock (`--wait-for-locks`), however long the other run takes.
+pub async fn wait_lock_view(client: &Client, key: &str, run_id: &str) -> Result<ViewLock, DbError> {
+    client
+        .batch_execute("SELECT set_config('lock_timeout', '0', false)")
+        .await?;
+    let result = client
+        .execute(
+            "SELECT pg_advisory_lock($1, hashtext($2))",
+            &[&VIEW_CLASS, &key],
+        )
+        .await;
+    client.batch_execute("RESET lock_timeout").await?;
+    result?;
+    match try_lock_view(client, key, run_id).await? {
+        // Session locks stack: the second take must be given back.
+        ViewLock::Acquired => {
+            unlock_view(client, key).await?;
+            Ok(ViewLock::Acquired)
+        }
+        ViewLock::AlreadyDone(other) => {
+            unlock_view(client, key).await?;
+            Ok(ViewLock::AlreadyDone(other))
+        }
+        held => Ok(held),
+    }
+}
+
+pub async fn unlock_view(client: &Client, key: &str) -> Result<(), DbError> {
+    client
+        .execute(
+            "SELECT pg_advisory_unlock($1, hashtext($2))",
+            &[&VIEW_CLASS, &key],
+        )
+        .await?;
+    Ok(())
+}
+
+/// What recovery found.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Recovery {
+    pub abandoned_runs: Vec<String>,
+    pub abandoned_views: i64,
+    pub dropped_temporary: Vec<String>,
+}
+
+const ABANDON: &str = "
+    WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($2, hashtext($1)) AS got),
+    h1 AS (
+        UPDATE reporting.seeder_run_history
+        SET status = 'abandoned', finish_time = now(), updated_at = now(),
+            errors = 'abandoned: run ' || $1 || ' ended without recording an outcome (killed, or its connection was lost)'
+        WHERE run_id = $1 AND status = 'running' AND (SELECT got FROM l)
+        RETURNING 1
+    ), h2 AS (
+        UPDATE reporting.seeder_canned_run_history
+        SET status = 'abandoned', finish_time = now(), updated_at = now(),
+            errors = 'abandoned: run ' || $1 || ' ended without recording an outcome (killed, or its connection was lost)'
+        WHERE run_id = $1 AND status = 'running' AND (SELECT got FROM l)
+        RETURNING 1
+    ), r AS (
+        UPDATE reporting.seeder_run SET status = 'abandoned', finished_at = now()
+        WHERE run_id = $1 AND (SELECT got FROM l)
+        RETURNING 1
+    )
+    SELECT (SELECT got FROM l), (SELECT count(*) FROM h1) + (SELECT count(*) FROM h2)";
+
+// Temporary views of interrupted rebuilds, with the view each was for (when it still exists).
+const TEMPORARIES: &str = "
+    SELECT n.nspname::text, c.relname::text,
+           (SELECT vn.nspname || '.' || v.relname FROM pg_class v
+            JOIN pg_namespace vn ON vn.oid = v.relnamespace
+            WHERE v.oid = substring(c.relname FROM '^_rs_([0-9]+)_new$')::oid)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind = 'm' AND c.relname ~ '^_rs_[0-9]+_new$'";
+
+/// Marks the `running` rows of dead runs `abandoned` and drops the temporary views of rebuilds
+/// nobody is doing any more. Live runs (their lock is held) are left alone.
+pub async fn recover(client: &Client, own_run: Option<&str>) -> Result<Recovery, DbError> {
+    let mut out = Recovery::default();
+    let running: Vec<String> = client
+        .query(
+            "SELECT run_id FROM reporting.seeder_run WHERE status = 'running'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    for run in running.iter().filter(|r| Some(r.as_str()) != own_run) {
+        let r = client.query_one(ABANDON, &[run, &RUN_CLASS]).await?;
+        if r.try_get::<_, bool>(0)? {
+            client
+                .execute(
+                    "SELECT pg_advisory_unlock($2, hashtext($1))",
+                    &[run, &RUN_CLASS],
+                )
+                .await?;
+            out.abandoned_views += r.try_get::<_, i64>(1)?;
+            out.abandoned_runs.push(run.clone());
+        }
+    }
+    for r in client.query(TEMPORARIES, &[]).await? {
+        let schema: String = r.try_get(0)?;
+        let temp: String = r.try_get(1)?;
+        let temp_key = format!("{schema}.{temp}");
+        let key: String = r
+            .try_get::<_, Option<String>>(2)?
+            .unwrap_or_else(|| temp_key.clone());
+        let got: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                &[&VIEW_CLASS, &key],
+            )
+            .await?
+            .try_get(0)?;
+        if !got {
+            continue; // a live rebuild of that view
+        }
+        let dropped = client
+            .batch_execute(&format!(
+                "DROP MATERIALIZED VIEW IF EXISTS {}",
+                super::Rel {
+                    schema: &schema,
+                    name: &temp
+                }
+                .quoted()
+            ))
+            .await;
+        unlock_view(client, &key).await?;
+        dropped?;
+        out.dropped_temporary.push(temp_key);
+    }
+    Ok(out)
+}
