@@ -318,6 +318,19 @@ impl DbError {
         }
     }
 
+    /// The connection is unusable after this: closed, broken, or the server ended the session.
+    pub fn connection_lost(&self) -> bool {
+        match self.code.as_deref() {
+            None => true,
+            Some(c) => {
+                c.starts_with("08")
+                    || c == SqlState::ADMIN_SHUTDOWN.code()
+                    || c == SqlState::CRASH_SHUTDOWN.code()
+                    || c == SqlState::CANNOT_CONNECT_NOW.code()
+            }
+        }
+    }
+
     /// A connection failure the operator must fix (credentials, database name) rather than retry.
     pub fn is_configuration(&self) -> bool {
         self.code

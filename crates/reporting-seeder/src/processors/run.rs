@@ -436,6 +436,18 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         let started = Instant::now();
         let mut main = connect(self.store.as_ref()).await?;
         main.migrate().await.map_err(at("applying migrations"))?;
+        let recovery = main
+            .recover(None)
+            .await
+            .map_err(at("recovering from interrupted runs"))?;
+        if !recovery.abandoned_runs.is_empty() || !recovery.dropped_temporary.is_empty() {
+            tracing::warn!(
+                runs = ?recovery.abandoned_runs,
+                views = recovery.abandoned_views,
+                temporary_views_dropped = ?recovery.dropped_temporary,
+                "earlier runs ended without recording their outcome: their running views are marked abandoned"
+            );
+        }
         let prepared =
             prepare(main.as_mut(), selection, self.settings.refresh_concurrently).await?;
         if let Some(retried) = &prepared.retried_run {
@@ -513,7 +525,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 recorded: false,
             });
             if !task.recorded {
-                if let Err(e) = main
+                let mut written = main
                     .record_finish(
                         routes,
                         &run_id,
@@ -521,8 +533,21 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                         task.history,
                         &task.result.outcome,
                     )
-                    .await
-                {
+                    .await;
+                if let Err(e) = &written {
+                    if reopen_if_lost(self.store.as_ref(), &mut main, &run_id, e).await {
+                        written = main
+                            .record_finish(
+                                routes,
+                                &run_id,
+                                &task.result.record,
+                                task.history,
+                                &task.result.outcome,
+                            )
+                            .await;
+                    }
+                }
+                if let Err(e) = written {
                     bookkeeping_errors.push(format!(
                         "{}: could not record the outcome: {e}",
                         task.result.key
@@ -543,15 +568,46 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         } else {
             "failed"
         };
-        if let Err(e) = main
+        let mut finished = main
             .finish_run(&report.run_id, status, report.counts())
-            .await
-        {
+            .await;
+        if let Err(e) = &finished {
+            if reopen_if_lost(self.store.as_ref(), &mut main, &report.run_id, e).await {
+                finished = main
+                    .finish_run(&report.run_id, status, report.counts())
+                    .await;
+            }
+        }
+        if let Err(e) = finished {
             report
                 .bookkeeping_errors
                 .push(format!("could not record the end of the run: {e}"));
         }
         Ok(report)
+    }
+}
+
+/// When the run's own connection was lost (a server restart, say), opens another and takes the
+/// run's lock again, so the bookkeeping at the end still lands.
+async fn reopen_if_lost(
+    store: &dyn Store,
+    main: &mut Box<dyn Session>,
+    run_id: &str,
+    e: &DbError,
+) -> bool {
+    if !e.connection_lost() {
+        return false;
+    }
+    match store.session().await {
+        Ok(mut session) => {
+            if let Err(e) = session.lock_run(run_id).await {
+                tracing::warn!(error = %e, "could not take the run's lock again");
+            }
+            tracing::info!("the run's connection was lost; continuing on a new one");
+            *main = session;
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -785,6 +841,25 @@ async fn refresh_with_retries<C: Clock>(
                     return done;
                 }
             };
+            // The `running` row first: whoever holds a view's lock has one, so a run that
+            // finds the lock taken can say which run holds it.
+            if done.history.is_none() {
+                match session
+                    .record_start(shared.routes, &shared.run_id, &view.record)
+                    .await
+                {
+                    Ok(id) => done.history = Some(id),
+                    Err(e) => {
+                        guard.finish(&e);
+                        done.outcome = failed(
+                            ms(began),
+                            format!("could not record the start: {}", e.message),
+                        );
+                        done.session = Some(session);
+                        return done;
+                    }
+                }
+            }
             match session
                 .lock_view(&view.key, &shared.run_id, settings.wait_for_locks)
                 .await
@@ -815,23 +890,6 @@ async fn refresh_with_retries<C: Clock>(
                         format!("could not take the view's lock: {}", e.message),
                     );
                     return done;
-                }
-            }
-            if done.history.is_none() {
-                match session
-                    .record_start(shared.routes, &shared.run_id, &view.record)
-                    .await
-                {
-                    Ok(id) => done.history = Some(id),
-                    Err(e) => {
-                        guard.finish(&e);
-                        done.outcome = failed(
-                            ms(began),
-                            format!("could not record the start: {}", e.message),
-                        );
-                        done.session = Some(session);
-                        return done;
-                    }
                 }
             }
             let own = view.timeouts;
@@ -923,7 +981,7 @@ async fn refresh_with_retries<C: Clock>(
                 ));
                 tracing::warn!(view = %view.key, action = action.label(), attempt, error = %e, "refresh failed");
                 if e.is_transient() && attempt < max_attempts {
-                    if e.code.is_none() {
+                    if e.connection_lost() {
                         // The connection is gone, and its locks with it: start over on a new one.
                         done.session = None;
                         done.locked = false;

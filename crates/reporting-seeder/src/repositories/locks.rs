@@ -39,15 +39,17 @@ const TRY_VIEW: &str = "
               AND v.finished_at >= (SELECT started_at FROM reporting.seeder_run WHERE run_id = $3)
             ORDER BY v.finished_at DESC LIMIT 1)";
 
-// Only asked when the lock is held, so the history tables are not scanned for every view.
+// Only asked when the lock is held, so the history tables are not scanned for every view. The
+// holder has a history row for the view; it may have just finished (its lock goes a moment
+// after its row is written), so a running row comes first, then the newest.
 const HOLDER: &str = "
     SELECT run_id FROM (
-        SELECT run_id, start_time FROM reporting.seeder_run_history
-        WHERE table_name = $1 AND status = 'running' AND run_id <> $2
+        SELECT run_id, status, start_time FROM reporting.seeder_run_history
+        WHERE table_name = $1 AND run_id <> $2
         UNION ALL
-        SELECT run_id, start_time FROM reporting.seeder_canned_run_history
-        WHERE table_name = $1 AND status = 'running' AND run_id <> $2
-    ) r ORDER BY start_time DESC LIMIT 1";
+        SELECT run_id, status, start_time FROM reporting.seeder_canned_run_history
+        WHERE table_name = $1 AND run_id <> $2
+    ) r ORDER BY status = 'running' DESC, start_time DESC LIMIT 1";
 
 /// Takes the view's lock without waiting, or says who has it (or has just done the work).
 pub async fn try_lock_view(client: &Client, key: &str, run_id: &str) -> Result<ViewLock, DbError> {

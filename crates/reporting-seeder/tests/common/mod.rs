@@ -229,3 +229,89 @@ pub fn assert_exit(o: &Output, expected: i32) {
         stderr(o)
     );
 }
+
+pub mod cluster;
+
+impl TestDb {
+    /// Starts the binary without waiting for it.
+    pub fn spawn(&self, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Child {
+        let mut c = self.cmd();
+        c.args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.spawn().unwrap()
+    }
+
+    /// Waits (bounded) until `n` of the tool's backends in this database run a query matching
+    /// `pattern` (ILIKE); returns their pids.
+    pub async fn wait_active(&self, pattern: &str, n: usize) -> Vec<i32> {
+        let c = self.client().await;
+        for _ in 0..400 {
+            let pids: Vec<i32> = c
+                .query(
+                    "SELECT pid FROM pg_stat_activity
+                     WHERE datname = $1 AND application_name = 'reporting-seeder'
+                       AND state = 'active' AND query ILIKE $2",
+                    &[&self.name, &pattern],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if pids.len() >= n {
+                return pids;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("no {n} active queries matching {pattern} within 10 s");
+    }
+
+    /// Waits (bounded) until no backend of the tool is connected to this database.
+    pub async fn wait_tool_gone(&self) {
+        let c = self.client().await;
+        for _ in 0..400 {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND application_name = 'reporting-seeder'",
+                    &[&self.name],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n == 0 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("the tool's backends did not go away within 10 s");
+    }
+
+    /// (status, attempts, errors) of `table` in the last run, from seeder_view_run.
+    pub async fn view_run(&self, table: &str) -> (String, i32, Option<String>) {
+        let r = self
+            .client()
+            .await
+            .query_one(
+                "SELECT status, attempts, error FROM reporting.seeder_view_run
+                 WHERE table_name = $1 AND run_id = $2",
+                &[&table, &self.last_run_id().await],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    }
+}
+
+/// Sends `signal` (e.g. "TERM", "KILL") to a child process.
+pub fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("child still running");
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}

@@ -1,0 +1,427 @@
+//! Fault injection against a real server: killed backends, a restarted server, the tool killed or
+//! stopped mid-run, two runs at once, a refresh blocked by a lock, a manifest that times out.
+//! Each test checks every view and every history row, not only the exit code.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::cluster::OwnCluster;
+use common::*;
+
+async fn migrate(db: &TestDb) {
+    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+}
+
+/// (table, status) of every history row of the last run.
+async fn statuses(db: &TestDb) -> Vec<(String, String)> {
+    last_statuses(db, &db.last_run_id().await).await
+}
+
+async fn last_statuses(db: &TestDb, run: &str) -> Vec<(String, String)> {
+    db.history(run)
+        .await
+        .into_iter()
+        .map(|(t, s, _)| (t, s))
+        .collect()
+}
+
+async fn temporaries(db: &TestDb) -> i64 {
+    db.client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname ~ '^_rs_[0-9]+_new'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_backend_is_retried_on_a_new_connection() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    db.custom(
+        "reporting.slow",
+        "gotham",
+        1,
+        "SELECT 1 AS id FROM (SELECT pg_sleep(1.5)) s",
+    )
+    .await;
+    db.custom("reporting.quick", "gotham", 1, "SELECT 2 AS id")
+        .await;
+    let child = db.spawn(&["run", "refresh_all"], &[]);
+    let pids = db.wait_active("%pg_sleep(1.5)%", 1).await;
+    db.client()
+        .await
+        .execute("SELECT pg_terminate_backend($1)", &[&pids[0]])
+        .await
+        .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(
+        statuses(&db).await,
+        [
+            ("reporting.quick".into(), "success".into()),
+            ("reporting.slow".into(), "success".into())
+        ]
+    );
+    let (status, attempts, errors) = db.view_run("reporting.slow").await;
+    assert_eq!((status.as_str(), attempts), ("success", 2));
+    assert!(errors.unwrap().contains("attempt 1 of 3"));
+    assert!(db.oid("reporting.slow").await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_mid_run_is_survived() {
+    let cluster = tokio::task::spawn_blocking(OwnCluster::start)
+        .await
+        .unwrap();
+    let admin = connect(&cluster.url("postgres")).await;
+    admin.batch_execute("CREATE DATABASE seeder").await.unwrap();
+    let url = cluster.url("seeder");
+    let run = |args: &'static [&'static str]| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_reporting-seeder"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &url)
+            .env("SEEDER_MAX_WORKERS", "2")
+            .env("SEEDER_MAX_RETRIES", "6")
+            .env("RUST_LOG", "warn")
+            .args(args)
+            .kill_on_drop(true)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    assert_exit(&run(&["run", "migrate"]).output().await.unwrap(), 0);
+    let c = connect(&url).await;
+    for i in 0..4 {
+        c.execute(
+            "INSERT INTO reporting.seeder_custom_report_manifest (table_name, report_name, agency_id, agency_slug, query, enabled)
+             VALUES ($1, $1, 1, 'gotham', 'SELECT 1 AS id FROM (SELECT pg_sleep(0.8)) s', true)",
+            &[&format!("reporting.v{i}")],
+        )
+        .await
+        .unwrap();
+    }
+    drop(c);
+    let child = run(&["run", "refresh_all"]).spawn().unwrap();
+    // Restart once two refreshes are running.
+    let watcher = connect(&url).await;
+    for _ in 0..400 {
+        let n: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'reporting-seeder' AND query ILIKE '%pg_sleep%' AND state = 'active'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    drop(watcher);
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.restart();
+        cluster
+    })
+    .await
+    .unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    assert_exit(&out, 0);
+    let c = connect(&url).await;
+    let rows: Vec<(String, String, i32)> = c
+        .query(
+            "SELECT h.table_name, h.status, v.attempts FROM reporting.seeder_run_history h
+             JOIN reporting.seeder_view_run v USING (run_id, table_name)
+             WHERE h.run_id = (SELECT run_id FROM reporting.seeder_run ORDER BY started_at DESC LIMIT 1)
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    assert!(rows.iter().all(|r| r.1 == "success"), "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r.2 >= 2),
+        "the interrupted refreshes were tried again: {rows:?}"
+    );
+    let views: i64 = c
+        .query_one("SELECT count(*) FROM pg_matviews", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(views, 4);
+    drop(c);
+    drop(admin);
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigkill_the_next_run_recovers() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    let id = db
+        .custom("reporting.rebuilt", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.custom("reporting.other", "gotham", 1, "SELECT 2 AS id")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    db.client()
+        .await
+        .execute(
+            "UPDATE reporting.seeder_custom_report_manifest SET query = $1 WHERE id = $2",
+            &[&"SELECT 3 AS id FROM (SELECT pg_sleep(1)) s", &(id as i32)],
+        )
+        .await
+        .unwrap();
+    let mut child = db.spawn(&["run", "refresh_all"], &[]);
+    db.wait_active("%pg_sleep(1)%", 1).await;
+    let killed_run = db.last_run_id().await;
+    signal(&child, "KILL");
+    let _ = child.wait().await;
+    // Readers never lose the view: the old one is still there.
+    let v: i32 = db
+        .client()
+        .await
+        .query_one("SELECT id FROM reporting.rebuilt", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 1);
+    // The killed run's backend finishes its statement, then notices the client is gone.
+    db.wait_tool_gone().await;
+    assert_eq!(
+        temporaries(&db).await,
+        1,
+        "the interrupted rebuild left its temporary view"
+    );
+    let dead = last_statuses(&db, &killed_run).await;
+    assert!(dead.iter().any(|(_, s)| s == "running"), "{dead:?}");
+
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 0);
+    let dead = last_statuses(&db, &killed_run).await;
+    assert!(dead.iter().all(|(_, s)| s != "running"), "{dead:?}");
+    assert!(dead.iter().any(|(_, s)| s == "abandoned"), "{dead:?}");
+    let status: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT status FROM reporting.seeder_run WHERE run_id = $1",
+            &[&killed_run],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "abandoned");
+    assert_eq!(temporaries(&db).await, 0, "recovery drops the leftover");
+    assert_eq!(
+        statuses(&db).await,
+        [
+            ("reporting.other".into(), "success".into()),
+            ("reporting.rebuilt".into(), "success".into())
+        ]
+    );
+    let v: i32 = db
+        .client()
+        .await
+        .query_one("SELECT id FROM reporting.rebuilt", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cancels_running_statements_on_the_server() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    let id = db
+        .custom("reporting.rebuilt", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    db.client()
+        .await
+        .execute(
+            "UPDATE reporting.seeder_custom_report_manifest SET query = $1 WHERE id = $2",
+            &[&"SELECT 2 AS id FROM (SELECT pg_sleep(30)) s", &(id as i32)],
+        )
+        .await
+        .unwrap();
+    db.custom(
+        "reporting.sleeper",
+        "gotham",
+        1,
+        "SELECT 1 AS id FROM (SELECT pg_sleep(30)) s",
+    )
+    .await;
+    for i in 0..3 {
+        db.custom(
+            &format!("reporting.later{i}"),
+            "gotham",
+            1,
+            "SELECT 1 AS id",
+        )
+        .await;
+    }
+    // Two workers, both busy with the 30 s views; the three quick ones wait.
+    let child = db.spawn(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "2")]);
+    db.wait_active("%pg_sleep(30)%", 2).await;
+    let started = std::time::Instant::now();
+    signal(&child, "TERM");
+    let out = child.wait_with_output().await.unwrap();
+    assert_exit(&out, 143);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "waited for the statements instead of cancelling them"
+    );
+    db.wait_tool_gone().await;
+    let rows = statuses(&db).await;
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert!(rows.iter().all(|(_, s)| s == "cancelled"), "{rows:?}");
+    assert_eq!(temporaries(&db).await, 0);
+    let v: i32 = db
+        .client()
+        .await
+        .query_one("SELECT id FROM reporting.rebuilt", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 1, "the old view stays whole");
+    assert!(
+        db.oid("reporting.later0").await.is_none(),
+        "nothing new started"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_runs_at_once_refresh_each_view_exactly_once() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    for i in 0..8 {
+        db.custom(
+            &format!("reporting.v{i}"),
+            "gotham",
+            1,
+            "SELECT 1 AS id FROM (SELECT pg_sleep(0.2)) s",
+        )
+        .await;
+    }
+    let env = [("SEEDER_MAX_WORKERS", "2")];
+    let a = db.spawn(&["run", "refresh_all"], &env);
+    let b = db.spawn(&["run", "refresh_all"], &env);
+    let (a, b) = tokio::join!(a.wait_with_output(), b.wait_with_output());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    for out in [&a, &b] {
+        assert!(matches!(code(out), 0 | 1), "{}", stderr(out));
+    }
+    let rows: Vec<(String, String, Option<String>)> = db
+        .client()
+        .await
+        .query(
+            "SELECT table_name, status, errors FROM reporting.seeder_run_history ORDER BY table_name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    for i in 0..8 {
+        let t = format!("reporting.v{i}");
+        let mine: Vec<_> = rows.iter().filter(|r| r.0 == t).collect();
+        assert_eq!(mine.len(), 2, "one row per run: {mine:?}");
+        let ok = mine.iter().filter(|r| r.1 == "success").count();
+        assert_eq!(ok, 1, "refreshed exactly once: {mine:?}");
+        let other = mine.iter().find(|r| r.1 != "success").unwrap();
+        assert_eq!(other.1, "skipped");
+        let why = other.2.clone().unwrap_or_default();
+        assert!(
+            why.contains("locked by run") || why.contains("already refreshed by run"),
+            "{why}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_blocked_by_a_reader_times_out_and_is_retried() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    db.custom("reporting.busy", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.custom("reporting.free", "gotham", 1, "SELECT 2 AS id")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    // A long report holds the view open: a plain REFRESH needs an exclusive lock.
+    let reader = db.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT * FROM reporting.busy")
+        .await
+        .unwrap();
+    let env = [("SEEDER_LOCK_TIMEOUT", "200ms")];
+    let out = db.run(&["run", "refresh_all"], &env).await;
+    assert_exit(&out, 1);
+    let (status, attempts, errors) = db.view_run("reporting.busy").await;
+    assert_eq!((status.as_str(), attempts), ("error", 3));
+    let errors = errors.unwrap();
+    assert!(
+        errors.contains("lock timeout")
+            && errors.contains("lock_timeout 200ms, from SEEDER_LOCK_TIMEOUT"),
+        "{errors}"
+    );
+    assert_eq!(db.view_run("reporting.free").await.0, "success");
+    reader.batch_execute("COMMIT").await.unwrap();
+    assert_exit(&db.run(&["run", "refresh_all"], &env).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_that_times_out_is_not_retried_and_names_the_timeout() {
+    let db = TestDb::new().await;
+    migrate(&db).await;
+    db.custom(
+        "reporting.too_slow",
+        "gotham",
+        1,
+        "SELECT 1 AS id FROM (SELECT pg_sleep(3)) s",
+    )
+    .await;
+    db.custom(
+        "reporting.own_budget",
+        "gotham",
+        1,
+        "SELECT 1 AS id FROM (SELECT pg_sleep(0.5)) s",
+    )
+    .await;
+    // A manifest table with its own timeout column overrides the run's setting for that view.
+    let c = db.client().await;
+    c.batch_execute(
+        "ALTER TABLE reporting.seeder_custom_report_manifest ADD COLUMN statement_timeout text;
+         UPDATE reporting.seeder_custom_report_manifest SET statement_timeout = '5s' WHERE table_name = 'reporting.own_budget'",
+    )
+    .await
+    .unwrap();
+    let out = db
+        .run(
+            &["run", "refresh_all"],
+            &[("SEEDER_STATEMENT_TIMEOUT", "300ms")],
+        )
+        .await;
+    assert_exit(&out, 1);
+    let (status, attempts, errors) = db.view_run("reporting.too_slow").await;
+    assert_eq!((status.as_str(), attempts), ("error", 1));
+    let errors = errors.unwrap();
+    assert!(
+        errors.contains("statement timeout")
+            && errors.contains("statement_timeout 300ms, from SEEDER_STATEMENT_TIMEOUT"),
+        "{errors}"
+    );
+    assert_eq!(db.view_run("reporting.own_budget").await.0, "success");
+    assert!(db.oid("reporting.too_slow").await.is_none());
+}
