@@ -8,9 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
 
 use crate::config::{ConfigError, Env};
+use crate::tls::{self, Connector, SslMode, TlsSettings};
 
 /// A pooled connection; it goes back to the pool when dropped.
 pub type Connection = deadpool_postgres::Object;
@@ -21,6 +21,8 @@ pub trait DatabaseClient: Send + Sync {
     async fn connection(&self) -> Result<Connection, DbError>;
     /// Where it connects, without the password, for messages.
     fn target(&self) -> &str;
+    /// The TLS connector, for cancel requests (they open a connection of their own).
+    fn tls(&self) -> Connector;
 }
 
 /// Connection parameters and their printable (password-free) form.
@@ -28,6 +30,8 @@ pub trait DatabaseClient: Send + Sync {
 pub struct ConnectionSettings {
     config: tokio_postgres::Config,
     target: String,
+    tls: TlsSettings,
+    connector: Connector,
 }
 
 impl fmt::Debug for ConnectionSettings {
@@ -44,8 +48,18 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 impl ConnectionSettings {
     /// `DATABASE_URL` when set, otherwise `DB_HOST`, `DB_PORT`, `DB_NAME`, `DB_USER`, `DB_PASSWORD`.
     pub fn from_env(env: &Env, application_name: &str) -> Result<ConnectionSettings, ConfigError> {
+        let mut tls = TlsSettings::default();
+        let mut mode_var = "DB_SSLMODE";
         let mut config = match env.get("DATABASE_URL") {
-            Some(raw) => parse_database_url(raw)?,
+            Some(raw) => {
+                let (config, mode, root) = parse_database_url(raw)?;
+                if let Some(mode) = mode {
+                    tls.mode = mode;
+                    mode_var = "DATABASE_URL";
+                }
+                tls.root_cert = root;
+                config
+            }
             None => {
                 let mut config = tokio_postgres::Config::new();
                 config
@@ -59,16 +73,56 @@ impl ConnectionSettings {
                 config
             }
         };
+        if mode_var == "DB_SSLMODE" {
+            if let Some(raw) = env.get("DB_SSLMODE") {
+                tls.mode = raw.parse().map_err(|reason| ConfigError::Invalid {
+                    var: "DB_SSLMODE".into(),
+                    value: raw.into(),
+                    expected: reason,
+                })?;
+            }
+        }
+        if tls.root_cert.is_none() {
+            tls.root_cert = env.get("DB_SSLROOTCERT").map(std::path::PathBuf::from);
+        }
+        config.ssl_mode(tls.mode.transport());
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
         config.application_name(application_name);
-        Ok(ConnectionSettings::from_config(config))
+        let connector = tls::connector(&tls).map_err(|reason| ConfigError::InvalidSecret {
+            var: if mode_var == "DATABASE_URL" {
+                "DATABASE_URL".into()
+            } else {
+                "DB_SSLMODE / DB_SSLROOTCERT".into()
+            },
+            reason,
+        })?;
+        let target = describe(&config);
+        Ok(ConnectionSettings {
+            config,
+            target,
+            tls,
+            connector,
+        })
     }
 
+    /// Settings for a known config (tests, throwaway clusters): TLS when the server offers it.
     pub fn from_config(config: tokio_postgres::Config) -> ConnectionSettings {
+        let tls = TlsSettings::default();
+        // The default settings need no file, so building their connector cannot fail.
+        let connector = tls::connector(&tls).unwrap_or_else(|_| unreachable_connector());
         let target = describe(&config);
-        ConnectionSettings { config, target }
+        ConnectionSettings {
+            config,
+            target,
+            tls,
+            connector,
+        }
+    }
+
+    pub fn tls(&self) -> &TlsSettings {
+        &self.tls
     }
 
     /// Sets a server parameter for every session (`-c name=value` in the startup packet), so it
@@ -88,7 +142,12 @@ impl ConnectionSettings {
     pub fn with_dbname(&self, dbname: &str) -> ConnectionSettings {
         let mut config = self.config.clone();
         config.dbname(dbname);
-        ConnectionSettings::from_config(config)
+        ConnectionSettings {
+            target: describe(&config),
+            config,
+            tls: self.tls.clone(),
+            connector: self.connector.clone(),
+        }
     }
 
     pub fn dbname(&self) -> Option<&str> {
@@ -131,13 +190,26 @@ impl ConnectionSettings {
     }
 }
 
-fn parse_database_url(raw: &str) -> Result<tokio_postgres::Config, ConfigError> {
+#[cold]
+fn unreachable_connector() -> Connector {
+    panic!("the default TLS settings could not be built")
+}
+
+type ParsedUrl = (
+    tokio_postgres::Config,
+    Option<SslMode>,
+    Option<std::path::PathBuf>,
+);
+
+/// The URL's connection config, with `sslmode` (all of libpq's names) and `sslrootcert` taken out
+/// for the TLS settings, since tokio-postgres knows only some of them.
+fn parse_database_url(raw: &str) -> Result<ParsedUrl, ConfigError> {
     let invalid = |reason: String| ConfigError::InvalidSecret {
         var: "DATABASE_URL".to_string(),
         reason,
     };
     // url's errors never repeat the input, so the password cannot leak through them.
-    let url = url::Url::parse(raw.trim()).map_err(|e| {
+    let mut url = url::Url::parse(raw.trim()).map_err(|e| {
         invalid(format!(
             "{e}; expected postgres://user:password@host:port/dbname"
         ))
@@ -148,9 +220,25 @@ fn parse_database_url(raw: &str) -> Result<tokio_postgres::Config, ConfigError> 
             url.scheme()
         )));
     }
-    tokio_postgres::Config::from_str(raw.trim()).map_err(|_| {
+    let mut mode = None;
+    let mut root = None;
+    let mut kept: Vec<(String, String)> = Vec::new();
+    for (k, v) in url.query_pairs() {
+        match k.as_ref() {
+            "sslmode" => mode = Some(v.parse::<SslMode>().map_err(invalid)?),
+            "sslrootcert" => root = Some(std::path::PathBuf::from(v.as_ref())),
+            _ => kept.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    if kept.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(kept);
+    }
+    let config = tokio_postgres::Config::from_str(url.as_str()).map_err(|_| {
         invalid("could not be parsed as a PostgreSQL connection URL; expected postgres://user:password@host:port/dbname".to_string())
-    })
+    })?;
+    Ok((config, mode, root))
 }
 
 fn describe(config: &tokio_postgres::Config) -> String {
@@ -173,13 +261,14 @@ fn describe(config: &tokio_postgres::Config) -> String {
 pub struct PostgresClient {
     pool: Pool,
     target: String,
+    connector: Connector,
 }
 
 impl PostgresClient {
     pub fn new(settings: &ConnectionSettings, max_connections: usize) -> Result<Self, DbError> {
         let manager = Manager::from_config(
             settings.config.clone(),
-            NoTls,
+            settings.connector.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -192,6 +281,7 @@ impl PostgresClient {
         Ok(PostgresClient {
             pool,
             target: settings.target.clone(),
+            connector: settings.connector.clone(),
         })
     }
 }
@@ -233,6 +323,10 @@ impl DatabaseClient for PostgresClient {
 
     fn target(&self) -> &str {
         &self.target
+    }
+
+    fn tls(&self) -> Connector {
+        self.connector.clone()
     }
 }
 
@@ -441,6 +535,45 @@ mod tests {
         assert_eq!(s.target(), "postgres://alice@db.example:6543/reports");
         assert!(!format!("{s:?}").contains("s3cret"));
         assert!(!s.psql_conninfo().contains("s3cret"));
+    }
+
+    #[test]
+    fn sslmode_and_root_certificate_come_from_the_url_or_the_environment() {
+        let env = Env::from_pairs([(
+            "DATABASE_URL",
+            "postgres://u@h/d?sslmode=require&application_name=x",
+        )]);
+        let s = ConnectionSettings::from_env(&env, "t").unwrap();
+        assert_eq!(s.tls().mode, SslMode::Require);
+        let env = Env::from_pairs([("DB_SSLMODE", "disable")]);
+        assert_eq!(
+            ConnectionSettings::from_env(&env, "t").unwrap().tls().mode,
+            SslMode::Disable
+        );
+        let env = Env::from_pairs([("DB_SSLMODE", "sometimes")]);
+        assert!(ConnectionSettings::from_env(&env, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("DB_SSLMODE"));
+        let env = Env::from_pairs([(
+            "DATABASE_URL",
+            "postgres://u:pw9secret@h/d?sslmode=verify-full",
+        )]);
+        let err = ConnectionSettings::from_env(&env, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sslrootcert") && !err.contains("pw9secret"),
+            "{err}"
+        );
+        let env = Env::from_pairs([(
+            "DATABASE_URL",
+            "postgres://u@h/d?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem",
+        )]);
+        let err = ConnectionSettings::from_env(&env, "t")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/ca.pem"), "{err}");
     }
 
     #[test]

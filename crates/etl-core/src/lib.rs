@@ -9,6 +9,7 @@ pub mod db;
 pub mod executor;
 pub mod job;
 pub mod logging;
+pub mod tls;
 
 pub use config::{ConfigError, Env};
 pub use db::{classify, DatabaseClient, DbError, FailureKind, PostgresClient};

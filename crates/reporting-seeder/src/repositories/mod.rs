@@ -160,20 +160,30 @@ impl<C: DatabaseClient + 'static> Store for PgStore<C> {
     async fn session(&self) -> Result<Box<dyn Session>, DbError> {
         Ok(Box::new(PgSession {
             conn: self.client.connection().await?,
+            tls: Some(self.client.tls()),
         }))
     }
 }
 
 pub struct PgSession {
     conn: Connection,
+    /// For cancel requests, which open a connection of their own.
+    tls: Option<etl_core::tls::Connector>,
 }
 
 /// Cancels a session's running statement through PostgreSQL's cancel protocol.
-pub struct Canceller(tokio_postgres::CancelToken);
+pub struct Canceller(
+    tokio_postgres::CancelToken,
+    Option<etl_core::tls::Connector>,
+);
 
 impl Canceller {
     pub async fn cancel(&self) {
-        if let Err(e) = self.0.cancel_query(tokio_postgres::NoTls).await {
+        let sent = match &self.1 {
+            Some(tls) => self.0.cancel_query(tls.clone()).await,
+            None => self.0.cancel_query(tokio_postgres::NoTls).await,
+        };
+        if let Err(e) = sent {
             tracing::warn!(error = %e, "could not cancel a running statement on the server");
         }
     }
@@ -181,7 +191,7 @@ impl Canceller {
 
 impl PgSession {
     pub fn from_connection(conn: Connection) -> PgSession {
-        PgSession { conn }
+        PgSession { conn, tls: None }
     }
 
     /// For repository functions outside the [`Session`] trait (the demo's).
@@ -315,7 +325,7 @@ impl Session for PgSession {
         views::active_queries(&self.conn).await
     }
     fn canceller(&self) -> Option<Canceller> {
-        Some(Canceller(self.conn.cancel_token()))
+        Some(Canceller(self.conn.cancel_token(), self.tls.clone()))
     }
     async fn analyze_view(&mut self, view: Rel<'_>) -> Result<ViewStats, DbError> {
         views::analyze(&self.conn, view).await

@@ -1,0 +1,162 @@
+//! Transport security against the local server's self-signed certificate (`.ci/run` makes sure
+//! the server has TLS on with a certificate for `localhost`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+
+/// The server's certificate file: self-signed, so it is its own root.
+async fn server_certificate() -> String {
+    let c = connect(&server_url()).await;
+    let on: String = c.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    assert_eq!(
+        on, "on",
+        "the test server has TLS off: run .ci/run, which turns it on"
+    );
+    c.query_one("SHOW ssl_cert_file", &[]).await.unwrap().get(0)
+}
+
+/// `url` with its host replaced and TLS parameters added.
+fn url(db: &TestDb, host: &str, tls: &str) -> String {
+    let u = db.url.replacen("127.0.0.1", host, 1);
+    let sep = if u.contains('?') { '&' } else { '?' };
+    format!("{u}{sep}{tls}")
+}
+
+async fn run_with(db: &TestDb, database_url: &str, args: &[&str]) -> std::process::Output {
+    db.run(args, &[("DATABASE_URL", database_url)]).await
+}
+
+/// Whether the tool's connections to `db` use TLS, seen from the server while a refresh runs.
+async fn tool_uses_tls(db: &TestDb, database_url: &str) -> bool {
+    db.custom(
+        "reporting.slow",
+        "gotham",
+        1,
+        "SELECT 1 AS id FROM (SELECT pg_sleep(1)) s",
+    )
+    .await;
+    let child = db.spawn(&["run", "refresh_all"], &[("DATABASE_URL", database_url)]);
+    // CREATE … pg_sleep the first time, REFRESH "reporting"."slow" the next.
+    db.wait_active("%\"slow\"%", 1).await;
+    let ssl: Vec<bool> = db
+        .client()
+        .await
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+             WHERE a.datname = $1 AND a.application_name = 'reporting-seeder'",
+            &[&db.name],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let out = child.wait_with_output().await.unwrap();
+    assert_exit(&out, 0);
+    assert!(!ssl.is_empty());
+    assert!(ssl.iter().all(|s| *s == ssl[0]), "mixed: {ssl:?}");
+    ssl[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_encrypts_and_disable_does_not() {
+    let db = TestDb::new().await;
+    server_certificate().await;
+    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    assert!(tool_uses_tls(&db, &url(&db, "127.0.0.1", "sslmode=require")).await);
+    assert!(!tool_uses_tls(&db, &url(&db, "127.0.0.1", "sslmode=disable")).await);
+    // DB_SSLMODE does the same for the DB_* variables.
+    let out = db
+        .run(
+            &["run", "migrate"],
+            &[
+                ("DATABASE_URL", ""),
+                ("DB_HOST", "127.0.0.1"),
+                ("DB_NAME", &db.name),
+                ("DB_SSLMODE", "require"),
+            ],
+        )
+        .await;
+    assert_exit(&out, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_ca_and_verify_full_check_the_certificate() {
+    let db = TestDb::new().await;
+    let cert = server_certificate().await;
+    let root = format!("sslrootcert={cert}");
+    // The chain is trusted: verify-ca passes whatever the host is called.
+    let out = run_with(
+        &db,
+        &url(&db, "127.0.0.1", &format!("sslmode=verify-ca&{root}")),
+        &["run", "migrate"],
+    )
+    .await;
+    assert_exit(&out, 0);
+    // verify-full also checks the name: the certificate is for localhost.
+    let out = run_with(
+        &db,
+        &url(&db, "localhost", &format!("sslmode=verify-full&{root}")),
+        &["run", "migrate"],
+    )
+    .await;
+    assert_exit(&out, 0);
+    let out = run_with(
+        &db,
+        &url(&db, "127.0.0.1", &format!("sslmode=verify-full&{root}")),
+        &["run", "migrate"],
+    )
+    .await;
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).to_lowercase().contains("certificate"),
+        "{}",
+        stderr(&out)
+    );
+    // Roots that did not sign it: refused.
+    let out = run_with(
+        &db,
+        &url(
+            &db,
+            "localhost",
+            "sslmode=verify-full&sslrootcert=/etc/ssl/certs/ca-certificates.crt",
+        ),
+        &["run", "migrate"],
+    )
+    .await;
+    assert_exit(&out, 3);
+    // verify-full without roots is a configuration error, before any connection.
+    let out = run_with(
+        &db,
+        &url(&db, "localhost", "sslmode=verify-full"),
+        &["run", "migrate"],
+    )
+    .await;
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("sslrootcert"), "{}", stderr(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_is_never_logged_even_at_debug_level() {
+    let db = TestDb::new().await;
+    server_certificate().await;
+    // Trust authentication ignores the password, so the run goes through with it in the URL.
+    let with_password = db.url.replacen("postgres@", "postgres:hunter2-Secret@", 1);
+    let database_url = url(&db, "127.0.0.1", "sslmode=require");
+    let database_url = database_url.replacen(&db.url, &with_password, 1);
+    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    db.custom("reporting.v", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let out = db
+        .run(
+            &["run", "refresh_all"],
+            &[("DATABASE_URL", &database_url), ("RUST_LOG", "trace")],
+        )
+        .await;
+    assert_exit(&out, 0);
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.len() > 1000, "expected plenty of debug output");
+    assert!(!all.contains("hunter2-Secret"), "the password leaked");
+}
