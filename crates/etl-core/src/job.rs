@@ -159,6 +159,18 @@ pub struct JobContext {
     /// The job's arguments as given (after `--`), for the run's record.
     pub args: Vec<String>,
     pub interrupt: Interrupt,
+    /// What the terminal gets: a progress bar, colour.
+    pub ui: Ui,
+}
+
+/// What a job may show on the terminal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ui {
+    /// A live progress bar on stderr: a terminal, not `--quiet`, not JSON logs.
+    pub progress: bool,
+    /// Colour in what is printed on stdout.
+    pub colour: bool,
+    pub quiet: bool,
 }
 
 pub type JobFuture = Pin<Box<dyn Future<Output = Result<ExitStatus, JobError>> + Send>>;
@@ -340,7 +352,30 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
             return ExitStatus::Usage.into();
         }
     };
-    crate::logging::init(&env);
+    // Flags every job may define (`--quiet`, `--log-format`); absent ones are their defaults.
+    let quiet = matches
+        .try_get_one::<bool>("quiet")
+        .ok()
+        .flatten()
+        .copied()
+        .unwrap_or(false);
+    let json = matches
+        .try_get_one::<String>("log_format")
+        .ok()
+        .flatten()
+        .is_some_and(|f| f == "json");
+    let progress = !quiet
+        && !json
+        && std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && matches.try_get_one::<bool>("quiet").is_ok();
+    crate::logging::init(
+        &env,
+        crate::logging::LogOptions {
+            json,
+            quiet,
+            progress,
+        },
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -352,11 +387,17 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
         }
     };
     let interrupt = Interrupt::new();
+    let ui = Ui {
+        progress,
+        colour: crate::logging::colour(&env, &std::io::stdout()),
+        quiet,
+    };
     let ctx = JobContext {
         env,
         job: job.name,
         args,
         interrupt: interrupt.clone(),
+        ui,
     };
     let outcome = runtime.block_on(async {
         let watcher = tokio::spawn(watch_signals(interrupt.clone()));

@@ -4,27 +4,56 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::Env;
 
+/// How a job asked to log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogOptions {
+    /// One JSON object per line (`--log-format json` or `SEEDER_LOG_FORMAT=json`).
+    pub json: bool,
+    /// Only errors (`--quiet`).
+    pub quiet: bool,
+    /// Only warnings and errors: a progress bar is drawn on the same terminal.
+    pub progress: bool,
+}
+
 /// `RUST_LOG` when set (an invalid filter falls back to the default), otherwise `info` (server
-/// notices such as "already exists, skipping" only at `RUST_LOG=tokio_postgres=info`).
-/// `SEEDER_LOG_FORMAT=json` emits one JSON object per line.
-pub fn init(env: &Env) {
+/// notices such as "already exists, skipping" only at `RUST_LOG=tokio_postgres=info`). JSON
+/// lines carry the fields of the spans they happen in (run id, view, agency).
+pub fn init(env: &Env, options: LogOptions) {
+    let default = if options.quiet {
+        "error"
+    } else if options.progress {
+        "warn"
+    } else {
+        "info,tokio_postgres=warn"
+    };
     let filter = env
         .get("RUST_LOG")
+        .filter(|_| !options.quiet)
         .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new("info,tokio_postgres=warn"));
-    let json = env
-        .get("SEEDER_LOG_FORMAT")
-        .is_some_and(|f| f.eq_ignore_ascii_case("json"));
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let json = options.json
+        || env
+            .get("SEEDER_LOG_FORMAT")
+            .is_some_and(|f| f.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = if json {
-        builder.json().try_init()
+        builder
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .try_init()
     } else {
         builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_ansi(colour(env, &std::io::stderr()))
             .try_init()
     };
+}
+
+/// Colour only on a terminal, and never with `NO_COLOR` set (https://no-color.org).
+pub fn colour(env: &Env, stream: &impl std::io::IsTerminal) -> bool {
+    env.get_raw("NO_COLOR").is_none_or(str::is_empty) && stream.is_terminal()
 }

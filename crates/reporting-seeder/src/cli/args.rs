@@ -41,6 +41,10 @@ pub struct OutputArgs {
     /// Also write the run's results as JSON to this file.
     #[arg(long, value_name = "PATH")]
     pub results_file: Option<PathBuf>,
+    /// Write Prometheus metrics of the run to this file at the end (text format, for the
+    /// node_exporter textfile collector); written whole, then renamed into place.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 /// How a run treats views another run is refreshing.
@@ -49,4 +53,16 @@ pub struct LockArgs {
     /// Wait for a view another run is refreshing, instead of recording it skipped.
     #[arg(long)]
     pub wait_for_locks: bool,
+}
+
+/// What the terminal shows.
+#[derive(Debug, Clone, Default, Args)]
+pub struct UiArgs {
+    /// No progress bar and no log lines but errors; the summary (or JSON) is still printed.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// `json`: one JSON object per log line on stderr, with the run id, view and agency
+    /// (also SEEDER_LOG_FORMAT=json).
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
 }

@@ -149,16 +149,30 @@ pub fn run_error(e: RunError) -> JobError {
 }
 
 /// Prints the summary (or JSON), writes the results file, and maps the outcome to the exit code.
-pub fn finish(report: &RunReport, job: &str, output: &OutputArgs) -> Result<ExitStatus, JobError> {
+pub fn finish(
+    report: &RunReport,
+    job: &str,
+    output: &OutputArgs,
+    colour: bool,
+) -> Result<ExitStatus, JobError> {
     let json = summary::to_json(report, job);
     match output.output {
-        OutputFormat::Text => print!("{}", summary::render(report)),
+        OutputFormat::Text => print!("{}", summary::render(report, colour)),
         OutputFormat::Json => println!("{json:#}"),
     }
     if let Some(path) = &output.results_file {
         std::fs::write(path, format!("{json:#}\n")).map_err(|e| {
             JobError::failed(format!(
                 "run {} finished but its results could not be written to {}: {e}",
+                report.run_id,
+                path.display()
+            ))
+        })?;
+    }
+    if let Some(path) = &output.metrics_file {
+        write_whole(path, &summary::metrics(report, job)).map_err(|e| {
+            JobError::failed(format!(
+                "run {} finished but its metrics could not be written to {}: {e}",
                 report.run_id,
                 path.display()
             ))
@@ -171,6 +185,14 @@ pub fn finish(report: &RunReport, job: &str, output: &OutputArgs) -> Result<Exit
     })
 }
 
+/// Writes next to `path`, then renames: a collector reading the file never sees half of it.
+fn write_whole(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
 /// The shared body of the refresh jobs.
 pub async fn refresh(
     job: &etl_core::JobContext,
@@ -181,11 +203,13 @@ pub async fn refresh(
     let mut ctx = AppContext::from_env(&job.env)?;
     ctx.settings.run.wait_for_locks = locks.wait_for_locks;
     tracing::debug!(target = %ctx.connection.target(), "configuration read");
-    let report = ctx
-        .processor()
-        .with_interrupt(job.interrupt.clone())
+    let mut processor = ctx.processor().with_interrupt(job.interrupt.clone());
+    if job.ui.progress {
+        processor = processor.with_progress(std::sync::Arc::new(super::progress::Bar::new()));
+    }
+    let report = processor
         .run(job.job, &job.args.join(" "), &selection)
         .await
         .map_err(run_error)?;
-    finish(&report, job.job, output)
+    finish(&report, job.job, output, job.ui.colour)
 }

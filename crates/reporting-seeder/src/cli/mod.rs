@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod context;
+pub mod progress;
 
 use std::process::ExitCode;
 

@@ -40,7 +40,12 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             "demo: loaded 2 agencies (gotham, metropolis), 2 custom and 2 canned reports (one shared by both agencies) into database {DEMO_DATABASE} on {}, then ran refresh_all",
             outcome.server
         );
-        let status = finish(&outcome.report, "demo", &OutputArgs::default())?;
+        let status = finish(
+            &outcome.report,
+            "demo",
+            &OutputArgs::default(),
+            ctx.ui.colour,
+        )?;
         if !outcome.preview.is_empty() {
             println!("reporting.canned_arrests_by_agency (shared by both agencies):");
             for line in &outcome.preview {

@@ -4,7 +4,7 @@ use clap::{CommandFactory, Parser};
 use etl_core::{JobContext, JobEntry, JobFuture};
 
 use super::refresh_all::ReportTypeArg;
-use crate::cli::args::{LockArgs, OutputArgs, SelectArgs};
+use crate::cli::args::{LockArgs, OutputArgs, SelectArgs, UiArgs};
 use crate::cli::context;
 use crate::processors::planner::{Scope, Selection};
 
@@ -31,6 +31,10 @@ struct Cli {
     locks: LockArgs,
     #[command(flatten)]
     output: OutputArgs,
+    // Read by the runner before the job starts (logging, progress bar).
+    #[allow(dead_code)]
+    #[command(flatten)]
+    ui: UiArgs,
 }
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {

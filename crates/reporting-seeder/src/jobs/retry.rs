@@ -3,7 +3,7 @@
 use clap::{CommandFactory, Parser};
 use etl_core::{JobContext, JobEntry, JobFuture};
 
-use crate::cli::args::{LockArgs, OutputArgs, SelectArgs};
+use crate::cli::args::{LockArgs, OutputArgs, SelectArgs, UiArgs};
 use crate::cli::context;
 use crate::processors::planner::{Scope, Selection};
 
@@ -29,6 +29,10 @@ struct Cli {
     locks: LockArgs,
     #[command(flatten)]
     output: OutputArgs,
+    // Read by the runner before the job starts (logging, progress bar).
+    #[allow(dead_code)]
+    #[command(flatten)]
+    ui: UiArgs,
 }
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {

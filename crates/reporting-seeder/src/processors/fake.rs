@@ -117,6 +117,9 @@ impl Session for FakeStore {
     async fn view_dependencies(&mut self) -> Result<Vec<(String, String)>, DbError> {
         Ok(self.state().catalog_edges.clone())
     }
+    async fn last_successes(&mut self, _: &[String]) -> Result<HashMap<String, f64>, DbError> {
+        Ok(HashMap::new())
+    }
     async fn last_run_id(&mut self) -> Result<Option<String>, DbError> {
         Ok(self.state().last_run.clone())
     }

@@ -10,6 +10,7 @@ use etl_core::breaker::{Admission, CircuitBreaker, Clock, Outcome as BreakerOutc
 use etl_core::executor::{run_graph, simulate, Graph, Start};
 use etl_core::job::Interrupt;
 use etl_core::{DbError, FailureKind};
+use tracing::Instrument;
 
 use super::graph;
 use super::planner::{plan, PlanError, PlannedView, Scope, Selection, ViewPlan};
@@ -57,6 +58,10 @@ pub struct RunReport {
     pub run_id: String,
     pub results: Vec<ViewResult>,
     pub wall: Duration,
+    /// When each view last succeeded (seconds since the epoch), this run included.
+    pub last_success: HashMap<String, f64>,
+    /// When the run ended (seconds since the epoch).
+    pub finished_at: f64,
     /// Bookkeeping writes that failed (the outcome is still in `results`).
     pub bookkeeping_errors: Vec<String>,
 }
@@ -343,7 +348,21 @@ pub struct RunProcessor<C: Clock + Clone + 'static> {
     settings: RunSettings,
     clock: C,
     interrupt: Interrupt,
+    progress: Arc<dyn Progress>,
 }
+
+/// Told as a run goes, for a progress display; every method defaults to nothing.
+pub trait Progress: Send + Sync {
+    /// The run begins: its views (keys) and their expected durations.
+    fn begin(&self, _keys: &[String], _expected_ms: &[u64], _workers: usize) {}
+    fn started(&self, _view: usize) {}
+    /// `view` ended with `status` (`success`, `error`, `skipped`, `cancelled`).
+    fn finished(&self, _view: usize, _status: &str) {}
+    fn end(&self) {}
+}
+
+struct NoProgress;
+impl Progress for NoProgress {}
 
 /// Shared by the tasks of one run.
 struct Shared<C: Clock> {
@@ -357,6 +376,7 @@ struct Shared<C: Clock> {
     /// Views recreated in this run by the rebuild of a view they read.
     rebuilt_with_upstream: Mutex<HashSet<String>>,
     interrupt: Interrupt,
+    progress: Arc<dyn Progress>,
 }
 
 /// The old tool's throttle, before start number `started`: every `batch_size` starts, wait
@@ -416,7 +436,13 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             settings,
             clock,
             interrupt: Interrupt::new(),
+            progress: Arc::new(NoProgress),
         }
+    }
+
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = progress;
+        self
     }
 
     /// SIGINT/SIGTERM: no new view starts and the running statements are cancelled on the server.
@@ -482,7 +508,20 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             prepared,
             rebuilt_with_upstream: Mutex::new(HashSet::new()),
             interrupt: self.interrupt.clone(),
+            progress: self.progress.clone(),
         });
+        let keys: Vec<String> = shared
+            .prepared
+            .views
+            .iter()
+            .map(|v| v.key.clone())
+            .collect();
+        self.progress.begin(
+            &keys,
+            &shared.prepared.expected_ms,
+            self.settings.max_workers.get(),
+        );
+        let run_span = tracing::info_span!("run", run_id = %run_id);
         let finished = run_graph(
             &graph,
             priority,
@@ -494,8 +533,10 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                     key: shared.prepared.views[i].key.clone(),
                     record: shared.prepared.views[i].record.clone(),
                     outcome: if shared.interrupt.is_interrupted() {
+                        shared.progress.finished(i, "cancelled");
                         not_started(&shared.interrupt)
                     } else {
+                        shared.progress.finished(i, "skipped");
                         skipped(format!(
                             "upstream {} failed",
                             shared.prepared.views[failed].key
@@ -507,7 +548,9 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             },
             |started| throttle(shared.clone(), started),
         )
+        .instrument(run_span)
         .await;
+        self.progress.end();
 
         // Whatever a worker could not record (skips, failures to connect, panics) is recorded
         // here, so every view ends with exactly one history row.
@@ -557,10 +600,20 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             results.push((i, task.result));
         }
         results.sort_by_key(|(i, _)| *i);
+        let keys: Vec<String> = results.iter().map(|(_, r)| r.key.clone()).collect();
+        let last_success = main.last_successes(&keys).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not read when the views last succeeded");
+            HashMap::new()
+        });
         let mut report = RunReport {
             run_id,
             results: results.into_iter().map(|(_, r)| r).collect(),
             wall: started.elapsed(),
+            last_success,
+            finished_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or_default(),
             bookkeeping_errors,
         };
         let status = if report.all_succeeded() {
@@ -693,6 +746,7 @@ type Task = std::pin::Pin<Box<dyn std::future::Future<Output = TaskResult> + Sen
 fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Task, TaskResult> {
     let view = &shared.prepared.views[i];
     let done = |outcome: Outcome| {
+        shared.progress.finished(i, outcome.status);
         Start::Done(TaskResult {
             result: ViewResult {
                 key: view.key.clone(),
@@ -729,6 +783,8 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
         }
     };
     let shared = shared.clone();
+    shared.progress.started(i);
+    let span = tracing::info_span!("view", view = %view.key, agency = %view.record.agency_slug);
     Start::Run(Box::pin(async move {
         let view = &shared.prepared.views[i];
         let mut guard = TicketGuard {
@@ -764,6 +820,7 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
             }
             None => false,
         };
+        shared.progress.finished(i, outcome.outcome.status);
         TaskResult {
             result: ViewResult {
                 key: view.key.clone(),
@@ -773,7 +830,7 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
             history: outcome.history,
             recorded,
         }
-    }))
+    }.instrument(span)))
 }
 
 /// One view's work and where it stands.

@@ -2,16 +2,71 @@
 
 use std::fmt::Write;
 
-use super::run::RunReport;
+use comfy_table::{Cell, CellAlignment, Color, Table};
+
+use super::run::{RunReport, ViewResult};
 
 /// Up to this many views are listed one per line; beyond it, failures and the slowest views.
 const LIST_ALL_UP_TO: usize = 40;
 const SLOWEST: usize = 10;
 
-pub fn render(report: &RunReport) -> String {
+fn status_cell(status: &str, colour: bool) -> Cell {
+    let cell = Cell::new(status);
+    if !colour {
+        return cell;
+    }
+    match status {
+        "success" => cell.fg(Color::Green),
+        "error" => cell.fg(Color::Red),
+        _ => cell.fg(Color::Yellow),
+    }
+}
+
+fn view_table(rows: &[&ViewResult], colour: bool) -> Table {
+    let mut t = Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    if colour {
+        t.enforce_styling();
+    } else {
+        t.force_no_tty();
+    }
+    t.set_header(["status", "action", "duration", "rows", "view", "reason"]);
+    for r in rows {
+        let o = &r.outcome;
+        let reason = o
+            .error
+            .as_deref()
+            .filter(|_| o.status != "success")
+            .and_then(|e| e.lines().next())
+            .unwrap_or_default();
+        t.add_row(vec![
+            status_cell(o.status, colour),
+            Cell::new(o.action.unwrap_or("-")),
+            Cell::new(format!("{} ms", o.duration_ms)).set_alignment(CellAlignment::Right),
+            Cell::new(if o.status == "success" {
+                o.rows.to_string()
+            } else {
+                "-".to_string()
+            })
+            .set_alignment(CellAlignment::Right),
+            Cell::new(&r.key),
+            Cell::new(reason),
+        ]);
+    }
+    t
+}
+
+/// The end-of-run summary: counts by status, every failure with its reason, the slowest views,
+/// the run id and wall time. Colour only when asked (a terminal without `NO_COLOR`).
+pub fn render(report: &RunReport, colour: bool) -> String {
     let c = report.counts();
     let mut out = String::new();
-    let _ = writeln!(
+    let cancelled = report
+        .results
+        .iter()
+        .filter(|r| r.outcome.status == "cancelled")
+        .count();
+    let _ = write!(
         out,
         "run {} finished in {:.2}s: {} views, {} success, {} error, {} skipped",
         report.run_id,
@@ -21,67 +76,142 @@ pub fn render(report: &RunReport) -> String {
         c.failed,
         c.skipped
     );
+    if cancelled > 0 {
+        let _ = write!(out, ", {cancelled} cancelled");
+    }
+    out.push('\n');
     if report.results.is_empty() {
         let _ = writeln!(out, "no enabled manifest selected: nothing to do");
     }
-    let line = |out: &mut String, r: &super::run::ViewResult| {
-        let o = &r.outcome;
-        let _ = write!(
-            out,
-            "  {:<8} {:<21} {:>9} {:>10}  {}",
-            o.status,
-            o.action.unwrap_or("-"),
-            format!("{} ms", o.duration_ms),
-            if o.status == "success" {
-                o.rows.to_string()
-            } else {
-                "-".to_string()
-            },
-            r.key
-        );
-        if let Some(e) = &o.error {
-            let first = e.lines().next().unwrap_or_default();
-            let _ = write!(out, "  {first}");
-        }
-        out.push('\n');
-    };
-    if !report.results.is_empty() {
-        let _ = writeln!(
-            out,
-            "  {:<8} {:<21} {:>9} {:>10}  view",
-            "status", "action", "duration", "rows"
-        );
-    }
+    let failures: Vec<&ViewResult> = report
+        .results
+        .iter()
+        .filter(|r| r.outcome.status != "success")
+        .collect();
     if report.results.len() <= LIST_ALL_UP_TO {
-        for r in &report.results {
-            line(&mut out, r);
+        if !report.results.is_empty() {
+            let all: Vec<&ViewResult> = report.results.iter().collect();
+            let _ = writeln!(out, "{}", view_table(&all, colour));
         }
     } else {
-        for r in report
-            .results
-            .iter()
-            .filter(|r| r.outcome.status != "success")
-        {
-            line(&mut out, r);
+        if !failures.is_empty() {
+            let _ = writeln!(
+                out,
+                "failures ({}):\n{}",
+                failures.len(),
+                view_table(&failures, colour)
+            );
         }
-        let mut ok: Vec<_> = report
+        let mut ok: Vec<&ViewResult> = report
             .results
             .iter()
             .filter(|r| r.outcome.status == "success")
             .collect();
         ok.sort_by_key(|r| std::cmp::Reverse(r.outcome.duration_ms));
-        let _ = writeln!(
-            out,
-            "  slowest {} of {} successful views:",
-            SLOWEST.min(ok.len()),
-            ok.len()
-        );
-        for r in ok.into_iter().take(SLOWEST) {
-            line(&mut out, r);
+        ok.truncate(SLOWEST);
+        if !ok.is_empty() {
+            let _ = writeln!(
+                out,
+                "slowest {} of {} successful views:\n{}",
+                ok.len(),
+                c.succeeded,
+                view_table(&ok, colour)
+            );
         }
     }
     for e in &report.bookkeeping_errors {
-        let _ = writeln!(out, "  bookkeeping error: {e}");
+        let _ = writeln!(out, "bookkeeping error: {e}");
+    }
+    out
+}
+
+/// Prometheus label values: backslash, double quote and newline escaped.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The run as Prometheus text exposition format, for the node_exporter textfile collector.
+pub fn metrics(report: &RunReport, job: &str) -> String {
+    let job = label(job);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP reporting_seeder_run_views Views of the last run, by final status."
+    );
+    let _ = writeln!(out, "# TYPE reporting_seeder_run_views gauge");
+    for status in ["success", "error", "skipped", "cancelled"] {
+        let n = report
+            .results
+            .iter()
+            .filter(|r| r.outcome.status == status)
+            .count();
+        let _ = writeln!(
+            out,
+            "reporting_seeder_run_views{{job=\"{job}\",status=\"{status}\"}} {n}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP reporting_seeder_run_wall_seconds Wall time of the last run."
+    );
+    let _ = writeln!(out, "# TYPE reporting_seeder_run_wall_seconds gauge");
+    let _ = writeln!(
+        out,
+        "reporting_seeder_run_wall_seconds{{job=\"{job}\"}} {:.3}",
+        report.wall.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP reporting_seeder_run_success Whether every view of the last run succeeded."
+    );
+    let _ = writeln!(out, "# TYPE reporting_seeder_run_success gauge");
+    let _ = writeln!(
+        out,
+        "reporting_seeder_run_success{{job=\"{job}\"}} {}",
+        u8::from(report.all_succeeded())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP reporting_seeder_run_finished_timestamp_seconds When the last run ended."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE reporting_seeder_run_finished_timestamp_seconds gauge"
+    );
+    let _ = writeln!(
+        out,
+        "reporting_seeder_run_finished_timestamp_seconds{{job=\"{job}\"}} {:.3}",
+        report.finished_at
+    );
+    let _ = writeln!(
+        out,
+        "# HELP reporting_seeder_view_duration_seconds How long each view took in the last run."
+    );
+    let _ = writeln!(out, "# TYPE reporting_seeder_view_duration_seconds gauge");
+    for r in &report.results {
+        let _ = writeln!(
+            out,
+            "reporting_seeder_view_duration_seconds{{view=\"{}\",status=\"{}\"}} {:.3}",
+            label(&r.key),
+            r.outcome.status,
+            r.outcome.duration_ms as f64 / 1000.0
+        );
+    }
+    let _ = writeln!(out, "# HELP reporting_seeder_view_last_success_timestamp_seconds When each view last succeeded.");
+    let _ = writeln!(
+        out,
+        "# TYPE reporting_seeder_view_last_success_timestamp_seconds gauge"
+    );
+    for r in &report.results {
+        if let Some(at) = report.last_success.get(&r.key) {
+            let _ = writeln!(
+                out,
+                "reporting_seeder_view_last_success_timestamp_seconds{{view=\"{}\"}} {at:.3}",
+                label(&r.key)
+            );
+        }
     }
     out
 }

@@ -314,3 +314,26 @@ pub async fn unfinished_views(client: &Client, run_id: &str) -> Result<Vec<Strin
         .map(|r| Ok(r.try_get(0)?))
         .collect()
 }
+
+/// When each view last succeeded (seconds since the epoch), for those that ever did.
+pub async fn last_successes(
+    client: &Client,
+    keys: &[String],
+) -> Result<HashMap<String, f64>, DbError> {
+    let mut out = HashMap::new();
+    for r in client
+        .query(
+            "SELECT k.t, (SELECT extract(epoch FROM max(v.finished_at))::float8
+                          FROM reporting.seeder_view_run v
+                          WHERE v.table_name = k.t AND v.status = 'success')
+             FROM unnest($1::text[]) AS k(t)",
+            &[&keys],
+        )
+        .await?
+    {
+        if let Some(at) = r.try_get::<_, Option<f64>>(1)? {
+            out.insert(r.try_get(0)?, at);
+        }
+    }
+    Ok(out)
+}

@@ -60,6 +60,8 @@ pub trait Session: Send {
     async fn recent_durations(&mut self, keys: &[String]) -> Result<HashMap<String, u64>, DbError>;
     /// (reader, read) pairs of materialized views from `pg_depend`, by `schema.name`.
     async fn view_dependencies(&mut self) -> Result<Vec<(String, String)>, DbError>;
+    /// When each view last succeeded (seconds since the epoch).
+    async fn last_successes(&mut self, keys: &[String]) -> Result<HashMap<String, f64>, DbError>;
     /// The newest run's id, or none.
     async fn last_run_id(&mut self) -> Result<Option<String>, DbError>;
     /// The views that ended `error` or `skipped` in `run_id`.
@@ -222,6 +224,9 @@ impl Session for PgSession {
     }
     async fn last_run_id(&mut self) -> Result<Option<String>, DbError> {
         history::last_run_id(&self.conn).await
+    }
+    async fn last_successes(&mut self, keys: &[String]) -> Result<HashMap<String, f64>, DbError> {
+        history::last_successes(&self.conn, keys).await
     }
     async fn unfinished_views(&mut self, run_id: &str) -> Result<Vec<String>, DbError> {
         history::unfinished_views(&self.conn, run_id).await
