@@ -21,6 +21,12 @@ struct State {
     workers: usize,
 }
 
+impl Default for Bar {
+    fn default() -> Bar {
+        Bar::new()
+    }
+}
+
 impl Bar {
     pub fn new() -> Bar {
         let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
