@@ -17,6 +17,8 @@ pub const JOBS: &[JobEntry] = &[
     jobs::refresh_table::JOB,
     jobs::plan::JOB,
     jobs::retry::JOB,
+    jobs::status::JOB,
+    jobs::history::JOB,
     jobs::migrate::JOB,
     jobs::demo::JOB,
 ];

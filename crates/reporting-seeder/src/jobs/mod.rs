@@ -2,12 +2,14 @@
 //! outcome to an exit code.
 
 pub mod demo;
+pub mod history;
 pub mod migrate;
 pub mod plan;
 pub mod refresh_agency;
 pub mod refresh_all;
 pub mod refresh_table;
 pub mod retry;
+pub mod status;
 
 use clap::FromArgMatches;
 use etl_core::JobError;

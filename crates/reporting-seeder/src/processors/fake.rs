@@ -8,7 +8,7 @@ use etl_core::{DbError, FailureKind};
 
 use crate::repositories::{
     Canceller, HistoryId, HistoryRoutes, ManifestRow, Outcome, Rebuilt, Recovery, Rel, RunCounts,
-    Session, Store, ViewLock, ViewRecord, ViewState, ViewStats,
+    RunRow, Session, StatusRow, Store, ViewLock, ViewRecord, ViewRunRow, ViewState, ViewStats,
 };
 
 #[derive(Default)]
@@ -119,6 +119,18 @@ impl Session for FakeStore {
     }
     async fn last_successes(&mut self, _: &[String]) -> Result<HashMap<String, f64>, DbError> {
         Ok(HashMap::new())
+    }
+    async fn view_status(&mut self, _: &[String]) -> Result<Vec<StatusRow>, DbError> {
+        Ok(Vec::new())
+    }
+    async fn runs(&mut self, _: i64) -> Result<Vec<RunRow>, DbError> {
+        Ok(Vec::new())
+    }
+    async fn run_views(&mut self, _: &str) -> Result<Vec<ViewRunRow>, DbError> {
+        Ok(Vec::new())
+    }
+    async fn table_history(&mut self, _: &str, _: i64) -> Result<Vec<ViewRunRow>, DbError> {
+        Ok(Vec::new())
     }
     async fn last_run_id(&mut self) -> Result<Option<String>, DbError> {
         Ok(self.state().last_run.clone())

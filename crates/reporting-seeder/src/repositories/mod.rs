@@ -10,6 +10,7 @@ pub mod history;
 pub mod locks;
 pub mod manifests;
 pub mod migrations;
+pub mod reports;
 pub mod views;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use etl_core::DbError;
 pub use history::{HistoryId, HistoryRoutes, Outcome, RunCounts, ViewRecord};
 pub use locks::{Recovery, ViewLock};
 pub use manifests::{ManifestRow, ReportType};
+pub use reports::{RunRow, StatusRow, ViewRunRow};
 pub use views::{Rebuilt, ViewState, ViewStats};
 
 /// A relation name as two parts; always quoted when put into SQL.
@@ -62,6 +64,12 @@ pub trait Session: Send {
     async fn view_dependencies(&mut self) -> Result<Vec<(String, String)>, DbError>;
     /// When each view last succeeded (seconds since the epoch).
     async fn last_successes(&mut self, keys: &[String]) -> Result<HashMap<String, f64>, DbError>;
+    /// Each view's current state, in `keys` order.
+    async fn view_status(&mut self, keys: &[String]) -> Result<Vec<StatusRow>, DbError>;
+    /// The newest runs first.
+    async fn runs(&mut self, limit: i64) -> Result<Vec<RunRow>, DbError>;
+    async fn run_views(&mut self, run_id: &str) -> Result<Vec<ViewRunRow>, DbError>;
+    async fn table_history(&mut self, table: &str, limit: i64) -> Result<Vec<ViewRunRow>, DbError>;
     /// The newest run's id, or none.
     async fn last_run_id(&mut self) -> Result<Option<String>, DbError>;
     /// The views that ended `error` or `skipped` in `run_id`.
@@ -227,6 +235,18 @@ impl Session for PgSession {
     }
     async fn last_successes(&mut self, keys: &[String]) -> Result<HashMap<String, f64>, DbError> {
         history::last_successes(&self.conn, keys).await
+    }
+    async fn view_status(&mut self, keys: &[String]) -> Result<Vec<StatusRow>, DbError> {
+        reports::status(&self.conn, keys).await
+    }
+    async fn runs(&mut self, limit: i64) -> Result<Vec<RunRow>, DbError> {
+        reports::runs(&self.conn, limit).await
+    }
+    async fn run_views(&mut self, run_id: &str) -> Result<Vec<ViewRunRow>, DbError> {
+        reports::run_views(&self.conn, run_id).await
+    }
+    async fn table_history(&mut self, table: &str, limit: i64) -> Result<Vec<ViewRunRow>, DbError> {
+        reports::table_history(&self.conn, table, limit).await
     }
     async fn unfinished_views(&mut self, run_id: &str) -> Result<Vec<String>, DbError> {
         history::unfinished_views(&self.conn, run_id).await

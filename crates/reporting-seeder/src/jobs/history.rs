@@ -1,0 +1,83 @@
+//! `history`: recent runs, or the per-view rows of one run or one view.
+
+use clap::{CommandFactory, Parser};
+use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
+
+use crate::cli::args::OutputFormat;
+use crate::cli::context::{run_error, AppContext};
+use crate::processors::run::{connect, RunError};
+use crate::processors::status::{render_runs, render_view_runs, runs_json, view_runs_json};
+
+pub const JOB: JobEntry = JobEntry {
+    name: "history",
+    description: "Show recent runs with their counts, or the per-view rows of a run (--run-id) or a view (--table)",
+    command: Cli::command,
+    run,
+};
+
+#[derive(Debug, Parser)]
+struct Cli {
+    /// The per-view rows of this run.
+    #[arg(long, value_name = "RUN_ID", conflicts_with = "table")]
+    run_id: Option<String>,
+    /// The rows of this view across runs, newest first.
+    #[arg(long, value_name = "SCHEMA.TABLE")]
+    table: Option<String>,
+    /// How many runs (or rows of --table) to show.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    limit: i64,
+    /// What to print.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
+    Box::pin(async move {
+        let cli: Cli = super::args(&matches)?;
+        let app = AppContext::from_env(&ctx.env)?;
+        let mut session = connect(app.store.as_ref()).await.map_err(run_error)?;
+        let db = |error| {
+            run_error(RunError::Database {
+                context: "reading the history",
+                error,
+            })
+        };
+        let json = cli.output == OutputFormat::Json;
+        let text = match (&cli.run_id, &cli.table) {
+            (Some(run_id), _) => {
+                let rows = session.run_views(run_id).await.map_err(db)?;
+                if rows.is_empty() {
+                    return Err(JobError::usage(format!(
+                        "no view is recorded for run {run_id:?}; list the runs with `reporting-seeder run history`"
+                    )));
+                }
+                if json {
+                    format!("{:#}\n", view_runs_json(&rows))
+                } else {
+                    render_view_runs(&rows)
+                }
+            }
+            (None, Some(table)) => {
+                let rows = session
+                    .table_history(&table.to_lowercase(), cli.limit)
+                    .await
+                    .map_err(db)?;
+                if json {
+                    format!("{:#}\n", view_runs_json(&rows))
+                } else {
+                    render_view_runs(&rows)
+                }
+            }
+            (None, None) => {
+                let runs = session.runs(cli.limit).await.map_err(db)?;
+                if json {
+                    format!("{:#}\n", runs_json(&runs))
+                } else {
+                    render_runs(&runs)
+                }
+            }
+        };
+        print!("{text}");
+        Ok::<_, JobError>(ExitStatus::Success)
+    })
+}

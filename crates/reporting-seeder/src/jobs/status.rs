@@ -1,0 +1,87 @@
+//! `status`: per view, how it stands now; exits 1 when any is stale or failing (for monitors).
+
+use clap::{CommandFactory, Parser};
+use etl_core::config::parse_duration;
+use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
+
+use super::refresh_all::ReportTypeArg;
+use crate::cli::args::OutputFormat;
+use crate::cli::context::{run_error, AppContext};
+use crate::processors::planner::{plan, Scope, Selection};
+use crate::processors::run::{connect, RunError};
+use crate::processors::status::{assess, render_status, status_json, State};
+
+pub const JOB: JobEntry = JobEntry {
+    name: "status",
+    description: "Show each view's last status, last success, age and failures; exit 1 if any is stale or failing",
+    command: Cli::command,
+    run,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    after_help = "Example (a monitor): reporting-seeder run status -- --stale-after 26h\n\
+Exit codes: 0 every selected view is fine; 1 one is failing (its last run ended in error) or \
+stale (no success within --stale-after, or never)."
+)]
+struct Cli {
+    /// Only this agency's views.
+    #[arg(long, value_name = "SLUG")]
+    agency: Option<String>,
+    /// A view is stale when it has not succeeded for this long (30min, 26h, 2d…).
+    #[arg(long, value_name = "DURATION", value_parser = parse_stale)]
+    stale_after: Option<std::time::Duration>,
+    #[command(flatten)]
+    report_type: ReportTypeArg,
+    /// What to print.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+fn parse_stale(s: &str) -> Result<std::time::Duration, String> {
+    parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{s:?} is not a duration such as 30min, 26h or 2d"))
+}
+
+fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
+    Box::pin(async move {
+        let cli: Cli = super::args(&matches)?;
+        let app = AppContext::from_env(&ctx.env)?;
+        let mut session = connect(app.store.as_ref()).await.map_err(run_error)?;
+        let db = |context| move |error| run_error(RunError::Database { context, error });
+        let rows = session
+            .load_manifests()
+            .await
+            .map_err(db("reading the manifest tables"))?;
+        let selection = Selection {
+            report_type: cli.report_type.report_type,
+            scope: cli.agency.map(Scope::Agency).unwrap_or_default(),
+            ..Default::default()
+        };
+        let planned = plan(&rows, &selection).map_err(|e| run_error(e.into()))?;
+        let keys: Vec<String> = planned
+            .views
+            .iter()
+            .zip(&planned.in_scope)
+            .filter(|(_, s)| **s)
+            .map(|(v, _)| v.key.clone())
+            .collect();
+        let status = session
+            .view_status(&keys)
+            .await
+            .map_err(db("reading the views' status"))?;
+        match cli.output {
+            OutputFormat::Text => print!("{}", render_status(&status, cli.stale_after)),
+            OutputFormat::Json => println!("{:#}", status_json(&status, cli.stale_after)),
+        }
+        let bad = status
+            .iter()
+            .any(|r| assess(r, cli.stale_after) != State::Ok);
+        Ok::<_, JobError>(if bad {
+            ExitStatus::Failed
+        } else {
+            ExitStatus::Success
+        })
+    })
+}

@@ -1,0 +1,171 @@
+//! What `status` and `history` show: current state per view, runs, per-view rows.
+
+use etl_core::DbError;
+use tokio_postgres::Client;
+
+/// A view's current state.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StatusRow {
+    pub key: String,
+    pub status: Option<String>,
+    pub consecutive_failures: i32,
+    pub last_error: Option<String>,
+    /// ISO 8601, UTC.
+    pub last_success: Option<String>,
+    /// Seconds since the last success.
+    pub age_seconds: Option<f64>,
+    pub last_duration_ms: Option<i64>,
+}
+
+const STATUS: &str = "
+    SELECT k.t, js.status, coalesce(js.consecutive_failures, 0), js.last_errors,
+           to_char(ls.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
+           extract(epoch FROM now() - ls.at)::float8,
+           (SELECT v.duration_ms FROM reporting.seeder_view_run v
+            WHERE v.table_name = k.t ORDER BY v.finished_at DESC LIMIT 1)
+    FROM unnest($1::text[]) WITH ORDINALITY AS k(t, n)
+    LEFT JOIN LATERAL (
+        SELECT status::text AS status, consecutive_failures, last_errors, updated_at
+        FROM (SELECT table_name, status, consecutive_failures, last_errors, updated_at
+              FROM reporting.seeder_job_status
+              UNION ALL
+              SELECT table_name, status, consecutive_failures, last_errors, updated_at
+              FROM reporting.seeder_canned_job_status) s
+        WHERE s.table_name = k.t ORDER BY updated_at DESC LIMIT 1) js ON true
+    LEFT JOIN LATERAL (
+        SELECT greatest(
+            (SELECT max(v.finished_at) FROM reporting.seeder_view_run v
+             WHERE v.table_name = k.t AND v.status = 'success'),
+            CASE WHEN js.status = 'success' THEN js.updated_at END) AS at) ls ON true
+    ORDER BY k.n";
+
+pub async fn status(client: &Client, keys: &[String]) -> Result<Vec<StatusRow>, DbError> {
+    client
+        .query(STATUS, &[&keys])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(StatusRow {
+                key: r.try_get(0)?,
+                status: r.try_get(1)?,
+                consecutive_failures: r.try_get(2)?,
+                last_error: r.try_get(3)?,
+                last_success: r.try_get(4)?,
+                age_seconds: r.try_get(5)?,
+                last_duration_ms: r.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RunRow {
+    pub run_id: String,
+    pub job: String,
+    pub arguments: String,
+    pub started_at: String,
+    pub wall_seconds: Option<f64>,
+    pub status: String,
+    pub views: i32,
+    pub succeeded: i32,
+    pub failed: i32,
+    pub skipped: i32,
+}
+
+const ISO: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
+
+pub async fn runs(client: &Client, limit: i64) -> Result<Vec<RunRow>, DbError> {
+    let sql = format!(
+        "SELECT run_id, job, arguments, to_char(started_at AT TIME ZONE 'UTC', {ISO}),
+                extract(epoch FROM finished_at - started_at)::float8, status,
+                views, succeeded, failed, skipped
+         FROM reporting.seeder_run ORDER BY started_at DESC LIMIT $1"
+    );
+    client
+        .query(&sql, &[&limit])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(RunRow {
+                run_id: r.try_get(0)?,
+                job: r.try_get(1)?,
+                arguments: r.try_get(2)?,
+                started_at: r.try_get(3)?,
+                wall_seconds: r.try_get(4)?,
+                status: r.try_get(5)?,
+                views: r.try_get(6)?,
+                succeeded: r.try_get(7)?,
+                failed: r.try_get(8)?,
+                skipped: r.try_get(9)?,
+            })
+        })
+        .collect()
+}
+
+/// One view in one run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ViewRunRow {
+    pub run_id: String,
+    pub table: String,
+    pub report_type: String,
+    pub status: String,
+    pub action: Option<String>,
+    pub duration_ms: i64,
+    pub rows: Option<i64>,
+    pub bytes: Option<i64>,
+    pub attempts: i32,
+    pub error: Option<String>,
+    pub finished_at: String,
+}
+
+fn view_runs_sql(filter: &str) -> String {
+    format!(
+        "SELECT run_id, table_name, report_type, status, action, duration_ms, rows, bytes, attempts,
+                error, to_char(finished_at AT TIME ZONE 'UTC', {ISO})
+         FROM reporting.seeder_view_run WHERE {filter}"
+    )
+}
+
+fn view_run_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<ViewRunRow>, DbError> {
+    rows.iter()
+        .map(|r| {
+            Ok(ViewRunRow {
+                run_id: r.try_get(0)?,
+                table: r.try_get(1)?,
+                report_type: r.try_get(2)?,
+                status: r.try_get(3)?,
+                action: r.try_get(4)?,
+                duration_ms: r.try_get(5)?,
+                rows: r.try_get(6)?,
+                bytes: r.try_get(7)?,
+                attempts: r.try_get(8)?,
+                error: r.try_get(9)?,
+                finished_at: r.try_get(10)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn run_views(client: &Client, run_id: &str) -> Result<Vec<ViewRunRow>, DbError> {
+    let rows = client
+        .query(
+            &view_runs_sql("run_id = $1 ORDER BY table_name"),
+            &[&run_id],
+        )
+        .await?;
+    view_run_rows(&rows)
+}
+
+pub async fn table_history(
+    client: &Client,
+    table: &str,
+    limit: i64,
+) -> Result<Vec<ViewRunRow>, DbError> {
+    let rows = client
+        .query(
+            &view_runs_sql("table_name = $1 ORDER BY finished_at DESC LIMIT $2"),
+            &[&table, &limit],
+        )
+        .await?;
+    view_run_rows(&rows)
+}

@@ -1,0 +1,394 @@
+//! What operators read: logs, summary, status, history, metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+
+async fn setup(db: &TestDb) {
+    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    db.custom("reporting.good", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.custom("reporting.bad", "gotham", 1, "SELECT 1 / 0 AS id")
+        .await;
+    db.canned(
+        "reporting.shared",
+        "SELECT 2 AS id",
+        &[(1, "gotham"), (2, "metropolis")],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_a_terminal_there_is_no_bar_and_no_control_characters() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let out = db
+        .run(&["run", "refresh_all"], &[("RUST_LOG", "info")])
+        .await;
+    assert_exit(&out, 1);
+    let (o, e) = (stdout(&out), stderr(&out));
+    for text in [&o, &e] {
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\r'),
+            "control characters: {text:?}"
+        );
+    }
+    assert!(!e.contains("ETA"), "a progress bar off a terminal: {e}");
+    assert!(e.contains("refreshed"), "log lines instead: {e}");
+    // --quiet: no log lines, the summary still.
+    let out = db
+        .run(
+            &["run", "refresh_all", "--", "--quiet"],
+            &[("RUST_LOG", "info")],
+        )
+        .await;
+    assert_exit(&out, 1);
+    assert!(!stderr(&out).contains("refreshed"), "{}", stderr(&out));
+    assert!(stdout(&out).contains("3 views"), "{}", stdout(&out));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_has_counts_failures_with_reasons_and_the_run() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    let run = db.last_run_id().await;
+    let first = text.lines().next().unwrap();
+    assert!(
+        first.starts_with(&format!("run {run} finished in ")),
+        "{first}"
+    );
+    assert!(
+        first.ends_with("3 views, 2 success, 1 error, 0 skipped"),
+        "{first}"
+    );
+    let bad = text.lines().find(|l| l.contains("reporting.bad")).unwrap();
+    assert!(
+        bad.contains("error") && bad.contains("division by zero"),
+        "{bad}"
+    );
+    assert!(text
+        .lines()
+        .any(|l| l.contains("reporting.good") && l.contains("success")));
+    assert!(!text.contains('\u{1b}'), "no colour off a terminal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_run_view_and_agency() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    for (args, env) in [
+        (
+            vec!["run", "refresh_all", "--", "--log-format", "json"],
+            vec![("RUST_LOG", "info")],
+        ),
+        (
+            vec!["run", "refresh_all"],
+            vec![("RUST_LOG", "info"), ("SEEDER_LOG_FORMAT", "json")],
+        ),
+    ] {
+        let out = db.run(&args, &env).await;
+        assert_exit(&out, 1);
+        let run = db.last_run_id().await;
+        let lines: Vec<serde_json::Value> = stderr(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        let view_events: Vec<&serde_json::Value> = lines
+            .iter()
+            .filter(|l| {
+                l["spans"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s["name"] == "view"))
+            })
+            .collect();
+        assert!(view_events.len() >= 3, "{lines:?}");
+        for e in view_events {
+            let spans = e["spans"].as_array().unwrap();
+            let run_span = spans.iter().find(|s| s["name"] == "run").unwrap();
+            let view_span = spans.iter().find(|s| s["name"] == "view").unwrap();
+            assert_eq!(run_span["run_id"], run.as_str());
+            assert!(view_span["view"]
+                .as_str()
+                .unwrap()
+                .starts_with("reporting."));
+            assert!(view_span["agency"].as_str().unwrap().contains("gotham"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_exits_1_on_stale_or_failing_views() {
+    let db = TestDb::new().await;
+    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    db.custom("reporting.good", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.custom("reporting.other", "metropolis", 2, "SELECT 1 AS id")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let out = db
+        .run(&["run", "status", "--", "--stale-after", "1h"], &[])
+        .await;
+    assert_exit(&out, 0);
+    assert!(
+        stdout(&out).starts_with("2 views: 2 ok, 0 failing, 0 stale"),
+        "{}",
+        stdout(&out)
+    );
+
+    // Fresh now, stale with a tiny window once time passes: make the success look old.
+    db.client()
+        .await
+        .batch_execute(
+            "UPDATE reporting.seeder_view_run SET finished_at = finished_at - interval '2 days' WHERE table_name = 'reporting.other';
+             UPDATE reporting.seeder_job_status SET updated_at = updated_at - interval '2 days' WHERE table_name = 'reporting.other';",
+        )
+        .await
+        .unwrap();
+    let out = db
+        .run(&["run", "status", "--", "--stale-after", "26h"], &[])
+        .await;
+    assert_exit(&out, 1);
+    let stale = stdout(&out)
+        .lines()
+        .find(|l| l.contains("reporting.other"))
+        .unwrap()
+        .to_string();
+    assert!(stale.trim_start().starts_with("stale"), "{stale}");
+    // Filtered by agency: gotham's view alone is fine.
+    assert_exit(
+        &db.run(
+            &[
+                "run",
+                "status",
+                "--",
+                "--stale-after",
+                "26h",
+                "--agency",
+                "gotham",
+            ],
+            &[],
+        )
+        .await,
+        0,
+    );
+
+    // A failing view: exit 1 even without --stale-after; JSON for machines.
+    db.custom("reporting.bad", "gotham", 1, "SELECT 1 / 0 AS id")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 1);
+    let out = db
+        .run(
+            &[
+                "run", "status", "--", "--agency", "gotham", "--output", "json",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 1);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let bad = json["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["table"] == "reporting.bad")
+        .unwrap();
+    assert_eq!(bad["state"], "failing");
+    assert_eq!(bad["consecutive_failures"], 1);
+    assert!(bad["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("division by zero"));
+    assert!(bad["last_success"].is_null());
+    assert_exit(
+        &db.run(&["run", "status", "--", "--stale-after", "soon"], &[])
+            .await,
+        2,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lists_runs_and_their_views() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 1);
+    let first = db.last_run_id().await;
+    assert_exit(
+        &db.run(&["run", "refresh_table", "reporting.good"], &[])
+            .await,
+        0,
+    );
+    let second = db.last_run_id().await;
+
+    let out = db.run(&["run", "history"], &[]).await;
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    let pos = |id: &str| {
+        text.find(id)
+            .unwrap_or_else(|| panic!("{id} missing: {text}"))
+    };
+    assert!(pos(&second) < pos(&first), "newest first");
+
+    let out = db
+        .run(
+            &["run", "history", "--", "--limit", "1", "--output", "json"],
+            &[],
+        )
+        .await;
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0]["run_id"], second.as_str());
+    assert_eq!(runs[0]["counts"]["success"], 1);
+
+    let out = db
+        .run(
+            &[
+                "run", "history", "--", "--run-id", &first, "--output", "json",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let views = json["views"].as_array().unwrap();
+    assert_eq!(views.len(), 3);
+    let bad = views
+        .iter()
+        .find(|v| v["table"] == "reporting.bad")
+        .unwrap();
+    assert_eq!(bad["status"], "error");
+
+    let out = db
+        .run(&["run", "history", "--", "--table", "reporting.good"], &[])
+        .await;
+    assert_exit(&out, 0);
+    assert_eq!(
+        stdout(&out).matches("reporting.good").count(),
+        2,
+        "{}",
+        stdout(&out)
+    );
+    assert_exit(
+        &db.run(&["run", "history", "--", "--run-id", "nope"], &[])
+            .await,
+        2,
+    );
+}
+
+/// (metric name, labels, value)
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// Parses Prometheus text format: `# HELP`/`# TYPE` lines, then `name{labels} value`.
+fn parse_metrics(text: &str) -> Vec<Sample> {
+    let mut samples = Vec::new();
+    let mut typed = std::collections::HashSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            typed.insert(parts.next().unwrap().to_string());
+            assert_eq!(parts.next(), Some("gauge"));
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad line {line}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (
+                n,
+                l.strip_suffix('}')
+                    .unwrap_or_else(|| panic!("bad labels {line}")),
+            ),
+            None => (series, ""),
+        };
+        assert!(typed.contains(name), "{name} has no TYPE line");
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "{name}"
+        );
+        let labels = labels
+            .split("\",")
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (k, v) = l
+                    .split_once("=\"")
+                    .unwrap_or_else(|| panic!("bad label {l}"));
+                (k.to_string(), v.trim_end_matches('"').to_string())
+            })
+            .collect();
+        samples.push((name.to_string(), labels, value));
+    }
+    samples
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_file_parses_and_agrees_with_the_run() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let file = db.dir.path().join("seeder.prom");
+    let out = db
+        .run(
+            &[
+                "run",
+                "refresh_all",
+                "--",
+                "--metrics-file",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 1);
+    let samples = parse_metrics(&std::fs::read_to_string(&file).unwrap());
+    let value = |name: &str, label: (&str, &str)| {
+        samples
+            .iter()
+            .find(|(n, l, _)| n == name && l.iter().any(|(k, v)| k == label.0 && v == label.1))
+            .map(|s| s.2)
+            .unwrap_or_else(|| panic!("{name} {label:?} missing"))
+    };
+    assert_eq!(
+        value("reporting_seeder_run_views", ("status", "success")),
+        2.0
+    );
+    assert_eq!(
+        value("reporting_seeder_run_views", ("status", "error")),
+        1.0
+    );
+    assert_eq!(
+        value("reporting_seeder_run_success", ("job", "refresh_all")),
+        0.0
+    );
+    assert!(value("reporting_seeder_run_wall_seconds", ("job", "refresh_all")) > 0.0);
+    assert!(
+        value(
+            "reporting_seeder_view_duration_seconds",
+            ("view", "reporting.good")
+        ) >= 0.0
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let last = value(
+        "reporting_seeder_view_last_success_timestamp_seconds",
+        ("view", "reporting.good"),
+    );
+    assert!((now - last).abs() < 60.0, "{last} vs {now}");
+    assert!(
+        !samples.iter().any(|(n, l, _)| n
+            == "reporting_seeder_view_last_success_timestamp_seconds"
+            && l.iter().any(|(_, v)| v == "reporting.bad")),
+        "a view that never succeeded has no last-success sample"
+    );
+    assert!(!db.dir.path().join("seeder.prom.tmp").exists());
+}
