@@ -66,3 +66,16 @@ pub struct UiArgs {
     #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"], default_value = "text")]
     pub log_format: String,
 }
+
+/// Everything a refresh job takes besides what it selects.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RefreshArgs {
+    #[command(flatten)]
+    pub locks: LockArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    // Read by the runner before the job starts (logging, progress bar).
+    #[allow(dead_code)]
+    #[command(flatten)]
+    pub ui: UiArgs,
+}

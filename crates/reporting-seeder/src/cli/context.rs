@@ -8,7 +8,7 @@ use etl_core::breaker::SystemClock;
 use etl_core::db::{client_from_env, ConnectionSettings};
 use etl_core::{ConfigError, Env, ExitStatus, JobError};
 
-use super::args::{LockArgs, OutputArgs, OutputFormat};
+use super::args::{OutputArgs, OutputFormat, RefreshArgs};
 use crate::processors::planner::Selection;
 use crate::processors::run::{RunError, RunProcessor, RunReport, RunSettings};
 use crate::processors::summary;
@@ -197,9 +197,9 @@ fn write_whole(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 pub async fn refresh(
     job: &etl_core::JobContext,
     selection: Selection,
-    locks: &LockArgs,
-    output: &OutputArgs,
+    args: &RefreshArgs,
 ) -> Result<ExitStatus, JobError> {
+    let (locks, output) = (&args.locks, &args.output);
     let mut ctx = AppContext::from_env(&job.env)?;
     ctx.settings.run.wait_for_locks = locks.wait_for_locks;
     tracing::debug!(target = %ctx.connection.target(), "configuration read");

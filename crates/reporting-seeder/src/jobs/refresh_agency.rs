@@ -4,7 +4,7 @@ use clap::{CommandFactory, Parser};
 use etl_core::{JobContext, JobEntry, JobFuture};
 
 use super::refresh_all::ReportTypeArg;
-use crate::cli::args::{LockArgs, OutputArgs, SelectArgs, UiArgs};
+use crate::cli::args::{RefreshArgs, SelectArgs};
 use crate::cli::context;
 use crate::processors::planner::{Scope, Selection};
 
@@ -28,13 +28,7 @@ struct Cli {
     #[command(flatten)]
     select: SelectArgs,
     #[command(flatten)]
-    locks: LockArgs,
-    #[command(flatten)]
-    output: OutputArgs,
-    // Read by the runner before the job starts (logging, progress bar).
-    #[allow(dead_code)]
-    #[command(flatten)]
-    ui: UiArgs,
+    refresh: RefreshArgs,
 }
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
@@ -46,6 +40,6 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             select: cli.select.select,
             exclude: cli.select.exclude,
         };
-        context::refresh(&ctx, selection, &cli.locks, &cli.output).await
+        context::refresh(&ctx, selection, &cli.refresh).await
     })
 }

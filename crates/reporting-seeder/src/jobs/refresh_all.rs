@@ -3,7 +3,7 @@
 use clap::{Args, CommandFactory, Parser};
 use etl_core::{JobContext, JobEntry, JobFuture};
 
-use crate::cli::args::{LockArgs, OutputArgs, SelectArgs, UiArgs};
+use crate::cli::args::{RefreshArgs, SelectArgs};
 use crate::cli::context;
 use crate::processors::planner::{Scope, Selection, TypeFilter};
 
@@ -25,13 +25,7 @@ struct Cli {
     #[command(flatten)]
     select: SelectArgs,
     #[command(flatten)]
-    locks: LockArgs,
-    #[command(flatten)]
-    output: OutputArgs,
-    // Read by the runner before the job starts (logging, progress bar).
-    #[allow(dead_code)]
-    #[command(flatten)]
-    ui: UiArgs,
+    refresh: RefreshArgs,
 }
 
 /// Shared by the refresh jobs.
@@ -51,6 +45,6 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             select: cli.select.select,
             exclude: cli.select.exclude,
         };
-        context::refresh(&ctx, selection, &cli.locks, &cli.output).await
+        context::refresh(&ctx, selection, &cli.refresh).await
     })
 }

@@ -3,7 +3,7 @@
 use clap::{CommandFactory, Parser};
 use etl_core::{JobContext, JobEntry, JobFuture};
 
-use crate::cli::args::{LockArgs, OutputArgs, UiArgs};
+use crate::cli::args::RefreshArgs;
 use crate::cli::context;
 use crate::processors::planner::{Scope, Selection};
 
@@ -23,13 +23,7 @@ struct Cli {
     /// The view, as in the manifests' table_name column (schema.table).
     table: String,
     #[command(flatten)]
-    locks: LockArgs,
-    #[command(flatten)]
-    output: OutputArgs,
-    // Read by the runner before the job starts (logging, progress bar).
-    #[allow(dead_code)]
-    #[command(flatten)]
-    ui: UiArgs,
+    refresh: RefreshArgs,
 }
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
@@ -39,6 +33,6 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             scope: Scope::Table(cli.table),
             ..Default::default()
         };
-        context::refresh(&ctx, selection, &cli.locks, &cli.output).await
+        context::refresh(&ctx, selection, &cli.refresh).await
     })
 }

@@ -3,7 +3,7 @@
 use clap::{CommandFactory, Parser};
 use etl_core::{JobContext, JobEntry, JobFuture};
 
-use crate::cli::args::{LockArgs, OutputArgs, SelectArgs, UiArgs};
+use crate::cli::args::{RefreshArgs, SelectArgs};
 use crate::cli::context;
 use crate::processors::planner::{Scope, Selection};
 
@@ -26,13 +26,7 @@ struct Cli {
     #[command(flatten)]
     select: SelectArgs,
     #[command(flatten)]
-    locks: LockArgs,
-    #[command(flatten)]
-    output: OutputArgs,
-    // Read by the runner before the job starts (logging, progress bar).
-    #[allow(dead_code)]
-    #[command(flatten)]
-    ui: UiArgs,
+    refresh: RefreshArgs,
 }
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
@@ -44,6 +38,6 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             exclude: cli.select.exclude,
             ..Default::default()
         };
-        context::refresh(&ctx, selection, &cli.locks, &cli.output).await
+        context::refresh(&ctx, selection, &cli.refresh).await
     })
 }

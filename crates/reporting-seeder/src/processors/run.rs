@@ -568,26 +568,25 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 recorded: false,
             });
             if !task.recorded {
-                let mut written = main
-                    .record_finish(
-                        routes,
-                        &run_id,
-                        &task.result.record,
-                        task.history,
-                        &task.result.outcome,
-                    )
-                    .await;
-                if let Err(e) = &written {
-                    if reopen_if_lost(self.store.as_ref(), &mut main, &run_id, e).await {
-                        written = main
-                            .record_finish(
-                                routes,
-                                &run_id,
-                                &task.result.record,
-                                task.history,
-                                &task.result.outcome,
-                            )
-                            .await;
+                // Once more on a new connection if the run's own was lost.
+                let mut written = Ok(());
+                for _ in 0..2 {
+                    written = main
+                        .record_finish(
+                            routes,
+                            &run_id,
+                            &task.result.record,
+                            task.history,
+                            &task.result.outcome,
+                        )
+                        .await;
+                    match &written {
+                        Err(e)
+                            if reopen_if_lost(self.store.as_ref(), &mut main, &run_id, e).await =>
+                        {
+                            continue
+                        }
+                        _ => break,
                     }
                 }
                 if let Err(e) = written {
@@ -621,14 +620,18 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         } else {
             "failed"
         };
-        let mut finished = main
-            .finish_run(&report.run_id, status, report.counts())
-            .await;
-        if let Err(e) = &finished {
-            if reopen_if_lost(self.store.as_ref(), &mut main, &report.run_id, e).await {
-                finished = main
-                    .finish_run(&report.run_id, status, report.counts())
-                    .await;
+        let mut finished = Ok(());
+        for _ in 0..2 {
+            finished = main
+                .finish_run(&report.run_id, status, report.counts())
+                .await;
+            match &finished {
+                Err(e)
+                    if reopen_if_lost(self.store.as_ref(), &mut main, &report.run_id, e).await =>
+                {
+                    continue
+                }
+                _ => break,
             }
         }
         if let Err(e) = finished {
