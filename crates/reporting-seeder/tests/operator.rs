@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::cluster::OwnCluster;
 use common::*;
 
 async fn setup(db: &TestDb) {
@@ -391,4 +392,101 @@ async fn the_metrics_file_parses_and_agrees_with_the_run() {
         "a view that never succeeded has no last-success sample"
     );
     assert!(!db.dir.path().join("seeder.prom.tmp").exists());
+}
+
+/// With pg_stat_statements (a cluster of the test's own, since it must be preloaded), a refresh
+/// records what its statement cost the database; without it, nothing and no error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_figures_come_from_pg_stat_statements_when_installed() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        OwnCluster::start_with("-c shared_preload_libraries=pg_stat_statements")
+    })
+    .await
+    .unwrap();
+    let admin = connect(&cluster.url("postgres")).await;
+    admin.batch_execute("CREATE DATABASE seeder").await.unwrap();
+    let url = cluster.url("seeder");
+    let c = connect(&url).await;
+    let run = || async {
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_reporting-seeder"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &url)
+            .env("RUST_LOG", "debug")
+            .args(["run", "refresh_all"])
+            .output()
+            .await
+            .unwrap();
+        assert_exit(&out, 0);
+        out
+    };
+    let figures = || async {
+        let r = connect(&url)
+            .await
+            .query_one(
+                "SELECT action, db_exec_ms, shared_blks_hit + shared_blks_read, (pgss_totals->>'calls')::bigint
+                 FROM reporting.seeder_view_run
+                 WHERE run_id = (SELECT run_id FROM reporting.seeder_run ORDER BY started_at DESC LIMIT 1)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (
+            r.get::<_, String>(0),
+            r.get::<_, Option<f64>>(1),
+            r.get::<_, Option<i64>>(2),
+            r.get::<_, Option<i64>>(3),
+        )
+    };
+    assert_exit(
+        &tokio::process::Command::new(env!("CARGO_BIN_EXE_reporting-seeder"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &url)
+            .args(["run", "migrate"])
+            .output()
+            .await
+            .unwrap(),
+        0,
+    );
+    c.batch_execute(
+        "INSERT INTO reporting.seeder_custom_report_manifest (table_name, report_name, agency_id, agency_slug, query, enabled)
+         VALUES ('reporting.v', 'v', 1, 'gotham', 'SELECT i, md5(i::text) FROM generate_series(1, 5000) i', true)",
+    )
+    .await
+    .unwrap();
+
+    // Not installed in this database yet: no figures, no error, a debug line.
+    let out = run().await;
+    assert!(
+        stderr(&out).contains("pg_stat_statements is not installed"),
+        "{}",
+        stderr(&out)
+    );
+    run().await;
+    let (action, exec, blocks, _) = figures().await;
+    assert_eq!(action, "refresh");
+    assert_eq!((exec, blocks), (None, None));
+
+    c.batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await
+        .unwrap();
+    // The library was loaded all along, so the statement has calls the tool never recorded:
+    // this run records the baseline only.
+    run().await;
+    let (action, exec, blocks, calls) = figures().await;
+    assert_eq!(action, "refresh");
+    assert_eq!((exec, blocks), (None, None));
+    assert_eq!(calls, Some(2));
+    // From then on, each run's own share.
+    for expected_calls in [3, 4] {
+        run().await;
+        let (_, exec, blocks, calls) = figures().await;
+        assert!(exec.unwrap() > 0.0, "{exec:?}");
+        assert!(blocks.unwrap() > 0, "{blocks:?}");
+        assert_eq!(calls, Some(expected_calls));
+    }
+    drop(c);
+    drop(admin);
+    drop(cluster);
 }

@@ -8,7 +8,8 @@ use etl_core::{DbError, FailureKind};
 
 use crate::repositories::{
     Canceller, HistoryId, HistoryRoutes, ManifestRow, Outcome, Rebuilt, Recovery, Rel, RunCounts,
-    RunRow, Session, StatusRow, Store, ViewLock, ViewRecord, ViewRunRow, ViewState, ViewStats,
+    RunRow, Session, StatementTotals, StatusRow, Store, ViewLock, ViewRecord, ViewRunRow,
+    ViewState, ViewStats,
 };
 
 #[derive(Default)]
@@ -231,6 +232,19 @@ impl Session for FakeStore {
     }
     async fn active_queries(&mut self) -> Result<i64, DbError> {
         Ok(0)
+    }
+    async fn statements_available(&mut self) -> bool {
+        false
+    }
+    async fn backend_pid(&mut self) -> Result<i32, DbError> {
+        Ok(1)
+    }
+    async fn last_statement(
+        &mut self,
+        _: i32,
+        _: &str,
+    ) -> Result<Option<(StatementTotals, Option<StatementTotals>)>, DbError> {
+        Ok(None)
     }
     fn canceller(&self) -> Option<Canceller> {
         None

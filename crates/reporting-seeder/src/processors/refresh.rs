@@ -4,7 +4,9 @@ use std::collections::HashMap;
 
 use etl_core::DbError;
 
-use crate::repositories::{Rel, Session, ViewState};
+use crate::repositories::{
+    Rel, Session, StatementDelta, StatementFigures, StatementTotals, ViewState,
+};
 
 /// What a view needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,12 +78,45 @@ pub fn temp_name(oid: u32) -> String {
 }
 
 /// What a successful refresh reports.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Done {
     pub rows: i64,
     pub bytes: i64,
     /// Managed views a rebuild recreated with this one (they read it).
     pub dependents: Vec<String>,
+    /// What the refresh statement cost the database, from pg_stat_statements.
+    pub statement: Option<StatementFigures>,
+}
+
+/// Reads the counters of the statement a session ran last (from another session).
+#[async_trait::async_trait]
+pub trait StatementProbe: Send + Sync {
+    async fn figures(&self, pid: i32, table: &str) -> Option<StatementFigures>;
+}
+
+/// This run's cost of a statement, from its cumulative counters now and as last recorded: the
+/// difference, or the counters themselves when this run made the first call. The delta is
+/// unknown when the history cannot tell (no baseline yet, or the counters were reset); the totals
+/// are kept either way, as the next run's baseline.
+pub fn per_run(now: &StatementTotals, before: Option<&StatementTotals>) -> StatementFigures {
+    let base = match before {
+        Some(b) if now.calls > b.calls => Some(*b),
+        _ if now.calls == 1 => Some(StatementTotals {
+            queryid: now.queryid,
+            ..Default::default()
+        }),
+        _ => None,
+    };
+    StatementFigures {
+        delta: base.map(|base| StatementDelta {
+            exec_ms: (now.exec_ms - base.exec_ms).max(0.0),
+            blks_hit: now.blks_hit - base.blks_hit,
+            blks_read: now.blks_read - base.blks_read,
+            blks_written: now.blks_written - base.blks_written,
+            temp_blks_written: now.temp_blks_written - base.temp_blks_written,
+        }),
+        totals: *now,
+    }
 }
 
 /// Performs `action`, then `ANALYZE`. Rows are exact for a create or rebuild (PostgreSQL's
@@ -96,6 +131,7 @@ pub async fn perform(
     run_id: &str,
     lock_timeout_ms: u64,
     managed: &HashMap<String, (String, String)>,
+    probe: Option<(&dyn StatementProbe, i32)>,
 ) -> Result<Done, DbError> {
     let mut dependents = Vec::new();
     let exact = match action {
@@ -125,6 +161,11 @@ pub async fn perform(
         }
         Action::RebuiltWithUpstream => None,
     };
+    // Before ANALYZE: the session's last statement must still be the REFRESH.
+    let statement = match (action, probe) {
+        (Action::Refresh { .. }, Some((probe, pid))) => probe.figures(pid, &name.key()).await,
+        _ => None,
+    };
     let stats = session.analyze_view(name).await?;
     Ok(Done {
         rows: exact
@@ -132,6 +173,7 @@ pub async fn perform(
             .unwrap_or(stats.rows),
         bytes: stats.bytes,
         dependents,
+        statement,
     })
 }
 
@@ -231,6 +273,36 @@ mod tests {
         };
         let err = decide(&table, "h", false, "s.v").unwrap_err();
         assert!(err.contains("is a table"), "{err}");
+    }
+
+    #[test]
+    fn statement_figures_are_this_runs_share_of_the_totals() {
+        let t = |calls, exec_ms, hit| StatementTotals {
+            queryid: 7,
+            calls,
+            exec_ms,
+            blks_hit: hit,
+            ..Default::default()
+        };
+        // First call ever: the totals are this run's.
+        let first = per_run(&t(1, 5.0, 40), None).delta.unwrap();
+        assert_eq!((first.exec_ms, first.blks_hit), (5.0, 40));
+        // Later: the difference from what the last run recorded.
+        let later = per_run(&t(3, 20.0, 100), Some(&t(2, 12.0, 70)));
+        let d = later.delta.unwrap();
+        assert_eq!((d.exec_ms, d.blks_hit, later.totals.calls), (8.0, 30, 3));
+        // Counters reset, or calls the tool did not record: unknown, but the totals are kept.
+        assert_eq!(per_run(&t(2, 3.0, 1), Some(&t(5, 50.0, 500))).delta, None);
+        let no_base = per_run(&t(4, 3.0, 1), None);
+        assert_eq!((no_base.delta, no_base.totals.calls), (None, 4));
+        // Reset, then exactly our one call: the totals again.
+        assert_eq!(
+            per_run(&t(1, 3.0, 9), Some(&t(5, 50.0, 500)))
+                .delta
+                .unwrap()
+                .blks_hit,
+            9
+        );
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub struct RunSettings {
 }
 
 /// One view's result, as the summary and the exit code see it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ViewResult {
     pub key: String,
     pub record: ViewRecord,
@@ -377,6 +377,30 @@ struct Shared<C: Clock> {
     rebuilt_with_upstream: Mutex<HashSet<String>>,
     interrupt: Interrupt,
     progress: Arc<dyn Progress>,
+    /// A session of its own that reads pg_stat_statements, when the server has it.
+    statements: Option<SessionProbe>,
+}
+
+/// Reads the last statement's counters of a worker's backend on a session of its own (the
+/// worker's own session would see its own query).
+struct SessionProbe(tokio::sync::Mutex<Box<dyn Session>>);
+
+#[async_trait::async_trait]
+impl super::refresh::StatementProbe for SessionProbe {
+    async fn figures(
+        &self,
+        pid: i32,
+        table: &str,
+    ) -> Option<crate::repositories::StatementFigures> {
+        match self.0.lock().await.last_statement(pid, table).await {
+            Ok(Some((now, before))) => Some(super::refresh::per_run(&now, before.as_ref())),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read pg_stat_statements");
+                None
+            }
+        }
+    }
 }
 
 /// The old tool's throttle, before start number `started`: every `batch_size` starts, wait
@@ -492,6 +516,20 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             .map_err(at("locking the run"))?;
         tracing::info!(run_id = %run_id, views = prepared.views.len(), workers = self.settings.max_workers.get(), "run started");
 
+        let statements = if main.statements_available().await {
+            match self.store.session().await {
+                Ok(s) => Some(SessionProbe(tokio::sync::Mutex::new(s))),
+                Err(e) => {
+                    tracing::debug!(error = %e, "no session for pg_stat_statements figures");
+                    None
+                }
+            }
+        } else {
+            tracing::debug!(
+                "pg_stat_statements is not installed in this database: no per-statement figures"
+            );
+            None
+        };
         let priority = prepared.priority();
         let graph = prepared.graph.clone();
         let shared = Arc::new(Shared {
@@ -509,6 +547,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             rebuilt_with_upstream: Mutex::new(HashSet::new()),
             interrupt: self.interrupt.clone(),
             progress: self.progress.clone(),
+            statements,
         });
         let keys: Vec<String> = shared
             .prepared
@@ -676,6 +715,7 @@ fn failed(duration_ms: u64, error: String) -> Outcome {
         bytes: 0,
         error: Some(error),
         attempts: 1,
+        statement: None,
     }
 }
 
@@ -688,6 +728,7 @@ fn skipped(reason: String) -> Outcome {
         bytes: 0,
         error: Some(reason),
         attempts: 0,
+        statement: None,
     }
 }
 
@@ -867,6 +908,8 @@ async fn refresh_with_retries<C: Clock>(
         locked: false,
     };
     let mut errors: Vec<String> = Vec::new();
+    // The worker's backend, for pg_stat_statements figures read from another session.
+    let mut pid: Option<i32> = None;
     let max_attempts = settings.max_retries.saturating_add(1);
     let mut attempt = 0u32;
     loop {
@@ -964,6 +1007,9 @@ async fn refresh_with_retries<C: Clock>(
                     return done;
                 }
             }
+            if shared.statements.is_some() {
+                pid = session.backend_pid().await.ok();
+            }
             done.session = Some(session);
         }
         let Some(session) = done.session.as_mut() else {
@@ -987,6 +1033,11 @@ async fn refresh_with_retries<C: Clock>(
                 &shared.run_id,
                 view.timeouts.lock_ms.unwrap_or(settings.lock_timeout_ms),
                 &shared.prepared.managed,
+                shared
+                    .statements
+                    .as_ref()
+                    .zip(pid)
+                    .map(|(p, pid)| (p as &dyn super::refresh::StatementProbe, pid)),
             );
             tokio::pin!(work);
             tokio::select! {
@@ -1016,6 +1067,7 @@ async fn refresh_with_retries<C: Clock>(
                     bytes: done_work.bytes,
                     error: (!errors.is_empty()).then(|| errors.join("; ")),
                     attempts: attempt as i32,
+                    statement: done_work.statement,
                 };
                 break;
             }

@@ -59,7 +59,7 @@ pub struct ViewRecord {
 }
 
 /// How one view ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
     /// `success`, `error` or `skipped`.
     pub status: &'static str,
@@ -72,6 +72,26 @@ pub struct Outcome {
     pub error: Option<String>,
     /// Attempts made (transient failures are retried).
     pub attempts: i32,
+    /// pg_stat_statements figures of the refresh statement in this run, when available.
+    pub statement: Option<StatementFigures>,
+}
+
+/// What the database spent on a view's refresh statement in one run.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StatementFigures {
+    /// This run's share; unknown when there is no baseline yet (the next run has one).
+    pub delta: Option<StatementDelta>,
+    /// The statement's cumulative counters now: the next run's baseline.
+    pub totals: super::StatementTotals,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StatementDelta {
+    pub exec_ms: f64,
+    pub blks_hit: i64,
+    pub blks_read: i64,
+    pub blks_written: i64,
+    pub temp_blks_written: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -226,15 +246,22 @@ pub async fn record_finish(
                  updated_at = EXCLUDED.updated_at
          )
          INSERT INTO reporting.seeder_view_run (run_id, table_name, history_table, history_id,
-             report_type, status, action, duration_ms, rows, bytes, error, finished_at, attempts)
-         SELECT $1, $3, '{history}', h.id, $13, $7, $14, $15, $9, $10, $11, h.finish_time, $16
+             report_type, status, action, duration_ms, rows, bytes, error, finished_at, attempts,
+             db_exec_ms, shared_blks_hit, shared_blks_read, shared_blks_written, temp_blks_written,
+             pgss_queryid, pgss_totals)
+         SELECT $1, $3, '{history}', h.id, $13, $7, $14, $15, $9, $10, $11, h.finish_time, $16,
+             $17, $18, $19, $20, $21, $22, $23
          FROM h
          ON CONFLICT (run_id, table_name) DO UPDATE SET
              history_table = EXCLUDED.history_table, history_id = EXCLUDED.history_id,
              status = EXCLUDED.status, action = EXCLUDED.action,
              duration_ms = EXCLUDED.duration_ms, rows = EXCLUDED.rows, bytes = EXCLUDED.bytes,
              error = EXCLUDED.error, finished_at = EXCLUDED.finished_at,
-             attempts = EXCLUDED.attempts"
+             attempts = EXCLUDED.attempts, db_exec_ms = EXCLUDED.db_exec_ms,
+             shared_blks_hit = EXCLUDED.shared_blks_hit, shared_blks_read = EXCLUDED.shared_blks_read,
+             shared_blks_written = EXCLUDED.shared_blks_written,
+             temp_blks_written = EXCLUDED.temp_blks_written, pgss_queryid = EXCLUDED.pgss_queryid,
+             pgss_totals = EXCLUDED.pgss_totals"
     );
     // Whole seconds, rounded to nearest; milliseconds are in seeder_view_run.
     let seconds = i32::try_from(o.duration_ms.saturating_add(500) / 1000).unwrap_or(i32::MAX);
@@ -260,6 +287,15 @@ pub async fn record_finish(
                 &o.action,
                 &ms,
                 &o.attempts,
+                &o.statement.and_then(|f| f.delta).map(|d| d.exec_ms),
+                &o.statement.and_then(|f| f.delta).map(|d| d.blks_hit),
+                &o.statement.and_then(|f| f.delta).map(|d| d.blks_read),
+                &o.statement.and_then(|f| f.delta).map(|d| d.blks_written),
+                &o.statement
+                    .and_then(|f| f.delta)
+                    .map(|d| d.temp_blks_written),
+                &o.statement.map(|f| f.totals.queryid),
+                &o.statement.map(|f| f.totals.to_json()),
             ],
         )
         .await?;

@@ -16,6 +16,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "attempts",
         include_str!("../../migrations/V2__attempts.sql"),
     ),
+    (
+        3,
+        "statement_figures",
+        include_str!("../../migrations/V3__statement_figures.sql"),
+    ),
 ];
 
 /// "reporting-seeder migrations", as a fixed advisory-lock key.

@@ -11,6 +11,7 @@ pub mod locks;
 pub mod manifests;
 pub mod migrations;
 pub mod reports;
+pub mod statements;
 pub mod views;
 
 use std::collections::HashMap;
@@ -19,10 +20,13 @@ use async_trait::async_trait;
 use etl_core::db::{Connection, DatabaseClient};
 use etl_core::DbError;
 
-pub use history::{HistoryId, HistoryRoutes, Outcome, RunCounts, ViewRecord};
+pub use history::{
+    HistoryId, HistoryRoutes, Outcome, RunCounts, StatementDelta, StatementFigures, ViewRecord,
+};
 pub use locks::{Recovery, ViewLock};
 pub use manifests::{ManifestRow, ReportType};
 pub use reports::{RunRow, StatusRow, ViewRunRow};
+pub use statements::StatementTotals;
 pub use views::{Rebuilt, ViewState, ViewStats};
 
 /// A relation name as two parts; always quoted when put into SQL.
@@ -140,6 +144,17 @@ pub trait Session: Send {
     ) -> Result<(), DbError>;
     /// Active queries on the server, this session's excluded.
     async fn active_queries(&mut self) -> Result<i64, DbError>;
+    /// Whether pg_stat_statements can be read here.
+    async fn statements_available(&mut self) -> bool;
+    /// This session's server process id.
+    async fn backend_pid(&mut self) -> Result<i32, DbError>;
+    /// The pg_stat_statements counters of backend `pid`'s last statement, now and as last
+    /// recorded for `table`.
+    async fn last_statement(
+        &mut self,
+        pid: i32,
+        table: &str,
+    ) -> Result<Option<(StatementTotals, Option<StatementTotals>)>, DbError>;
     /// A handle that cancels this session's running statement on the server.
     fn canceller(&self) -> Option<Canceller>;
     /// Drops a leftover temporary view (from an interrupted rebuild).
@@ -348,6 +363,19 @@ impl Session for PgSession {
     }
     async fn active_queries(&mut self) -> Result<i64, DbError> {
         views::active_queries(&self.conn).await
+    }
+    async fn statements_available(&mut self) -> bool {
+        statements::available(&self.conn).await
+    }
+    async fn backend_pid(&mut self) -> Result<i32, DbError> {
+        statements::backend_pid(&self.conn).await
+    }
+    async fn last_statement(
+        &mut self,
+        pid: i32,
+        table: &str,
+    ) -> Result<Option<(StatementTotals, Option<StatementTotals>)>, DbError> {
+        statements::last_statement(&self.conn, pid, table).await
     }
     fn canceller(&self) -> Option<Canceller> {
         Some(Canceller(self.conn.cancel_token(), self.tls.clone()))

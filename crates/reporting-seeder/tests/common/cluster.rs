@@ -9,6 +9,8 @@ pub struct OwnCluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     pub port: u16,
+    /// Extra `-c name=value` server settings.
+    settings: String,
 }
 
 fn bin_dir() -> PathBuf {
@@ -33,6 +35,11 @@ fn is_root() -> bool {
 
 impl OwnCluster {
     pub fn start() -> OwnCluster {
+        OwnCluster::start_with("")
+    }
+
+    /// With extra server settings, e.g. `-c shared_preload_libraries=pg_stat_statements`.
+    pub fn start_with(settings: &str) -> OwnCluster {
         let dir = tempfile::Builder::new()
             .prefix("rs-own-cluster")
             .tempdir()
@@ -51,6 +58,7 @@ impl OwnCluster {
             dir,
             bin: bin_dir(),
             port,
+            settings: settings.to_string(),
         };
         c.pg(
             &[
@@ -96,9 +104,10 @@ impl OwnCluster {
 
     fn pg_ctl(&self, action: &[&str]) {
         let opts = format!(
-            "-p {} -k {} -c listen_addresses='' -c fsync=off -c shared_buffers=16MB",
+            "-p {} -k {} -c listen_addresses='' -c fsync=off -c shared_buffers=16MB {}",
             self.port,
-            self.socket_dir().display()
+            self.socket_dir().display(),
+            self.settings
         );
         let log = self.dir.path().join("log").display().to_string();
         let data = self.data();
