@@ -83,6 +83,20 @@ pub fn render(report: &RunReport, colour: bool) -> String {
     if report.results.is_empty() {
         let _ = writeln!(out, "no enabled manifest selected: nothing to do");
     }
+    let mut by_time: Vec<&ViewResult> = report
+        .results
+        .iter()
+        .filter(|r| r.outcome.duration_ms > 0)
+        .collect();
+    by_time.sort_by_key(|r| std::cmp::Reverse(r.outcome.duration_ms));
+    if !by_time.is_empty() {
+        let slowest: Vec<String> = by_time
+            .iter()
+            .take(3)
+            .map(|r| format!("{} ({} ms)", r.key, r.outcome.duration_ms))
+            .collect();
+        let _ = writeln!(out, "slowest: {}", slowest.join(", "));
+    }
     let failures: Vec<&ViewResult> = report
         .results
         .iter()
