@@ -19,6 +19,8 @@ pub const JOBS: &[JobEntry] = &[
     jobs::retry::JOB,
     jobs::status::JOB,
     jobs::history::JOB,
+    jobs::capture_release_snapshot::JOB,
+    jobs::compare_release_snapshots::JOB,
     jobs::migrate::JOB,
     jobs::demo::JOB,
 ];

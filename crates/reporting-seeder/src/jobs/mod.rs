@@ -1,6 +1,8 @@
 //! One file per job: parse its arguments, build its dependencies, call a processor, map the
 //! outcome to an exit code.
 
+pub mod capture_release_snapshot;
+pub mod compare_release_snapshots;
 pub mod demo;
 pub mod history;
 pub mod migrate;

@@ -75,6 +75,9 @@ impl Store for FakeStore {
         }
         Ok(Box::new(self.clone()))
     }
+    async fn snapshots(&self) -> Result<Box<dyn crate::repositories::Snapshots>, DbError> {
+        Err(DbError::other("the fake store keeps no snapshots".into()))
+    }
 }
 
 impl FakeStore {

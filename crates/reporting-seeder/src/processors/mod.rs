@@ -8,6 +8,7 @@ pub mod planner;
 pub mod refresh;
 pub mod run;
 pub mod select;
+pub mod snapshot;
 pub mod status;
 pub mod summary;
 pub mod validate;

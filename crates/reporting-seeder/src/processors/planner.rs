@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
-use super::validate::{validate_query, ViewName};
+use super::validate::validate_query;
+pub use super::validate::ViewName;
 use crate::repositories::{ManifestRow, ReportType, ViewRecord};
 
 /// Which report types a run covers.

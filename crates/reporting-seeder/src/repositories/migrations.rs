@@ -21,6 +21,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "statement_figures",
         include_str!("../../migrations/V3__statement_figures.sql"),
     ),
+    (
+        4,
+        "release_snapshot",
+        include_str!("../../migrations/V4__release_snapshot.sql"),
+    ),
 ];
 
 /// "reporting-seeder migrations", as a fixed advisory-lock key.

@@ -11,6 +11,7 @@ pub mod locks;
 pub mod manifests;
 pub mod migrations;
 pub mod reports;
+pub mod snapshots;
 pub mod statements;
 pub mod views;
 
@@ -26,6 +27,7 @@ pub use history::{
 pub use locks::{Recovery, ViewLock};
 pub use manifests::{ManifestRow, ReportType};
 pub use reports::{RunRow, StatusRow, ViewRunRow};
+pub use snapshots::{Snapshot, Snapshots};
 pub use statements::StatementTotals;
 pub use views::{Rebuilt, ViewState, ViewStats};
 
@@ -167,6 +169,8 @@ pub trait Session: Send {
 #[async_trait]
 pub trait Store: Send + Sync {
     async fn session(&self) -> Result<Box<dyn Session>, DbError>;
+    /// A session for the release-snapshot jobs.
+    async fn snapshots(&self) -> Result<Box<dyn Snapshots>, DbError>;
 }
 
 /// Sessions on connections from a [`DatabaseClient`].
@@ -183,6 +187,12 @@ impl<C: DatabaseClient> PgStore<C> {
 #[async_trait]
 impl<C: DatabaseClient + 'static> Store for PgStore<C> {
     async fn session(&self) -> Result<Box<dyn Session>, DbError> {
+        Ok(Box::new(PgSession {
+            conn: self.client.connection().await?,
+            tls: Some(self.client.tls()),
+        }))
+    }
+    async fn snapshots(&self) -> Result<Box<dyn Snapshots>, DbError> {
         Ok(Box::new(PgSession {
             conn: self.client.connection().await?,
             tls: Some(self.client.tls()),

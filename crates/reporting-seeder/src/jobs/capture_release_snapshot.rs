@@ -1,0 +1,151 @@
+//! `capture_release_snapshot`: record a view's columns and per-column statistics at a release.
+
+use clap::{ArgGroup, CommandFactory, Parser};
+use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
+
+use crate::cli::args::OutputFormat;
+use crate::cli::context::{run_error, AppContext};
+use crate::processors::planner::{plan, Selection, ViewName};
+use crate::processors::run::{connect, RunError};
+use crate::processors::snapshot::{capture, CaptureOptions};
+
+pub const JOB: JobEntry = JobEntry {
+    name: "capture_release_snapshot",
+    description: "Record a view's schema and per-column statistics at a release (immutable), for drift checks",
+    command: Cli::command,
+    run,
+};
+
+#[derive(Debug, Parser)]
+#[command(group(ArgGroup::new("which").required(true).args(["table_name", "manifest_id", "all"])))]
+#[command(
+    after_help = "Example: reporting-seeder run capture_release_snapshot -- --table-name reporting.reports \
+--release-tag abc123 --release-version v1.2.3 --top-values-columns status,category"
+)]
+struct Cli {
+    /// The view, schema.table.
+    #[arg(long, value_name = "SCHEMA.TABLE")]
+    table_name: Option<String>,
+    /// The view of this manifest (a custom manifest's id, or a canned report's id).
+    #[arg(long, value_name = "ID")]
+    manifest_id: Option<i64>,
+    /// Every enabled view.
+    #[arg(long)]
+    all: bool,
+    /// The release; default $GIT_SHA, then $CI_COMMIT_SHA.
+    #[arg(long, value_name = "TAG")]
+    release_tag: Option<String>,
+    #[arg(long, value_name = "VERSION")]
+    release_version: Option<String>,
+    /// Columns whose most frequent values are recorded (comma-separated).
+    #[arg(long, value_name = "A,B", value_delimiter = ',')]
+    top_values_columns: Vec<String>,
+    /// Statistics from a sample of this percentage of the view's pages (TABLESAMPLE SYSTEM), for
+    /// very large views; recorded in the snapshot.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
+    sample_percent: Option<f32>,
+    /// What to print.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+fn parse_percent(s: &str) -> Result<f32, String> {
+    s.parse::<f32>()
+        .ok()
+        .filter(|p| *p > 0.0 && *p <= 100.0)
+        .ok_or_else(|| format!("{s:?} is not a percentage above 0 and at most 100"))
+}
+
+fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
+    Box::pin(async move {
+        let cli: Cli = super::args(&matches)?;
+        let release_tag = cli
+            .release_tag
+            .or_else(|| ctx.env.get("GIT_SHA").map(str::to_string))
+            .or_else(|| ctx.env.get("CI_COMMIT_SHA").map(str::to_string))
+            .ok_or_else(|| {
+                JobError::usage(
+                    "no release tag: pass --release-tag, or set GIT_SHA or CI_COMMIT_SHA",
+                )
+            })?;
+        let wanted = match &cli.table_name {
+            Some(t) => Some(
+                ViewName::parse(t)
+                    .map_err(|e| JobError::usage(format!("--table-name: {e}")))?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let app = AppContext::from_env(&ctx.env)?;
+        let mut session = connect(app.store.as_ref()).await.map_err(run_error)?;
+        let db = |context| move |error| run_error(RunError::Database { context, error });
+        session.migrate().await.map_err(db("applying migrations"))?;
+        let rows = session
+            .load_manifests()
+            .await
+            .map_err(db("reading the manifest tables"))?;
+        let planned = plan(&rows, &Selection::default()).map_err(|e| run_error(e.into()))?;
+        let views: Vec<_> = planned
+            .views
+            .iter()
+            .filter(|v| match (&wanted, cli.manifest_id) {
+                (Some(key), _) => &v.key == key,
+                (None, Some(id)) => v.record.manifest_id == id,
+                (None, None) => true,
+            })
+            .collect();
+        if views.is_empty() {
+            return Err(JobError::usage(match (&wanted, cli.manifest_id) {
+                (Some(key), _) => format!("no enabled manifest names table {key}"),
+                (None, Some(id)) => format!("no enabled manifest has id {id} (a custom manifest's id, or a canned report's id)"),
+                (None, None) => "no enabled manifest: nothing to snapshot".to_string(),
+            }));
+        }
+        let options = CaptureOptions {
+            release_tag,
+            release_version: cli.release_version,
+            top_values_columns: cli.top_values_columns,
+            sample_percent: cli.sample_percent,
+        };
+        let mut repo = app
+            .store
+            .snapshots()
+            .await
+            .map_err(|e| run_error(RunError::Unavailable(e)))?;
+        let mut all_ok = true;
+        let mut out = Vec::new();
+        for view in views {
+            let s = capture(repo.as_mut(), view, &options)
+                .await
+                .map_err(db("storing the snapshot"))?;
+            all_ok &= s.status == "success";
+            match cli.output {
+                OutputFormat::Text => println!(
+                    "snapshot {} of {} at {}: {}, {} rows, {} columns, schema {}{}",
+                    s.id,
+                    s.table_name,
+                    s.release_tag,
+                    s.status,
+                    s.total_rows,
+                    s.total_columns,
+                    &s.schema_hash[..12.min(s.schema_hash.len())],
+                    s.column_stats["error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default()
+                ),
+                OutputFormat::Json => out.push(serde_json::json!({
+                    "id": s.id.to_string(), "table": s.table_name, "release_tag": s.release_tag,
+                    "release_version": s.release_version, "status": s.status,
+                    "total_rows": s.total_rows, "total_columns": s.total_columns,
+                    "schema_hash": s.schema_hash, "columns": s.columns, "column_stats": s.column_stats,
+                })),
+            }
+        }
+        if cli.output == OutputFormat::Json {
+            println!("{:#}", serde_json::json!({ "snapshots": out }));
+        }
+        Ok::<_, JobError>(if all_ok {
+            ExitStatus::Success
+        } else {
+            ExitStatus::Failed
+        })
+    })
+}

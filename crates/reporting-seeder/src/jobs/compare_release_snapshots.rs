@@ -1,0 +1,119 @@
+//! `compare_release_snapshots`: the drift between two snapshots of a view.
+
+use clap::{CommandFactory, Parser};
+use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
+
+use crate::cli::args::OutputFormat;
+use crate::cli::context::{run_error, AppContext};
+use crate::processors::run::RunError;
+use crate::processors::snapshot::{compare, render_compare, FailOn, Thresholds};
+
+pub const JOB: JobEntry = JobEntry {
+    name: "compare_release_snapshots",
+    description:
+        "Show the drift between two release snapshots of a view; exit 1 past --fail-on thresholds",
+    command: Cli::command,
+    run,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    after_help = "Examples:\n  reporting-seeder run compare_release_snapshots -- <BASE_ID> <NEW_ID>\n  \
+reporting-seeder run compare_release_snapshots -- --table-name reporting.reports --base-tag v1 --new-tag v2 --fail-on schema,rows:0.2"
+)]
+struct Cli {
+    /// Two snapshot ids: the base, then the new one.
+    #[arg(value_name = "SNAPSHOT_ID", num_args = 2, conflicts_with_all = ["table_name", "base_tag", "new_tag"])]
+    ids: Vec<uuid::Uuid>,
+    /// Or: the view, with two release tags (the newest snapshot at each).
+    #[arg(long, value_name = "SCHEMA.TABLE", requires_all = ["base_tag", "new_tag"])]
+    table_name: Option<String>,
+    #[arg(long, value_name = "TAG", requires = "table_name")]
+    base_tag: Option<String>,
+    #[arg(long, value_name = "TAG", requires = "table_name")]
+    new_tag: Option<String>,
+    /// Report a column whose null fraction moved by more than this (0.05 = 5 points).
+    #[arg(long, default_value_t = 0.05)]
+    null_threshold: f64,
+    /// Report a column whose distinct count changed by more than this fraction.
+    #[arg(long, default_value_t = 0.10)]
+    distinct_threshold: f64,
+    /// Exit 1 when drift exceeds these: schema, rows:<fraction>, nulls:<fraction>,
+    /// distinct:<fraction> (comma-separated).
+    #[arg(long, value_name = "LIST", value_parser = |s: &str| s.parse::<FailOn>())]
+    fail_on: Option<FailOn>,
+    /// What to print.
+    #[arg(long, value_enum, default_value = "text")]
+    output: OutputFormat,
+}
+
+fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
+    Box::pin(async move {
+        let cli: Cli = super::args(&matches)?;
+        if cli.ids.is_empty() && cli.table_name.is_none() {
+            return Err(JobError::usage(
+                "give two snapshot ids, or --table-name with --base-tag and --new-tag",
+            ));
+        }
+        let app = AppContext::from_env(&ctx.env)?;
+        let mut repo = app.store.snapshots().await.map_err(|e| {
+            if e.is_configuration() {
+                run_error(RunError::Configuration(e))
+            } else {
+                run_error(RunError::Unavailable(e))
+            }
+        })?;
+        let db = |error| {
+            run_error(RunError::Database {
+                context: "reading the snapshots",
+                error,
+            })
+        };
+        let missing = |what: String| {
+            JobError::usage(format!("no snapshot {what}; list them with capture_release_snapshot --output json or in the snapshot table"))
+        };
+        let (base, new) = match (&cli.table_name, &cli.base_tag, &cli.new_tag) {
+            (Some(table), Some(a), Some(b)) => {
+                let table = table.to_lowercase();
+                let base = repo
+                    .snapshot_by_tag(&table, a)
+                    .await
+                    .map_err(db)?
+                    .ok_or_else(|| missing(format!("of {table} at {a}")))?;
+                let new = repo
+                    .snapshot_by_tag(&table, b)
+                    .await
+                    .map_err(db)?
+                    .ok_or_else(|| missing(format!("of {table} at {b}")))?;
+                (base, new)
+            }
+            _ => {
+                let base = repo
+                    .snapshot_by_id(cli.ids[0])
+                    .await
+                    .map_err(db)?
+                    .ok_or_else(|| missing(cli.ids[0].to_string()))?;
+                let new = repo
+                    .snapshot_by_id(cli.ids[1])
+                    .await
+                    .map_err(db)?
+                    .ok_or_else(|| missing(cli.ids[1].to_string()))?;
+                (base, new)
+            }
+        };
+        let thresholds = Thresholds {
+            null_fraction: cli.null_threshold,
+            distinct: cli.distinct_threshold,
+        };
+        let (doc, failed) = compare(&base, &new, thresholds, cli.fail_on.unwrap_or_default());
+        match cli.output {
+            OutputFormat::Text => print!("{}", render_compare(&doc)),
+            OutputFormat::Json => println!("{doc:#}"),
+        }
+        Ok::<_, JobError>(if failed {
+            ExitStatus::Failed
+        } else {
+            ExitStatus::Success
+        })
+    })
+}

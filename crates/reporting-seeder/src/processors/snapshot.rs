@@ -1,0 +1,566 @@
+//! Release snapshots: what a view looks like at a release (columns, row count, per-column null and
+//! distinct counts, top values), and the drift between two of them.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use etl_core::DbError;
+use serde_json::{json, Value};
+
+use super::planner::{hash_query, PlannedView, ViewPlan};
+use crate::repositories::{Rel, Snapshot, Snapshots};
+
+/// What `capture_release_snapshot` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct CaptureOptions {
+    pub release_tag: String,
+    pub release_version: Option<String>,
+    /// Columns whose most frequent values are recorded.
+    pub top_values_columns: Vec<String>,
+    /// Statistics from a `TABLESAMPLE SYSTEM` sample of this percentage of the view.
+    pub sample_percent: Option<f32>,
+}
+
+const TOP_VALUES: i64 = 10;
+
+/// The schema hash: SHA-256 over the ordered `name type` list.
+pub fn schema_hash(columns: &[(String, String)]) -> String {
+    let text: String = columns.iter().map(|(n, t)| format!("{n} {t}\n")).collect();
+    hash_query(&text)
+}
+
+/// Takes one view's snapshot and stores it. A view that cannot be read is stored with status
+/// `error` (and the error in its column_stats), so every capture leaves a record.
+pub async fn capture(
+    repo: &mut dyn Snapshots,
+    view: &PlannedView,
+    options: &CaptureOptions,
+) -> Result<Snapshot, DbError> {
+    let began = Instant::now();
+    let mut snapshot = Snapshot {
+        id: uuid::Uuid::new_v4(),
+        manifest_id: view.record.manifest_id,
+        table_name: view.key.clone(),
+        report_name: Some(view.record.report_name.clone()),
+        agency_id: Some(view.record.agency_id),
+        agency_slug: Some(view.record.agency_slug.chars().take(64).collect()),
+        release_tag: options.release_tag.clone(),
+        release_version: options.release_version.clone(),
+        status: "success".into(),
+        execution_duration_ms: 0,
+        total_rows: 0,
+        total_columns: 0,
+        schema_hash: schema_hash(&[]),
+        columns: json!([]),
+        column_stats: json!({}),
+        released_at: String::new(),
+    };
+    match gather(repo, view, options).await {
+        Ok((columns, rows, stats)) => {
+            snapshot.total_rows = rows;
+            snapshot.total_columns = i32::try_from(columns.len()).unwrap_or(i32::MAX);
+            snapshot.schema_hash = schema_hash(&columns);
+            snapshot.columns = json!(columns
+                .iter()
+                .map(|(n, t)| json!({"name": n, "type": t}))
+                .collect::<Vec<_>>());
+            snapshot.column_stats = stats;
+        }
+        Err(e) => {
+            snapshot.status = "error".into();
+            snapshot.column_stats = json!({ "error": e.message });
+        }
+    }
+    snapshot.execution_duration_ms = i32::try_from(began.elapsed().as_millis()).unwrap_or(i32::MAX);
+    repo.insert_snapshot(&snapshot).await?;
+    Ok(snapshot)
+}
+
+async fn gather(
+    repo: &mut dyn Snapshots,
+    view: &PlannedView,
+    options: &CaptureOptions,
+) -> Result<(Vec<(String, String)>, i64, Value), DbError> {
+    let ViewPlan::Valid { name, .. } = &view.plan else {
+        return Err(DbError::other(format!(
+            "{} has an invalid manifest",
+            view.key
+        )));
+    };
+    let rel = Rel {
+        schema: name.schema(),
+        name: name.name(),
+    };
+    let columns = repo.snapshot_columns(rel).await?;
+    if columns.is_empty() {
+        return Err(DbError::other(format!(
+            "{} does not exist (or has no columns): refresh it first",
+            view.key
+        )));
+    }
+    let (rows, counts) = repo
+        .snapshot_counts(rel, &columns, options.sample_percent)
+        .await?;
+    let mut stats = serde_json::Map::new();
+    for ((name, _), (non_null, distinct)) in columns.iter().zip(counts) {
+        let nulls = rows - non_null;
+        let mut s = json!({
+            "null_count": nulls,
+            "null_fraction": if rows == 0 { 0.0 } else { nulls as f64 / rows as f64 },
+            "distinct_count": distinct,
+        });
+        if options.top_values_columns.iter().any(|c| c == name) {
+            let top = repo
+                .snapshot_top_values(rel, name, TOP_VALUES, options.sample_percent)
+                .await?;
+            s["top_values"] = json!(top
+                .iter()
+                .map(|(v, n)| json!({"value": v, "count": n}))
+                .collect::<Vec<_>>());
+        }
+        stats.insert(name.clone(), s);
+    }
+    let mut all = serde_json::Map::new();
+    all.insert("columns".into(), Value::Object(stats));
+    all.insert("sample_percent".into(), json!(options.sample_percent));
+    Ok((columns, rows, Value::Object(all)))
+}
+
+/// Thresholds above which drift is reported (and, with `--fail-on`, fails).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// Absolute change of a column's null fraction (0.05 = 5 points).
+    pub null_fraction: f64,
+    /// Relative change of a column's distinct count (0.1 = 10 %).
+    pub distinct: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            null_fraction: 0.05,
+            distinct: 0.10,
+        }
+    }
+}
+
+/// What `--fail-on` makes a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct FailOn {
+    /// Any column added, removed or retyped.
+    pub schema: bool,
+    /// Row count changed by more than this fraction (or from zero).
+    pub rows: Option<f64>,
+    /// Any column's null fraction changed by more than this.
+    pub nulls: Option<f64>,
+    /// Any column's distinct count changed by more than this fraction.
+    pub distinct: Option<f64>,
+}
+
+impl std::str::FromStr for FailOn {
+    type Err = String;
+    fn from_str(s: &str) -> Result<FailOn, String> {
+        let mut f = FailOn::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (kind, value) = part.split_once(':').unwrap_or((part, ""));
+            let number = || {
+                value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|v| *v >= 0.0)
+                    .ok_or_else(|| format!("{part:?}: expected {kind}:<fraction>, e.g. {kind}:0.1"))
+            };
+            match kind {
+                "schema" if value.is_empty() => f.schema = true,
+                "rows" => f.rows = Some(number()?),
+                "nulls" => f.nulls = Some(number()?),
+                "distinct" => f.distinct = Some(number()?),
+                _ => {
+                    return Err(format!(
+                        "{part:?}: expected schema, rows:<fraction>, nulls:<fraction> or distinct:<fraction>"
+                    ))
+                }
+            }
+        }
+        Ok(f)
+    }
+}
+
+fn column_types(s: &Snapshot) -> BTreeMap<String, String> {
+    s.columns
+        .as_array()
+        .map(|cols| {
+            cols.iter()
+                .filter_map(|c| {
+                    Some((
+                        c["name"].as_str()?.to_string(),
+                        c["type"].as_str()?.to_string(),
+                    ))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn ordered_columns(s: &Snapshot) -> Vec<String> {
+    s.columns
+        .as_array()
+        .map(|cols| {
+            cols.iter()
+                .filter_map(|c| c["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn stat(s: &Snapshot, column: &str, field: &str) -> Option<f64> {
+    s.column_stats["columns"][column][field].as_f64()
+}
+
+fn top(s: &Snapshot, column: &str) -> Option<Vec<(Value, i64)>> {
+    s.column_stats["columns"][column]["top_values"]
+        .as_array()
+        .map(|values| {
+            values
+                .iter()
+                .map(|v| (v["value"].clone(), v["count"].as_i64().unwrap_or(0)))
+                .collect()
+        })
+}
+
+/// The drift from `base` to `new`, as a JSON document (also what the text output shows), and
+/// whether it exceeds `fail_on`.
+pub fn compare(
+    base: &Snapshot,
+    new: &Snapshot,
+    thresholds: Thresholds,
+    fail_on: FailOn,
+) -> (Value, bool) {
+    let (old_types, new_types) = (column_types(base), column_types(new));
+    let (base_order, new_order) = (ordered_columns(base), ordered_columns(new));
+    let added: Vec<&String> = new_order
+        .iter()
+        .filter(|c| !old_types.contains_key(*c))
+        .collect();
+    let removed: Vec<&String> = base_order
+        .iter()
+        .filter(|c| !new_types.contains_key(*c))
+        .collect();
+    let retyped: Vec<Value> = new_order
+        .iter()
+        .filter_map(|c| match (old_types.get(c), new_types.get(c)) {
+            (Some(a), Some(b)) if a != b => Some(json!({"column": c, "from": a, "to": b})),
+            _ => None,
+        })
+        .collect();
+    let row_delta = new.total_rows - base.total_rows;
+    let row_pct = if base.total_rows == 0 {
+        if new.total_rows == 0 {
+            Some(0.0)
+        } else {
+            None
+        }
+    } else {
+        Some(row_delta as f64 / base.total_rows as f64)
+    };
+    let mut nulls = Vec::new();
+    let mut distinct = Vec::new();
+    let mut tops = Vec::new();
+    let (mut worst_null, mut worst_distinct) = (0.0f64, 0.0f64);
+    for c in new_order.iter().filter(|c| old_types.contains_key(*c)) {
+        if let (Some(a), Some(b)) = (
+            stat(base, c, "null_fraction"),
+            stat(new, c, "null_fraction"),
+        ) {
+            let d = b - a;
+            worst_null = worst_null.max(d.abs());
+            if d.abs() > thresholds.null_fraction {
+                nulls.push(json!({"column": c, "from": a, "to": b, "delta": d}));
+            }
+        }
+        if let (Some(a), Some(b)) = (
+            stat(base, c, "distinct_count"),
+            stat(new, c, "distinct_count"),
+        ) {
+            let rel = if a == 0.0 {
+                if b == 0.0 {
+                    0.0
+                } else {
+                    f64::INFINITY
+                }
+            } else {
+                (b - a) / a
+            };
+            worst_distinct = worst_distinct.max(rel.abs());
+            if rel.abs() > thresholds.distinct {
+                distinct.push(json!({"column": c, "from": a, "to": b, "delta_fraction": if rel.is_finite() { json!(rel) } else { Value::Null }}));
+            }
+        }
+        if let (Some(a), Some(b)) = (top(base, c), top(new, c)) {
+            let values = |t: &[(Value, i64)]| t.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>();
+            let (va, vb) = (values(&a), values(&b));
+            let entered: Vec<&Value> = vb.iter().filter(|v| !va.contains(v)).collect();
+            let left: Vec<&Value> = va.iter().filter(|v| !vb.contains(v)).collect();
+            if !entered.is_empty() || !left.is_empty() {
+                tops.push(json!({"column": c, "entered": entered, "left": left}));
+            }
+        }
+    }
+    let schema_changed = !added.is_empty() || !removed.is_empty() || !retyped.is_empty();
+    let mut failures = Vec::new();
+    if fail_on.schema && schema_changed {
+        failures.push("schema changed".to_string());
+    }
+    if let Some(limit) = fail_on.rows {
+        if row_pct.is_none_or(|p| p.abs() > limit) {
+            failures.push(format!("row count changed by more than {limit}"));
+        }
+    }
+    if let Some(limit) = fail_on.nulls {
+        if worst_null > limit {
+            failures.push(format!("a null fraction changed by more than {limit}"));
+        }
+    }
+    if let Some(limit) = fail_on.distinct {
+        if worst_distinct > limit {
+            failures.push(format!("a distinct count changed by more than {limit}"));
+        }
+    }
+    let doc = json!({
+        "table": new.table_name,
+        "base": {"id": base.id.to_string(), "release_tag": base.release_tag, "released_at": base.released_at},
+        "new": {"id": new.id.to_string(), "release_tag": new.release_tag, "released_at": new.released_at},
+        "schema_hash_equal": base.schema_hash == new.schema_hash,
+        "columns_added": added,
+        "columns_removed": removed,
+        "columns_retyped": retyped,
+        "rows": {"from": base.total_rows, "to": new.total_rows, "delta": row_delta, "delta_fraction": row_pct},
+        "null_fraction_changes": nulls,
+        "distinct_count_changes": distinct,
+        "top_value_changes": tops,
+        "failures": failures,
+    });
+    let failed = !doc["failures"].as_array().is_none_or(Vec::is_empty);
+    (doc, failed)
+}
+
+/// The drift for people.
+pub fn render_compare(doc: &Value) -> String {
+    let list = |v: &Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| {
+                        x.as_str()
+                            .map(str::to_string)
+                            .unwrap_or_else(|| x.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "none".into())
+    };
+    let mut out = format!(
+        "{}: {} ({}) -> {} ({})\n",
+        doc["table"].as_str().unwrap_or_default(),
+        doc["base"]["release_tag"].as_str().unwrap_or_default(),
+        doc["base"]["id"].as_str().unwrap_or_default(),
+        doc["new"]["release_tag"].as_str().unwrap_or_default(),
+        doc["new"]["id"].as_str().unwrap_or_default(),
+    );
+    out += &format!(
+        "schema hash: {}\n",
+        if doc["schema_hash_equal"] == true {
+            "equal"
+        } else {
+            "changed"
+        }
+    );
+    out += &format!("columns added: {}\n", list(&doc["columns_added"]));
+    out += &format!("columns removed: {}\n", list(&doc["columns_removed"]));
+    let retyped: Vec<String> = doc["columns_retyped"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|r| {
+                    format!(
+                        "{} {} -> {}",
+                        r["column"].as_str().unwrap_or_default(),
+                        r["from"].as_str().unwrap_or_default(),
+                        r["to"].as_str().unwrap_or_default()
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out += &format!(
+        "columns retyped: {}\n",
+        if retyped.is_empty() {
+            "none".into()
+        } else {
+            retyped.join(", ")
+        }
+    );
+    let rows = &doc["rows"];
+    let pct = rows["delta_fraction"]
+        .as_f64()
+        .map(|p| format!("{:+.1}%", p * 100.0))
+        .unwrap_or_else(|| "from zero".into());
+    out += &format!(
+        "rows: {} -> {} ({:+}, {pct})\n",
+        rows["from"],
+        rows["to"],
+        rows["delta"].as_i64().unwrap_or(0)
+    );
+    for n in doc["null_fraction_changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        out += &format!(
+            "null fraction of {}: {:.3} -> {:.3}\n",
+            n["column"].as_str().unwrap_or_default(),
+            n["from"].as_f64().unwrap_or(0.0),
+            n["to"].as_f64().unwrap_or(0.0)
+        );
+    }
+    for d in doc["distinct_count_changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        out += &format!(
+            "distinct values of {}: {} -> {}\n",
+            d["column"].as_str().unwrap_or_default(),
+            d["from"],
+            d["to"]
+        );
+    }
+    for t in doc["top_value_changes"].as_array().into_iter().flatten() {
+        out += &format!(
+            "top values of {}: entered {}, left {}\n",
+            t["column"].as_str().unwrap_or_default(),
+            list(&t["entered"]),
+            list(&t["left"])
+        );
+    }
+    for f in doc["failures"].as_array().into_iter().flatten() {
+        out += &format!("FAIL: {}\n", f.as_str().unwrap_or_default());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(tag: &str, rows: i64, cols: &[(&str, &str)], stats: Value) -> Snapshot {
+        Snapshot {
+            id: uuid::Uuid::new_v4(),
+            manifest_id: 1,
+            table_name: "reporting.v".into(),
+            report_name: None,
+            agency_id: None,
+            agency_slug: None,
+            release_tag: tag.into(),
+            release_version: None,
+            status: "success".into(),
+            execution_duration_ms: 1,
+            total_rows: rows,
+            total_columns: cols.len() as i32,
+            schema_hash: schema_hash(
+                &cols
+                    .iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect::<Vec<_>>(),
+            ),
+            columns: json!(cols
+                .iter()
+                .map(|(n, t)| json!({"name": n, "type": t}))
+                .collect::<Vec<_>>()),
+            column_stats: json!({ "columns": stats }),
+            released_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn drift_names_every_change_and_fails_only_as_asked() {
+        let a = snap(
+            "r1",
+            100,
+            &[("id", "integer"), ("status", "text"), ("old", "text")],
+            json!({
+                "id": {"null_fraction": 0.0, "distinct_count": 100},
+                "status": {"null_fraction": 0.0, "distinct_count": 3, "top_values": [{"value": "open", "count": 60}, {"value": "closed", "count": 40}]},
+            }),
+        );
+        let b = snap(
+            "r2",
+            150,
+            &[("id", "bigint"), ("status", "text"), ("new", "date")],
+            json!({
+                "id": {"null_fraction": 0.0, "distinct_count": 150},
+                "status": {"null_fraction": 0.2, "distinct_count": 3, "top_values": [{"value": "open", "count": 90}, {"value": "void", "count": 30}]},
+            }),
+        );
+        let (doc, failed) = compare(&a, &b, Thresholds::default(), FailOn::default());
+        assert!(!failed);
+        assert_eq!(doc["schema_hash_equal"], false);
+        assert_eq!(doc["columns_added"], json!(["new"]));
+        assert_eq!(doc["columns_removed"], json!(["old"]));
+        assert_eq!(
+            doc["columns_retyped"],
+            json!([{"column": "id", "from": "integer", "to": "bigint"}])
+        );
+        assert_eq!(
+            doc["rows"],
+            json!({"from": 100, "to": 150, "delta": 50, "delta_fraction": 0.5})
+        );
+        assert_eq!(doc["null_fraction_changes"][0]["column"], "status");
+        assert_eq!(doc["distinct_count_changes"][0]["column"], "id");
+        assert_eq!(
+            doc["top_value_changes"],
+            json!([{"column": "status", "entered": ["void"], "left": ["closed"]}])
+        );
+        let (_, failed) = compare(&a, &b, Thresholds::default(), "schema".parse().unwrap());
+        assert!(failed);
+        let (doc, failed) = compare(
+            &a,
+            &b,
+            Thresholds::default(),
+            "rows:0.6,nulls:0.25".parse().unwrap(),
+        );
+        assert!(!failed, "{doc}");
+        let (_, failed) = compare(&a, &b, Thresholds::default(), "rows:0.4".parse().unwrap());
+        assert!(failed);
+    }
+
+    #[test]
+    fn a_zero_row_base_is_handled() {
+        let a = snap("r1", 0, &[("id", "integer")], json!({}));
+        let b = snap("r2", 10, &[("id", "integer")], json!({}));
+        let (doc, failed) = compare(&a, &b, Thresholds::default(), "rows:1000".parse().unwrap());
+        assert_eq!(doc["rows"]["delta_fraction"], Value::Null);
+        assert!(failed, "from zero is more than any fraction");
+        let (doc, _) = compare(&a, &a, Thresholds::default(), FailOn::default());
+        assert_eq!(doc["rows"]["delta_fraction"], 0.0);
+        assert_eq!(doc["schema_hash_equal"], true);
+        assert!(render_compare(&doc).contains("schema hash: equal"));
+    }
+
+    #[test]
+    fn fail_on_parses() {
+        assert_eq!(
+            "schema,rows:0.1".parse::<FailOn>(),
+            Ok(FailOn {
+                schema: true,
+                rows: Some(0.1),
+                ..Default::default()
+            })
+        );
+        assert!("rows".parse::<FailOn>().is_err());
+        assert!("colour:1".parse::<FailOn>().is_err());
+        assert!("nulls:-1".parse::<FailOn>().is_err());
+    }
+}

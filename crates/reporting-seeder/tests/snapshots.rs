@@ -1,0 +1,343 @@
+//! Release snapshots against a real server: capture, change the query, rebuild, capture again,
+//! compare, and the exact drift reported.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const BEFORE: &str =
+    "SELECT i AS id, CASE WHEN i % 2 = 0 THEN 'open' ELSE 'closed' END AS status, \
+                      i::text AS old_col FROM generate_series(1, 10) i";
+const AFTER: &str = "SELECT i::bigint AS id, CASE WHEN i % 5 = 0 THEN NULL WHEN i % 2 = 0 THEN 'open' \
+                     ELSE 'void' END AS status, date '2026-01-01' AS new_col FROM generate_series(1, 20) i";
+
+async fn capture(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Value {
+    let mut argv = vec!["run", "capture_release_snapshot", "--", "--output", "json"];
+    argv.extend_from_slice(args);
+    let out = db.run(&argv, env).await;
+    assert_exit(&out, 0);
+    serde_json::from_str(&stdout(&out)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_across_a_release_is_reported_exactly() {
+    let db = TestDb::new().await;
+    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    let id = db.custom("reporting.v", "gotham", 1, BEFORE).await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let first = capture(
+        &db,
+        &[
+            "--table-name",
+            "reporting.v",
+            "--release-tag",
+            "r1",
+            "--release-version",
+            "v1.0",
+            "--top-values-columns",
+            "status",
+        ],
+        &[],
+    )
+    .await;
+    let first = &first["snapshots"][0];
+    assert_eq!(first["total_rows"], 10);
+    assert_eq!(first["total_columns"], 3);
+    assert_eq!(first["column_stats"]["columns"]["status"]["null_count"], 0);
+    assert_eq!(
+        first["column_stats"]["columns"]["status"]["distinct_count"],
+        2
+    );
+    assert_eq!(
+        first["column_stats"]["columns"]["status"]["top_values"],
+        json!([{"value": "closed", "count": 5}, {"value": "open", "count": 5}])
+    );
+    assert_eq!(
+        first["columns"][0],
+        json!({"name": "id", "type": "integer"})
+    );
+
+    db.client()
+        .await
+        .execute(
+            "UPDATE reporting.seeder_custom_report_manifest SET query = $1 WHERE id = $2",
+            &[&AFTER, &(id as i32)],
+        )
+        .await
+        .unwrap();
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    // The tag from the environment, as CI would give it.
+    let second = capture(
+        &db,
+        &[
+            "--manifest-id",
+            &id.to_string(),
+            "--top-values-columns",
+            "status",
+        ],
+        &[("GIT_SHA", "r2")],
+    )
+    .await;
+    let second = &second["snapshots"][0];
+    assert_eq!(second["release_tag"], "r2");
+
+    let out = db
+        .run(
+            &[
+                "run",
+                "compare_release_snapshots",
+                "--",
+                "--table-name",
+                "reporting.v",
+                "--base-tag",
+                "r1",
+                "--new-tag",
+                "r2",
+                "--output",
+                "json",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    let drift: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(drift["schema_hash_equal"], false);
+    assert_eq!(drift["columns_added"], json!(["new_col"]));
+    assert_eq!(drift["columns_removed"], json!(["old_col"]));
+    assert_eq!(
+        drift["columns_retyped"],
+        json!([{"column": "id", "from": "integer", "to": "bigint"}])
+    );
+    assert_eq!(
+        drift["rows"],
+        json!({"from": 10, "to": 20, "delta": 10, "delta_fraction": 1.0})
+    );
+    assert_eq!(
+        drift["null_fraction_changes"],
+        json!([{"column": "status", "from": 0.0, "to": 0.2, "delta": 0.2}])
+    );
+    assert_eq!(
+        drift["distinct_count_changes"],
+        json!([{"column": "id", "from": 10.0, "to": 20.0, "delta_fraction": 1.0}])
+    );
+    assert_eq!(
+        drift["top_value_changes"],
+        json!([{"column": "status", "entered": ["void", null], "left": ["closed"]}])
+    );
+    assert_eq!(drift["failures"], json!([]));
+
+    // By ids, with thresholds that fail it, and with ones that do not.
+    let (a, b) = (
+        first["id"].as_str().unwrap(),
+        second["id"].as_str().unwrap(),
+    );
+    let out = db
+        .run(
+            &[
+                "run",
+                "compare_release_snapshots",
+                "--",
+                a,
+                b,
+                "--fail-on",
+                "schema",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains("columns added: new_col") && text.contains("FAIL: schema changed"),
+        "{text}"
+    );
+    assert!(text.contains("rows: 10 -> 20 (+10, +100.0%)"), "{text}");
+    let out = db
+        .run(
+            &[
+                "run",
+                "compare_release_snapshots",
+                "--",
+                a,
+                b,
+                "--fail-on",
+                "rows:1.5,nulls:0.3",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+
+    // Snapshots are never updated: both still as written.
+    let stored: Vec<(String, i64)> = db
+        .client()
+        .await
+        .query("SELECT release_tag::text, total_rows FROM reporting.seeder_release_snapshot ORDER BY executed_at", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(stored, [("r1".to_string(), 10), ("r2".to_string(), 20)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_django_table_is_used_where_it_exists_and_sampling_is_recorded() {
+    let db = TestDb::django().await;
+    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    let c = db.client().await;
+    c.batch_execute(
+        "INSERT INTO public.agency (id, name, address, subdomain, active, lms_integration_enabled)
+         VALUES (1, 'Gotham', 'x', 'gotham', true, false);
+         INSERT INTO reporting.seeder_custom_report_manifest (table_name, report_name, agency_slug, query, enabled, agency_id)
+         VALUES ('reporting.big', 'big', 'gotham', 'SELECT i AS id FROM generate_series(1, 20000) i', true, 1);",
+    )
+    .await
+    .unwrap();
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let s = capture(
+        &db,
+        &["--all", "--release-tag", "t1", "--sample-percent", "50"],
+        &[],
+    )
+    .await;
+    assert_eq!(s["snapshots"][0]["column_stats"]["sample_percent"], 50.0);
+    let rows = s["snapshots"][0]["total_rows"].as_i64().unwrap();
+    assert!(rows > 0 && rows < 20000, "a sample: {rows}");
+    let in_django: i64 = c
+        .query_one(
+            "SELECT count(*) FROM public.\"reporting.seeder_release_snapshot\"",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(in_django, 1);
+    assert!(
+        db.oid("reporting.seeder_release_snapshot").await.is_none(),
+        "no second table"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_arguments_exit_2() {
+    let db = TestDb::new().await;
+    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    db.custom("reporting.v", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let cases: &[&[&str]] = &[
+        &[
+            "run",
+            "capture_release_snapshot",
+            "--",
+            "--table-name",
+            "reporting.v",
+        ],
+        &[
+            "run",
+            "capture_release_snapshot",
+            "--",
+            "--release-tag",
+            "x",
+        ],
+        &[
+            "run",
+            "capture_release_snapshot",
+            "--",
+            "--all",
+            "--table-name",
+            "reporting.v",
+            "--release-tag",
+            "x",
+        ],
+        &[
+            "run",
+            "capture_release_snapshot",
+            "--",
+            "--table-name",
+            "reporting.nope",
+            "--release-tag",
+            "x",
+        ],
+        &[
+            "run",
+            "capture_release_snapshot",
+            "--",
+            "--manifest-id",
+            "999",
+            "--release-tag",
+            "x",
+        ],
+        &[
+            "run",
+            "capture_release_snapshot",
+            "--",
+            "--all",
+            "--release-tag",
+            "x",
+            "--sample-percent",
+            "0",
+        ],
+        &["run", "compare_release_snapshots", "--"],
+        &[
+            "run",
+            "compare_release_snapshots",
+            "--",
+            "not-a-uuid",
+            "neither",
+        ],
+        &[
+            "run",
+            "compare_release_snapshots",
+            "--",
+            "--table-name",
+            "reporting.v",
+            "--base-tag",
+            "a",
+            "--new-tag",
+            "b",
+        ],
+        &[
+            "run",
+            "compare_release_snapshots",
+            "--",
+            "--table-name",
+            "reporting.v",
+            "--base-tag",
+            "a",
+        ],
+        &[
+            "run",
+            "compare_release_snapshots",
+            "--",
+            "--fail-on",
+            "colour:1",
+        ],
+    ];
+    for args in cases {
+        let out = db.run(args, &[]).await;
+        assert_eq!(code(&out), 2, "{args:?}: {}{}", stdout(&out), stderr(&out));
+    }
+    // A view not refreshed yet: recorded as an error snapshot, exit 1.
+    let out = db
+        .run(
+            &[
+                "run",
+                "capture_release_snapshot",
+                "--",
+                "--all",
+                "--release-tag",
+                "x",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 1);
+    assert!(
+        stdout(&out).contains("error") && stdout(&out).contains("refresh it first"),
+        "{}",
+        stdout(&out)
+    );
+}
