@@ -7,7 +7,7 @@ use super::refresh_all::ReportTypeArg;
 use crate::cli::args::{OutputFormat, SelectArgs};
 use crate::cli::context::{run_error, AppContext};
 use crate::processors::planner::{Scope, Selection};
-use crate::processors::run::{connect, prepare};
+use crate::processors::run::{connect, prepare, RunError};
 use crate::processors::summary;
 
 pub const JOB: JobEntry = JobEntry {
@@ -61,7 +61,16 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             app.settings.run.refresh_concurrently,
         )
         .await
-        .map_err(run_error)?;
+        .map_err(|e| match e {
+            // plan changes nothing, so it does not create the control tables either.
+            RunError::Database { error, .. } if error.code.as_deref() == Some("42P01") => {
+                JobError::usage(format!(
+                    "the control tables do not exist yet ({}): run `reporting-seeder run migrate` first",
+                    error.message
+                ))
+            }
+            other => run_error(other),
+        })?;
         let workers = app.settings.run.max_workers;
         match cli.output {
             OutputFormat::Text => print!("{}", summary::render_plan(&prepared, workers)),
