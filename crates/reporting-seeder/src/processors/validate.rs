@@ -1794,4 +1794,42 @@ mod tests {
         assert_eq!(byte_offset(sql, Location::new(9, 1)), None);
         assert_eq!(byte_offset("é", Location::new(1, 2)), Some(2));
     }
+
+    /// Everyday PostgreSQL from reporting queries: none of it may be refused as unparsable.
+    #[test]
+    fn everyday_postgresql_reporting_queries_are_accepted() {
+        let queries = [
+        "SELECT DISTINCT ON (agency_slug) agency_slug, arrested_on FROM demo.arrests ORDER BY agency_slug, arrested_on DESC",
+        "SELECT count(*) FILTER (WHERE offense = 'fraud') AS frauds FROM demo.arrests",
+        "SELECT agency_slug, row_number() OVER (PARTITION BY agency_slug ORDER BY id) AS rn FROM demo.arrests",
+        "SELECT a.id FROM demo.arrests a, LATERAL (SELECT 1 AS x) l",
+        "SELECT payload->>'name' AS name, payload #>> '{a,b}' AS deep FROM demo.events",
+        "SELECT id FROM demo.arrests WHERE offense ILIKE '%theft%' AND offense ~* '^t'",
+        "SELECT now() - interval '1 day' AS yesterday, date_trunc('month', now())::date AS m",
+        "SELECT ARRAY[1,2,3] AS a, (ARRAY['x','y'])[1] AS first",
+        "SELECT extract(epoch FROM now()) AS e, now() AT TIME ZONE 'UTC' AS utc",
+        "SELECT agency_slug, offense, count(*) FROM demo.arrests GROUP BY GROUPING SETS ((agency_slug), (offense))",
+        "SELECT E'a\\nb' AS s, $$dollar$$ AS d",
+        "SELECT id FROM demo.arrests TABLESAMPLE SYSTEM (10)",
+        "SELECT coalesce(nullif(offense, ''), 'unknown') AS o, greatest(1, 2) AS g FROM demo.arrests",
+        "SELECT x::numeric(10,2), y::timestamptz FROM (VALUES (1, '2020-01-01')) v(x, y)",
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY id) AS median FROM demo.arrests",
+        "SELECT string_agg(offense, ', ' ORDER BY offense) AS offenses FROM demo.arrests",
+        "SELECT id FROM demo.arrests WHERE arrested_on BETWEEN '2026-01-01' AND '2026-02-01' AND id = ANY('{1,2}'::int[])",
+        "SELECT jsonb_build_object('a', 1) AS j, to_char(now(), 'YYYY-MM') AS ym",
+        "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t WHERE n < 5) SELECT n FROM t",
+        "SELECT id FROM demo.arrests WHERE offense IS DISTINCT FROM 'fraud'",
+        "SELECT count(*) AS n FROM demo.arrests a JOIN demo.agencies g USING (agency_slug)",
+        "SELECT (SELECT max(id) FROM demo.arrests) AS top, EXISTS (SELECT 1 FROM demo.arrests) AS any",
+        "SELECT id, CASE WHEN id % 2 = 0 THEN 'even' ELSE 'odd' END AS parity FROM demo.arrests ORDER BY id LIMIT 10 OFFSET 5",
+        "SELECT 'a' || 'b' AS ab, position('b' in 'abc') AS p, substring('abc' from 2 for 1) AS s",
+        "SELECT id FROM demo.arrests FETCH FIRST 3 ROWS ONLY",
+        "SELECT t.* FROM unnest(ARRAY[1,2]) WITH ORDINALITY AS t(v, n)",
+        "SELECT date '2026-01-01' + 7 AS d, timestamp '2026-01-01 00:00' AS ts",
+        "SELECT count(*)::int AS n, sum(id)::bigint AS s FROM demo.arrests HAVING count(*) > 0",
+    ];
+        for q in queries {
+            assert!(validate_query(q).is_ok(), "{q}: {:?}", validate_query(q));
+        }
+    }
 }
