@@ -121,6 +121,9 @@ impl Session for FakeStore {
     async fn view_dependencies(&mut self) -> Result<Vec<(String, String)>, DbError> {
         Ok(self.state().catalog_edges.clone())
     }
+    async fn search_path(&mut self) -> Result<Vec<String>, DbError> {
+        Ok(vec!["public".into()])
+    }
     async fn last_successes(&mut self, _: &[String]) -> Result<HashMap<String, f64>, DbError> {
         Ok(HashMap::new())
     }

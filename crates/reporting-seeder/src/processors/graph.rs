@@ -74,13 +74,15 @@ fn walk(start: usize, edges: &[Vec<usize>]) -> Vec<usize> {
     out
 }
 
-/// Builds the graph. `reads[i]` are the relations view `i`'s query reads (unqualified names are
-/// looked up in `public`, PostgreSQL's default search path); `catalog` are (reader, read) pairs of
-/// `schema.name` keys from `pg_depend`, for views built from their current query.
+/// Builds the graph. `reads[i]` are the relations view `i`'s query reads; an unqualified name is
+/// the managed view of that name in the first schema of `search_path` (the schemas the tool's
+/// session resolves names in) that has one. `catalog` are (reader, read) pairs of `schema.name`
+/// keys from `pg_depend`, for views built from their current query.
 pub fn build(
     views: &[PlannedView],
     reads: &[Vec<RelationRef>],
     catalog: &[(String, String)],
+    search_path: &[String],
 ) -> Dependencies {
     let index: HashMap<&str, usize> = views
         .iter()
@@ -96,8 +98,13 @@ pub fn build(
     };
     for (d, rels) in reads.iter().enumerate().take(views.len()) {
         for r in rels {
-            let key = format!("{}.{}", r.schema.as_deref().unwrap_or("public"), r.name);
-            if let Some(&u) = index.get(key.as_str()) {
+            let found = match &r.schema {
+                Some(schema) => index.get(format!("{schema}.{}", r.name).as_str()).copied(),
+                None => search_path
+                    .iter()
+                    .find_map(|schema| index.get(format!("{schema}.{}", r.name).as_str()).copied()),
+            };
+            if let Some(u) = found {
                 add(d, u);
             }
         }
@@ -202,11 +209,27 @@ mod tests {
             vec![],
         ];
         let catalog = vec![("reporting.other".to_string(), "reporting.stg".to_string())];
-        let d = build(&v, &reads, &catalog);
+        let d = build(&v, &reads, &catalog, &["public".to_string()]);
         assert_eq!(d.upstream, vec![vec![], vec![0, 2], vec![], vec![0]]);
         assert!(d.cycles.is_empty());
         assert_eq!(d.with_downstream(0), vec![0, 1, 3]);
         assert_eq!(d.with_upstream(1), vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn unqualified_names_follow_the_search_path() {
+        let v = views(&["reporting.stg", "public.stg", "reporting.reader"]);
+        let reads = vec![vec![], vec![], vec![r(None, "stg")]];
+        let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            build(&v, &reads, &[], &path(&["reporting", "public"])).upstream[2],
+            vec![0]
+        );
+        assert_eq!(
+            build(&v, &reads, &[], &path(&["public", "reporting"])).upstream[2],
+            vec![1]
+        );
+        assert!(build(&v, &reads, &[], &path(&["other"])).upstream[2].is_empty());
     }
 
     #[test]
@@ -219,7 +242,7 @@ mod tests {
             vec![r(Some("s"), "a")],
             vec![r(Some("s"), "self")],
         ];
-        let d = build(&v, &reads, &[]);
+        let d = build(&v, &reads, &[], &["public".to_string()]);
         assert_eq!(d.cycles, vec![vec![0, 1, 2], vec![4]]);
         // Inside the cycle no edge is kept; the view reading a cycle member still waits for it.
         assert_eq!(
@@ -232,7 +255,7 @@ mod tests {
     fn restrict_keeps_edges_among_the_selected_only() {
         let v = views(&["s.a", "s.b", "s.c"]);
         let reads = vec![vec![], vec![r(Some("s"), "a")], vec![r(Some("s"), "b")]];
-        let d = build(&v, &reads, &[]);
+        let d = build(&v, &reads, &[], &["public".to_string()]);
         let g = d.restrict(&[2, 1]);
         assert_eq!(g.upstream, vec![vec![1], vec![]]);
     }

@@ -234,7 +234,11 @@ pub async fn prepare(
                 == hashes.get(reader.as_str()).copied()
         })
         .collect();
-    let deps = graph::build(&planned.views, &reads, &catalog);
+    let search_path = session
+        .search_path()
+        .await
+        .map_err(at("reading the search path"))?;
+    let deps = graph::build(&planned.views, &reads, &catalog, &search_path);
     let mask = select::apply(&planned, &deps, &selection.select, &selection.exclude)?;
     let keep: Vec<usize> = (0..planned.views.len()).filter(|&i| mask[i]).collect();
 

@@ -253,7 +253,7 @@ mod tests {
             name: n.into(),
         };
         let reads = vec![vec![rel("stg")], vec![rel("gotham_rollup")], vec![], vec![]];
-        let d = build(&p.views, &reads, &[]);
+        let d = build(&p.views, &reads, &[], &["public".to_string()]);
         (p, d)
     }
 

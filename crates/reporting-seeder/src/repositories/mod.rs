@@ -68,6 +68,8 @@ pub trait Session: Send {
     async fn recent_durations(&mut self, keys: &[String]) -> Result<HashMap<String, u64>, DbError>;
     /// (reader, read) pairs of materialized views from `pg_depend`, by `schema.name`.
     async fn view_dependencies(&mut self) -> Result<Vec<(String, String)>, DbError>;
+    /// The schemas this session resolves unqualified names in, in order.
+    async fn search_path(&mut self) -> Result<Vec<String>, DbError>;
     /// When each view last succeeded (seconds since the epoch).
     async fn last_successes(&mut self, keys: &[String]) -> Result<HashMap<String, f64>, DbError>;
     /// Each view's current state, in `keys` order.
@@ -254,6 +256,9 @@ impl Session for PgSession {
     }
     async fn view_dependencies(&mut self) -> Result<Vec<(String, String)>, DbError> {
         views::dependencies(&self.conn).await
+    }
+    async fn search_path(&mut self) -> Result<Vec<String>, DbError> {
+        views::search_path(&self.conn).await
     }
     async fn last_run_id(&mut self) -> Result<Option<String>, DbError> {
         history::last_run_id(&self.conn).await

@@ -557,3 +557,11 @@ pub async fn active_queries(client: &Client) -> Result<i64, DbError> {
         .await?
         .try_get(0)?)
 }
+
+/// The schemas unqualified names resolve in (existing ones, in search_path order).
+pub async fn search_path(client: &Client) -> Result<Vec<String>, DbError> {
+    Ok(client
+        .query_one("SELECT current_schemas(false)::text[]", &[])
+        .await?
+        .try_get(0)?)
+}
