@@ -480,7 +480,7 @@ async fn job_status(c: &Client, table: &str) -> (String, i32, String, Option<Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_and_status_record_each_outcome_in_detail() {
     let db = TestDb::new().await;
-    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    db.migrate().await;
     let good = "reporting.good";
     let bad = "reporting.bad";
     let canned = "reporting.canned_ok";

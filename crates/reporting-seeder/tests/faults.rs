@@ -8,10 +8,6 @@ mod common;
 use common::cluster::OwnCluster;
 use common::*;
 
-async fn migrate(db: &TestDb) {
-    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
-}
-
 /// (table, status) of every history row of the last run.
 async fn statuses(db: &TestDb) -> Vec<(String, String)> {
     last_statuses(db, &db.last_run_id().await).await
@@ -40,7 +36,7 @@ async fn temporaries(db: &TestDb) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_backend_is_retried_on_a_new_connection() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     db.custom(
         "reporting.slow",
         "gotham",
@@ -166,21 +162,15 @@ async fn a_server_restart_mid_run_is_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_sigkill_the_next_run_recovers() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     let id = db
         .custom("reporting.rebuilt", "gotham", 1, "SELECT 1 AS id")
         .await;
     db.custom("reporting.other", "gotham", 1, "SELECT 2 AS id")
         .await;
     assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
-    db.client()
-        .await
-        .execute(
-            "UPDATE reporting.seeder_custom_report_manifest SET query = $1 WHERE id = $2",
-            &[&"SELECT 3 AS id FROM (SELECT pg_sleep(1)) s", &(id as i32)],
-        )
-        .await
-        .unwrap();
+    db.set_query(id, "SELECT 3 AS id FROM (SELECT pg_sleep(1)) s")
+        .await;
     let mut child = db.spawn(&["run", "refresh_all"], &[]);
     db.wait_active("%pg_sleep(1)%", 1).await;
     let killed_run = db.last_run_id().await;
@@ -242,19 +232,13 @@ async fn after_sigkill_the_next_run_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_cancels_running_statements_on_the_server() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     let id = db
         .custom("reporting.rebuilt", "gotham", 1, "SELECT 1 AS id")
         .await;
     assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
-    db.client()
-        .await
-        .execute(
-            "UPDATE reporting.seeder_custom_report_manifest SET query = $1 WHERE id = $2",
-            &[&"SELECT 2 AS id FROM (SELECT pg_sleep(30)) s", &(id as i32)],
-        )
-        .await
-        .unwrap();
+    db.set_query(id, "SELECT 2 AS id FROM (SELECT pg_sleep(30)) s")
+        .await;
     db.custom(
         "reporting.sleeper",
         "gotham",
@@ -304,7 +288,7 @@ async fn sigterm_cancels_running_statements_on_the_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_runs_at_once_refresh_each_view_exactly_once() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     for i in 0..8 {
         db.custom(
             &format!("reporting.v{i}"),
@@ -353,7 +337,7 @@ async fn two_runs_at_once_refresh_each_view_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_blocked_by_a_reader_times_out_and_is_retried() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     db.custom("reporting.busy", "gotham", 1, "SELECT 1 AS id")
         .await;
     db.custom("reporting.free", "gotham", 1, "SELECT 2 AS id")
@@ -384,7 +368,7 @@ async fn a_refresh_blocked_by_a_reader_times_out_and_is_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_that_times_out_is_not_retried_and_names_the_timeout() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     db.custom(
         "reporting.too_slow",
         "gotham",

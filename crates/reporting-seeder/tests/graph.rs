@@ -9,10 +9,6 @@ use std::sync::Arc;
 
 use common::*;
 
-async fn migrate(db: &TestDb) {
-    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
-}
-
 /// (table, status, errors) of the last run, by table.
 async fn last(db: &TestDb) -> Vec<(String, String, Option<String>)> {
     db.history(&db.last_run_id().await).await
@@ -32,7 +28,7 @@ fn status<'a>(
 /// stg (canned, two agencies) ← rollup (custom gotham) ← top (custom gotham), plus an
 /// independent view; manifests in the reverse of dependency order.
 async fn chain(db: &TestDb) {
-    migrate(db).await;
+    db.migrate().await;
     db.client()
         .await
         .batch_execute("CREATE TABLE public.src (id int, v int); INSERT INTO public.src SELECT i, i FROM generate_series(1, 100) i")
@@ -136,7 +132,7 @@ async fn a_failed_upstream_skips_everything_downstream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cycle_is_reported_once_and_the_rest_goes_on() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     db.custom("reporting.a", "gotham", 1, "SELECT * FROM reporting.b")
         .await;
     db.custom("reporting.b", "gotham", 1, "SELECT * FROM reporting.c")

@@ -7,7 +7,7 @@ use common::cluster::OwnCluster;
 use common::*;
 
 async fn setup(db: &TestDb) {
-    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    db.migrate().await;
     db.custom("reporting.good", "gotham", 1, "SELECT 1 AS id")
         .await;
     db.custom("reporting.bad", "gotham", 1, "SELECT 1 / 0 AS id")
@@ -127,7 +127,7 @@ async fn json_logs_carry_run_view_and_agency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_exits_1_on_stale_or_failing_views() {
     let db = TestDb::new().await;
-    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    db.migrate().await;
     db.custom("reporting.good", "gotham", 1, "SELECT 1 AS id")
         .await;
     db.custom("reporting.other", "metropolis", 2, "SELECT 1 AS id")

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 async fn migrated() -> TestDb {
     let db = TestDb::new().await;
-    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    db.migrate().await;
     db
 }
 

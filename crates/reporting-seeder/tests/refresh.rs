@@ -8,10 +8,6 @@ use std::sync::Arc;
 
 use common::*;
 
-async fn migrate(db: &TestDb) {
-    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
-}
-
 /// The action recorded for `table` in the last run.
 async fn action(db: &TestDb, table: &str) -> Option<String> {
     db.client()
@@ -28,7 +24,7 @@ async fn action(db: &TestDb, table: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_then_refresh_keeps_the_view_and_its_oid() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     let c = db.client().await;
     c.batch_execute(
         "CREATE TABLE public.src (id int); INSERT INTO public.src SELECT generate_series(1, 10)",
@@ -74,7 +70,7 @@ async fn create_then_refresh_keeps_the_view_and_its_oid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changed_query_is_rebuilt_keeping_indexes_grants_comment_and_owner() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     let c = db.client().await;
     let id = db
         .custom(
@@ -98,15 +94,11 @@ async fn changed_query_is_rebuilt_keeping_indexes_grants_comment_and_owner() {
     ))
     .await
     .unwrap();
-    c.execute(
-        "UPDATE reporting.seeder_custom_report_manifest SET query = $1 WHERE id = $2",
-        &[
-            &"SELECT i AS id, i * 10 AS score FROM generate_series(1, 7) i",
-            &(id as i32),
-        ],
+    db.set_query(
+        id,
+        "SELECT i AS id, i * 10 AS score FROM generate_series(1, 7) i",
     )
-    .await
-    .unwrap();
+    .await;
 
     let out = db.run(&["run", "refresh_all"], &[]).await;
     assert_exit(&out, 0);
@@ -181,22 +173,13 @@ async fn changed_query_is_rebuilt_keeping_indexes_grants_comment_and_owner() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_never_see_an_error_during_a_rebuild() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     let id = db
         .custom("reporting.live", "gotham", 1, "SELECT 1 AS version")
         .await;
     assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
-    db.client()
-        .await
-        .execute(
-            "UPDATE reporting.seeder_custom_report_manifest SET query = $1 WHERE id = $2",
-            &[
-                &"SELECT 2 AS version FROM (SELECT pg_sleep(1.5)) s",
-                &(id as i32),
-            ],
-        )
-        .await
-        .unwrap();
+    db.set_query(id, "SELECT 2 AS version FROM (SELECT pg_sleep(1.5)) s")
+        .await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicUsize::new(0));
@@ -239,7 +222,7 @@ async fn readers_never_see_an_error_during_a_rebuild() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrently_when_enabled_and_a_unique_index_allows_it() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     db.custom(
         "reporting.with_key",
         "gotham",
@@ -281,7 +264,7 @@ async fn concurrently_when_enabled_and_a_unique_index_allows_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_built_without_the_tool_is_adopted_once() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     let c = db.client().await;
     c.batch_execute("CREATE MATERIALIZED VIEW reporting.legacy AS SELECT 1 AS id")
         .await
@@ -307,7 +290,7 @@ async fn a_view_built_without_the_tool_is_adopted_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shared_canned_report_is_one_view_refreshed_once_per_run() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     db.canned(
         "reporting.shared",
         "SELECT 1 AS id",
@@ -347,7 +330,7 @@ async fn a_shared_canned_report_is_one_view_refreshed_once_per_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_and_selection_errors() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     db.custom("reporting.good", "gotham", 1, "SELECT 1 AS id")
         .await;
     let off = db
@@ -421,7 +404,7 @@ async fn exit_codes_and_selection_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_manifests_execute_nothing_and_the_rest_still_runs() {
     let db = TestDb::new().await;
-    migrate(&db).await;
+    db.migrate().await;
     let c = db.client().await;
     c.batch_execute(
         "CREATE TABLE reporting.victim (id int); CREATE TABLE reporting.taken (id int)",

@@ -24,7 +24,7 @@ async fn capture(db: &TestDb, args: &[&str], env: &[(&str, &str)]) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_across_a_release_is_reported_exactly() {
     let db = TestDb::new().await;
-    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    db.migrate().await;
     let id = db.custom("reporting.v", "gotham", 1, BEFORE).await;
     assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
     let first = capture(
@@ -59,14 +59,7 @@ async fn drift_across_a_release_is_reported_exactly() {
         json!({"name": "id", "type": "integer"})
     );
 
-    db.client()
-        .await
-        .execute(
-            "UPDATE reporting.seeder_custom_report_manifest SET query = $1 WHERE id = $2",
-            &[&AFTER, &(id as i32)],
-        )
-        .await
-        .unwrap();
+    db.set_query(id, AFTER).await;
     assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
     // The tag from the environment, as CI would give it.
     let second = capture(
@@ -186,7 +179,7 @@ async fn drift_across_a_release_is_reported_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_django_table_is_used_where_it_exists_and_sampling_is_recorded() {
     let db = TestDb::django().await;
-    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    db.migrate().await;
     let c = db.client().await;
     c.batch_execute(
         "INSERT INTO public.agency (id, name, address, subdomain, active, lms_integration_enabled)
@@ -224,7 +217,7 @@ async fn the_django_table_is_used_where_it_exists_and_sampling_is_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_arguments_exit_2() {
     let db = TestDb::new().await;
-    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    db.migrate().await;
     db.custom("reporting.v", "gotham", 1, "SELECT 1 AS id")
         .await;
     let cases: &[&[&str]] = &[

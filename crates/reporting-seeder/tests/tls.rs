@@ -64,7 +64,7 @@ async fn tool_uses_tls(db: &TestDb, database_url: &str) -> bool {
 async fn require_encrypts_and_disable_does_not() {
     let db = TestDb::new().await;
     server_certificate().await;
-    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    db.migrate().await;
     assert!(tool_uses_tls(&db, &url(&db, "127.0.0.1", "sslmode=require")).await);
     assert!(!tool_uses_tls(&db, &url(&db, "127.0.0.1", "sslmode=disable")).await);
     // DB_SSLMODE does the same for the DB_* variables.
@@ -146,7 +146,7 @@ async fn the_password_is_never_logged_even_at_debug_level() {
     let with_password = db.url.replacen("postgres@", "postgres:hunter2-Secret@", 1);
     let database_url = url(&db, "127.0.0.1", "sslmode=require");
     let database_url = database_url.replacen(&db.url, &with_password, 1);
-    assert_exit(&db.run(&["run", "migrate"], &[]).await, 0);
+    db.migrate().await;
     db.custom("reporting.v", "gotham", 1, "SELECT 1 AS id")
         .await;
     let out = db

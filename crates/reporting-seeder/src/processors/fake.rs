@@ -255,10 +255,6 @@ impl Session for FakeStore {
     fn canceller(&self) -> Option<Canceller> {
         None
     }
-    async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError> {
-        self.state().calls.push(("drop".into(), view.key()));
-        Ok(())
-    }
     async fn analyze_view(&mut self, _: Rel<'_>) -> Result<ViewStats, DbError> {
         Ok(ViewStats {
             rows: 1,

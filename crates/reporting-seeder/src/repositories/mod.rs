@@ -161,8 +161,6 @@ pub trait Session: Send {
     ) -> Result<Option<(StatementTotals, Option<StatementTotals>)>, DbError>;
     /// A handle that cancels this session's running statement on the server.
     fn canceller(&self) -> Option<Canceller>;
-    /// Drops a leftover temporary view (from an interrupted rebuild).
-    async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError>;
     /// `ANALYZE`, then the view's row estimate and size.
     async fn analyze_view(&mut self, view: Rel<'_>) -> Result<ViewStats, DbError>;
 }
@@ -344,9 +342,6 @@ impl Session for PgSession {
             managed,
         )
         .await
-    }
-    async fn drop_temp_view(&mut self, view: Rel<'_>) -> Result<(), DbError> {
-        views::drop_if_exists(&self.conn, view).await
     }
     async fn lock_run(&mut self, run_id: &str) -> Result<(), DbError> {
         locks::lock_run(&self.conn, run_id).await

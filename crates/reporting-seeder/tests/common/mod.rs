@@ -85,6 +85,23 @@ impl TestDb {
         c.output().await.unwrap()
     }
 
+    /// `run migrate`, which must succeed.
+    pub async fn migrate(&self) {
+        assert_exit(&self.run(&["run", "migrate"], &[]).await, 0);
+    }
+
+    /// Changes a custom manifest's query.
+    pub async fn set_query(&self, manifest_id: i64, query: &str) {
+        self.client()
+            .await
+            .execute(
+                "UPDATE reporting.seeder_custom_report_manifest SET query = $1 WHERE id = $2",
+                &[&query, &(manifest_id as i32)],
+            )
+            .await
+            .unwrap();
+    }
+
     pub async fn custom(&self, table: &str, slug: &str, agency_id: i64, query: &str) -> i64 {
         self.client()
             .await
