@@ -881,6 +881,65 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
     }.instrument(span)))
 }
 
+/// Gets a fresh session ready for a view: its `running` row first (whoever holds a view's lock
+/// has one, so a run that finds the lock taken can say which run holds it), then its lock, then
+/// the manifest's own timeouts. `Err` is the outcome to record instead of refreshing.
+async fn ready<C: Clock>(
+    shared: &Shared<C>,
+    view: &PlannedView,
+    session: &mut dyn Session,
+    history: &mut Option<HistoryId>,
+    guard: &mut TicketGuard<'_, C>,
+) -> Result<(), Outcome> {
+    let mut fail = |what: &str, e: DbError| {
+        guard.finish(&e);
+        failed(0, format!("could not {what}: {}", e.message))
+    };
+    if history.is_none() {
+        match session
+            .record_start(shared.routes, &shared.run_id, &view.record)
+            .await
+        {
+            Ok(id) => *history = Some(id),
+            Err(e) => return Err(fail("record the start", e)),
+        }
+    }
+    match session
+        .lock_view(&view.key, &shared.run_id, shared.settings.wait_for_locks)
+        .await
+    {
+        Ok(ViewLock::Acquired) => {}
+        Ok(ViewLock::Held(by)) => {
+            guard.record(BreakerOutcome::OwnError);
+            let by = by
+                .map(|r| format!("run {r}"))
+                .unwrap_or_else(|| "another run".to_string());
+            return Err(skipped(format!(
+                "locked by {by}: it is refreshing this view now"
+            )));
+        }
+        Ok(ViewLock::AlreadyDone(by)) => {
+            guard.record(BreakerOutcome::OwnError);
+            return Err(skipped(format!(
+                "already refreshed by run {by} since this run started"
+            )));
+        }
+        Err(e) => return Err(fail("take the view's lock", e)),
+    }
+    let own = view.timeouts;
+    if own.statement_ms.is_some() || own.lock_ms.is_some() {
+        if let Err(e) = session.set_timeouts(own.statement_ms, own.lock_ms).await {
+            // Nothing will run: give the lock back now, or it would stay with the pooled
+            // connection.
+            if let Err(unlock) = session.unlock_view(&view.key).await {
+                tracing::warn!(view = %view.key, error = %unlock, "could not release the view's lock");
+            }
+            return Err(fail("set the manifest's timeouts", e));
+        }
+    }
+    Ok(())
+}
+
 /// One view's work and where it stands.
 struct Attempted {
     outcome: Outcome,
@@ -948,65 +1007,13 @@ async fn refresh_with_retries<C: Clock>(
                     return done;
                 }
             };
-            // The `running` row first: whoever holds a view's lock has one, so a run that
-            // finds the lock taken can say which run holds it.
-            if done.history.is_none() {
-                match session
-                    .record_start(shared.routes, &shared.run_id, &view.record)
-                    .await
-                {
-                    Ok(id) => done.history = Some(id),
-                    Err(e) => {
-                        guard.finish(&e);
-                        done.outcome = failed(
-                            ms(began),
-                            format!("could not record the start: {}", e.message),
-                        );
-                        done.session = Some(session);
-                        return done;
+            match ready(shared, view, session.as_mut(), &mut done.history, guard).await {
+                Ok(()) => done.locked = true,
+                Err(mut failure) => {
+                    if failure.status == "error" {
+                        failure.duration_ms = ms(began);
                     }
-                }
-            }
-            match session
-                .lock_view(&view.key, &shared.run_id, settings.wait_for_locks)
-                .await
-            {
-                Ok(ViewLock::Acquired) => done.locked = true,
-                Ok(ViewLock::Held(by)) => {
-                    guard.record(BreakerOutcome::OwnError);
-                    let by = by
-                        .map(|r| format!("run {r}"))
-                        .unwrap_or_else(|| "another run".to_string());
-                    done.outcome =
-                        skipped(format!("locked by {by}: it is refreshing this view now"));
-                    done.session = Some(session);
-                    return done;
-                }
-                Ok(ViewLock::AlreadyDone(by)) => {
-                    guard.record(BreakerOutcome::OwnError);
-                    done.outcome = skipped(format!(
-                        "already refreshed by run {by} since this run started"
-                    ));
-                    done.session = Some(session);
-                    return done;
-                }
-                Err(e) => {
-                    guard.finish(&e);
-                    done.outcome = failed(
-                        ms(began),
-                        format!("could not take the view's lock: {}", e.message),
-                    );
-                    return done;
-                }
-            }
-            let own = view.timeouts;
-            if own.statement_ms.is_some() || own.lock_ms.is_some() {
-                if let Err(e) = session.set_timeouts(own.statement_ms, own.lock_ms).await {
-                    guard.finish(&e);
-                    done.outcome = failed(
-                        ms(began),
-                        format!("could not set the manifest's timeouts: {}", e.message),
-                    );
+                    done.outcome = failure;
                     done.session = Some(session);
                     return done;
                 }
