@@ -18,7 +18,8 @@ use super::refresh::{decide, perform, Action};
 use super::select::{self, SelectError};
 use super::validate::referenced_relations;
 use crate::repositories::{
-    HistoryId, HistoryRoutes, Outcome, Rel, RunCounts, Session, Store, ViewLock, ViewRecord,
+    BeginError, HistoryId, HistoryRoutes, Outcome, Rel, RunCounts, Session, Store, ViewLock,
+    ViewRecord,
 };
 
 /// What a run is allowed to do.
@@ -502,15 +503,21 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 "earlier runs ended without recording their outcome: their running views are marked abandoned"
             );
         }
+        let routes = main
+            .history_routes()
+            .await
+            .map_err(at("inspecting the history tables"))?;
         let prepared =
             prepare(main.as_mut(), selection, self.settings.refresh_concurrently).await?;
         if let Some(retried) = &prepared.retried_run {
             tracing::info!(retried_run = %retried, views = prepared.views.len(), "retrying the views that failed or were skipped");
         }
-        let routes = main
-            .history_routes()
-            .await
-            .map_err(at("inspecting the history tables"))?;
+        // The workers' connections open (and prepare their statements) while the run is
+        // recorded, rather than one after another as the first views start.
+        let warming = self.warm(
+            routes,
+            prepared.views.len().min(self.settings.max_workers.get()),
+        );
         let run_id = uuid::Uuid::new_v4().to_string();
         main.begin_run(&run_id, job, arguments)
             .await
@@ -534,6 +541,12 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             );
             None
         };
+        for warm in warming {
+            // A connection that could not open is reported by the view that asks for it next.
+            if let Ok(Err(e)) = warm.await {
+                tracing::debug!(error = %e, "could not open a worker's connection ahead of time");
+            }
+        }
         let priority = prepared.priority();
         let graph = prepared.graph.clone();
         let shared = Arc::new(Shared {
@@ -683,6 +696,23 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 .push(format!("could not record the end of the run: {e}"));
         }
         Ok(report)
+    }
+}
+
+impl<C: Clock + Clone + 'static> RunProcessor<C> {
+    /// Opens `n` sessions at once and gets each ready for views; they go back to the pool for
+    /// the workers.
+    fn warm(
+        &self,
+        routes: HistoryRoutes,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<(), DbError>>> {
+        (0..n)
+            .map(|_| {
+                let store = self.store.clone();
+                tokio::spawn(async move { store.session().await?.warm(routes).await })
+            })
+            .collect()
     }
 }
 
@@ -843,19 +873,18 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
             refresh_with_retries(&shared, view, name, action, &query, &hash, &mut guard).await;
         let recorded = match outcome.session.as_mut() {
             Some(session) => {
-                let written = session
-                    .record_finish(
+                let (written, unlocked) = session
+                    .end_view(
                         shared.routes,
                         &shared.run_id,
                         &view.record,
                         outcome.history,
                         &outcome.outcome,
+                        outcome.locked.then_some(view.key.as_str()),
                     )
                     .await;
-                if outcome.locked {
-                    if let Err(e) = session.unlock_view(&view.key).await {
-                        tracing::warn!(view = %view.key, error = %e, "could not release the view's lock; it goes with the connection");
-                    }
+                if let Err(e) = unlocked {
+                    tracing::warn!(view = %view.key, error = %e, "could not release the view's lock; it goes with the connection");
                 }
                 match written {
                     Ok(()) => true,
@@ -895,17 +924,15 @@ async fn ready<C: Clock>(
         guard.finish(&e);
         failed(0, format!("could not {what}: {}", e.message))
     };
-    if history.is_none() {
-        match session
-            .record_start(shared.routes, &shared.run_id, &view.record)
-            .await
-        {
-            Ok(id) => *history = Some(id),
-            Err(e) => return Err(fail("record the start", e)),
-        }
-    }
     match session
-        .lock_view(&view.key, &shared.run_id, shared.settings.wait_for_locks)
+        .begin_view(
+            shared.routes,
+            &shared.run_id,
+            &view.record,
+            history,
+            &view.key,
+            shared.settings.wait_for_locks,
+        )
         .await
     {
         Ok(ViewLock::Acquired) => {}
@@ -924,7 +951,8 @@ async fn ready<C: Clock>(
                 "already refreshed by run {by} since this run started"
             )));
         }
-        Err(e) => return Err(fail("take the view's lock", e)),
+        Err(BeginError::Start(e)) => return Err(fail("record the start", e)),
+        Err(BeginError::Lock(e)) => return Err(fail("take the view's lock", e)),
     }
     let own = view.timeouts;
     if own.statement_ms.is_some() || own.lock_ms.is_some() {

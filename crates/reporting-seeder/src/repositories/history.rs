@@ -153,15 +153,11 @@ pub async fn finish_run(
     Ok(())
 }
 
-pub async fn record_start(
-    client: &ClientWrapper,
-    routes: HistoryRoutes,
-    run_id: &str,
-    v: &ViewRecord,
-) -> Result<HistoryId, DbError> {
-    let (history, status) = routes.tables(v.report_type);
+/// The `running` row's insert for views of `report_type`.
+fn start_sql(routes: HistoryRoutes, report_type: ReportType) -> String {
+    let (history, status) = routes.tables(report_type);
     // Every NOT NULL column is named: Django-created tables have no database defaults.
-    let sql = format!(
+    format!(
         "INSERT INTO {history} (run_id, manifest_id, table_name, report_name, agency_id, agency_slug,
              report_type, status, start_time, records_processed, bytes_processed,
              consecutive_failures, created_at, updated_at)
@@ -169,7 +165,42 @@ pub async fn record_start(
              coalesce((SELECT consecutive_failures FROM {status} WHERE table_name = $3), 0),
              now(), now())
          RETURNING id::bigint"
+    )
+}
+
+/// Prepares the start and finish statements of both report types on this connection, all sent
+/// at once, so a worker's first view waits for none of them.
+pub async fn prepare_view_statements(
+    client: &ClientWrapper,
+    routes: HistoryRoutes,
+) -> Result<(), DbError> {
+    let (custom, canned) = (ReportType::Custom, ReportType::Canned);
+    let texts = [
+        start_sql(routes, custom),
+        finish_sql(routes, custom, true),
+        start_sql(routes, canned),
+        finish_sql(routes, canned, true),
+    ];
+    let (a, b, c, d) = tokio::join!(
+        client.prepare_cached(&texts[0]),
+        client.prepare_cached(&texts[1]),
+        client.prepare_cached(&texts[2]),
+        client.prepare_cached(&texts[3]),
     );
+    a?;
+    b?;
+    c?;
+    d?;
+    Ok(())
+}
+
+pub async fn record_start(
+    client: &ClientWrapper,
+    routes: HistoryRoutes,
+    run_id: &str,
+    v: &ViewRecord,
+) -> Result<HistoryId, DbError> {
+    let sql = start_sql(routes, v.report_type);
     // Prepared once per connection: the hot path runs it for every view.
     let statement = client.prepare_cached(&sql).await?;
     let row = client
@@ -189,17 +220,12 @@ pub async fn record_start(
     Ok(row.try_get(0)?)
 }
 
-pub async fn record_finish(
-    client: &ClientWrapper,
-    routes: HistoryRoutes,
-    run_id: &str,
-    v: &ViewRecord,
-    history_id: Option<HistoryId>,
-    o: &Outcome,
-) -> Result<(), DbError> {
-    let (history, status) = routes.tables(v.report_type);
-    let history_write = match history_id {
-        Some(_) => format!(
+/// The outcome's statement for views of `report_type`: it completes the `running` row when
+/// there is one (`has_row`), or inserts a whole row.
+fn finish_sql(routes: HistoryRoutes, report_type: ReportType, has_row: bool) -> String {
+    let (history, status) = routes.tables(report_type);
+    let history_write = if has_row {
+        format!(
             "UPDATE {history}
              SET status = $7, duration_seconds = $8,
                  -- Server time throughout, and the end of the work even when the row is
@@ -209,8 +235,9 @@ pub async fn record_finish(
                  updated_at = now()
              WHERE id = $12
              RETURNING id::bigint AS id, start_time, finish_time"
-        ),
-        None => format!(
+        )
+    } else {
+        format!(
             "INSERT INTO {history} (run_id, manifest_id, table_name, report_name, agency_id,
                  agency_slug, report_type, status, start_time, finish_time, duration_seconds,
                  records_processed, bytes_processed, errors, consecutive_failures, created_at,
@@ -219,10 +246,10 @@ pub async fn record_finish(
                  $11, (SELECT n FROM cf), now(), now()
              WHERE $12::bigint IS NULL
              RETURNING id::bigint AS id, start_time, finish_time"
-        ),
+        )
     };
     // consecutive_failures counts errors only: a skip leaves it as it was.
-    let sql = format!(
+    format!(
         "WITH prev AS (
              SELECT coalesce((SELECT consecutive_failures FROM {status} WHERE table_name = $3), 0) AS n
          ), cf AS (
@@ -262,7 +289,18 @@ pub async fn record_finish(
              shared_blks_written = EXCLUDED.shared_blks_written,
              temp_blks_written = EXCLUDED.temp_blks_written, pgss_queryid = EXCLUDED.pgss_queryid,
              pgss_totals = EXCLUDED.pgss_totals"
-    );
+    )
+}
+
+pub async fn record_finish(
+    client: &ClientWrapper,
+    routes: HistoryRoutes,
+    run_id: &str,
+    v: &ViewRecord,
+    history_id: Option<HistoryId>,
+    o: &Outcome,
+) -> Result<(), DbError> {
+    let sql = finish_sql(routes, v.report_type, history_id.is_some());
     // Whole seconds, rounded to nearest; milliseconds are in seeder_view_run.
     let seconds = i32::try_from(o.duration_ms.saturating_add(500) / 1000).unwrap_or(i32::MAX);
     let ms = i64::try_from(o.duration_ms).unwrap_or(i64::MAX);

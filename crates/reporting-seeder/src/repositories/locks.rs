@@ -4,6 +4,7 @@
 //! lock on its view. A run whose lock can be taken is dead; a view whose lock is held is being
 //! refreshed by someone else.
 
+use deadpool_postgres::ClientWrapper;
 use etl_core::DbError;
 use tokio_postgres::Client;
 
@@ -52,9 +53,15 @@ const HOLDER: &str = "
     ) r ORDER BY status = 'running' DESC, start_time DESC LIMIT 1";
 
 /// Takes the view's lock without waiting, or says who has it (or has just done the work).
-pub async fn try_lock_view(client: &Client, key: &str, run_id: &str) -> Result<ViewLock, DbError> {
+/// Statements are prepared once per connection: every view runs them.
+pub async fn try_lock_view(
+    client: &ClientWrapper,
+    key: &str,
+    run_id: &str,
+) -> Result<ViewLock, DbError> {
+    let statement = client.prepare_cached(TRY_VIEW).await?;
     let r = client
-        .query_one(TRY_VIEW, &[&VIEW_CLASS, &key, &run_id])
+        .query_one(&statement, &[&VIEW_CLASS, &key, &run_id])
         .await?;
     let got: bool = r.try_get(0)?;
     let done_by: Option<String> = r.try_get(1)?;
@@ -72,7 +79,11 @@ pub async fn try_lock_view(client: &Client, key: &str, run_id: &str) -> Result<V
 }
 
 /// Waits for the view's lock (`--wait-for-locks`), however long the other run takes.
-pub async fn wait_lock_view(client: &Client, key: &str, run_id: &str) -> Result<ViewLock, DbError> {
+pub async fn wait_lock_view(
+    client: &ClientWrapper,
+    key: &str,
+    run_id: &str,
+) -> Result<ViewLock, DbError> {
     client
         .batch_execute("SELECT set_config('lock_timeout', '0', false)")
         .await?;
@@ -98,13 +109,22 @@ pub async fn wait_lock_view(client: &Client, key: &str, run_id: &str) -> Result<
     }
 }
 
-pub async fn unlock_view(client: &Client, key: &str) -> Result<(), DbError> {
-    client
-        .execute(
-            "SELECT pg_advisory_unlock($1, hashtext($2))",
-            &[&VIEW_CLASS, &key],
-        )
-        .await?;
+const UNLOCK_VIEW: &str = "SELECT pg_advisory_unlock($1, hashtext($2))";
+
+pub async fn unlock_view(client: &ClientWrapper, key: &str) -> Result<(), DbError> {
+    let statement = client.prepare_cached(UNLOCK_VIEW).await?;
+    client.execute(&statement, &[&VIEW_CLASS, &key]).await?;
+    Ok(())
+}
+
+/// Prepares the statements every view runs, so a worker's first view waits for none of them.
+pub async fn prepare_view_statements(client: &ClientWrapper) -> Result<(), DbError> {
+    let (a, b) = tokio::join!(
+        client.prepare_cached(TRY_VIEW),
+        client.prepare_cached(UNLOCK_VIEW)
+    );
+    a?;
+    b?;
     Ok(())
 }
 
@@ -148,7 +168,7 @@ const TEMPORARIES: &str = "
 
 /// Marks the `running` rows of dead runs `abandoned` and drops the temporary views of rebuilds
 /// nobody is doing any more. Live runs (their lock is held) are left alone.
-pub async fn recover(client: &Client, own_run: Option<&str>) -> Result<Recovery, DbError> {
+pub async fn recover(client: &ClientWrapper, own_run: Option<&str>) -> Result<Recovery, DbError> {
     let mut out = Recovery::default();
     let running: Vec<String> = client
         .query(

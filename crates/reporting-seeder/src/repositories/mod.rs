@@ -163,6 +163,64 @@ pub trait Session: Send {
     fn canceller(&self) -> Option<Canceller>;
     /// `ANALYZE`, then the view's row estimate and size.
     async fn analyze_view(&mut self, view: Rel<'_>) -> Result<ViewStats, DbError>;
+
+    /// Gets a new connection ready for views: prepares the statements every view runs, so a
+    /// worker's first view does not wait for them.
+    async fn warm(&mut self, _routes: HistoryRoutes) -> Result<(), DbError> {
+        Ok(())
+    }
+
+    /// A view's `running` row (unless `history` already names it), then its lock. PostgreSQL
+    /// sessions send both at once: one round trip where there would be two. If the row cannot
+    /// be written, the lock is not kept.
+    async fn begin_view(
+        &mut self,
+        routes: HistoryRoutes,
+        run_id: &str,
+        view: &ViewRecord,
+        history: &mut Option<HistoryId>,
+        key: &str,
+        wait: bool,
+    ) -> Result<ViewLock, BeginError> {
+        if history.is_none() {
+            *history = Some(
+                self.record_start(routes, run_id, view)
+                    .await
+                    .map_err(BeginError::Start)?,
+            );
+        }
+        self.lock_view(key, run_id, wait)
+            .await
+            .map_err(BeginError::Lock)
+    }
+
+    /// A view's outcome, then its lock (`unlock`: the view's key) given back; PostgreSQL sessions
+    /// send both at once. Each result is its own: the lock goes even when the outcome cannot be written.
+    async fn end_view(
+        &mut self,
+        routes: HistoryRoutes,
+        run_id: &str,
+        view: &ViewRecord,
+        history: Option<HistoryId>,
+        outcome: &Outcome,
+        unlock: Option<&str>,
+    ) -> (Result<(), DbError>, Result<(), DbError>) {
+        let written = self
+            .record_finish(routes, run_id, view, history, outcome)
+            .await;
+        let unlocked = match unlock {
+            Some(key) => self.unlock_view(key).await,
+            None => Ok(()),
+        };
+        (written, unlocked)
+    }
+}
+
+/// Which half of [`Session::begin_view`] failed.
+#[derive(Debug)]
+pub enum BeginError {
+    Start(DbError),
+    Lock(DbError),
 }
 
 /// Opens sessions: one per worker.
@@ -363,6 +421,78 @@ impl Session for PgSession {
     }
     async fn unlock_view(&mut self, key: &str) -> Result<(), DbError> {
         locks::unlock_view(&self.conn, key).await
+    }
+    async fn warm(&mut self, routes: HistoryRoutes) -> Result<(), DbError> {
+        let (a, b, c) = tokio::join!(
+            history::prepare_view_statements(&self.conn, routes),
+            locks::prepare_view_statements(&self.conn),
+            views::prepare_view_statements(&self.conn),
+        );
+        a.and(b).and(c)
+    }
+    async fn begin_view(
+        &mut self,
+        routes: HistoryRoutes,
+        run_id: &str,
+        view: &ViewRecord,
+        history: &mut Option<HistoryId>,
+        key: &str,
+        wait: bool,
+    ) -> Result<ViewLock, BeginError> {
+        if wait || history.is_some() {
+            // Waiting takes several statements; a known row needs none.
+            if history.is_none() {
+                *history = Some(
+                    history::record_start(&self.conn, routes, run_id, view)
+                        .await
+                        .map_err(BeginError::Start)?,
+                );
+            }
+            return self
+                .lock_view(key, run_id, wait)
+                .await
+                .map_err(BeginError::Lock);
+        }
+        // Sent together and run in order: the row is in before the lock is taken.
+        let (started, locked) = tokio::join!(
+            history::record_start(&self.conn, routes, run_id, view),
+            locks::try_lock_view(&self.conn, key, run_id)
+        );
+        match started {
+            Ok(id) => {
+                *history = Some(id);
+                locked.map_err(BeginError::Lock)
+            }
+            Err(e) => {
+                if matches!(locked, Ok(ViewLock::Acquired)) {
+                    if let Err(unlock) = locks::unlock_view(&self.conn, key).await {
+                        tracing::warn!(view = %key, error = %unlock, "could not release the view's lock; it goes with the connection");
+                    }
+                }
+                Err(BeginError::Start(e))
+            }
+        }
+    }
+    async fn end_view(
+        &mut self,
+        routes: HistoryRoutes,
+        run_id: &str,
+        view: &ViewRecord,
+        history: Option<HistoryId>,
+        outcome: &Outcome,
+        unlock: Option<&str>,
+    ) -> (Result<(), DbError>, Result<(), DbError>) {
+        let conn = &self.conn;
+        let unlocked = async {
+            match unlock {
+                Some(key) => locks::unlock_view(conn, key).await,
+                None => Ok(()),
+            }
+        };
+        tokio::join!(
+            history::record_finish(conn, routes, run_id, view, history, outcome),
+            unlocked
+        )
     }
     async fn set_timeouts(
         &mut self,

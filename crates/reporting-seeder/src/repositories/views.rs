@@ -510,6 +510,12 @@ const STATS: &str = "
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = $1 AND c.relname = $2";
 
+/// Prepares the figures' statement, which every view runs after `ANALYZE`.
+pub async fn prepare_view_statements(client: &ClientWrapper) -> Result<(), DbError> {
+    client.prepare_cached(STATS).await?;
+    Ok(())
+}
+
 pub async fn analyze(client: &ClientWrapper, view: Rel<'_>) -> Result<ViewStats, DbError> {
     let statement = client.prepare_cached(STATS).await?;
     let analyze = format!("ANALYZE {}", view.quoted());
