@@ -59,6 +59,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             session.as_mut(),
             &selection,
             app.settings.run.refresh_concurrently,
+            |_| {},
         )
         .await
         .map_err(|e| match e {

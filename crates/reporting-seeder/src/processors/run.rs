@@ -163,12 +163,15 @@ impl Prepared {
 }
 
 /// Reads manifests and catalog, builds the dependency graph, applies the selection and decides
-/// each view's action. Changes nothing.
+/// each view's action. Changes nothing. `planned` hears how many views the run will hold as soon
+/// as that is known, before the catalog is read (a run opens its workers' connections then).
 pub async fn prepare(
     session: &mut dyn Session,
     selection: &Selection,
     refresh_concurrently: bool,
+    planned: impl FnOnce(usize) + Send,
 ) -> Result<Prepared, RunError> {
+    let mut planned_hook = Some(planned);
     let mut selection = selection.clone();
     let mut retried_run = None;
     if let Scope::Retry(run_id) = &selection.scope {
@@ -191,7 +194,14 @@ pub async fn prepare(
         .load_manifests()
         .await
         .map_err(at("reading the manifest tables"))?;
-    let planned = plan(&rows, &selection)?;
+    let planned_views = plan(&rows, &selection)?;
+    // Without --select/--exclude every planned view is in the run.
+    if selection.select.is_empty() && selection.exclude.is_empty() {
+        if let Some(tell) = planned_hook.take() {
+            tell(planned_views.views.len());
+        }
+    }
+    let planned = planned_views;
 
     let reads: Vec<_> = planned
         .views
@@ -242,6 +252,9 @@ pub async fn prepare(
     let deps = graph::build(&planned.views, &reads, &catalog, &search_path);
     let mask = select::apply(&planned, &deps, &selection.select, &selection.exclude)?;
     let keep: Vec<usize> = (0..planned.views.len()).filter(|&i| mask[i]).collect();
+    if let Some(tell) = planned_hook.take() {
+        tell(keep.len());
+    }
 
     let mut cycle_of: HashMap<usize, usize> = HashMap::new();
     let cycles: Vec<String> = deps
@@ -507,17 +520,20 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             .history_routes()
             .await
             .map_err(at("inspecting the history tables"))?;
-        let prepared =
-            prepare(main.as_mut(), selection, self.settings.refresh_concurrently).await?;
+        // The workers' connections open (and prepare their statements) while the catalog is
+        // read and the run recorded, rather than one after another as the first views start.
+        let mut warming = Vec::new();
+        let workers = self.settings.max_workers.get();
+        let prepared = prepare(
+            main.as_mut(),
+            selection,
+            self.settings.refresh_concurrently,
+            |views| warming = self.warm(routes, views.min(workers)),
+        )
+        .await?;
         if let Some(retried) = &prepared.retried_run {
             tracing::info!(retried_run = %retried, views = prepared.views.len(), "retrying the views that failed or were skipped");
         }
-        // The workers' connections open (and prepare their statements) while the run is
-        // recorded, rather than one after another as the first views start.
-        let warming = self.warm(
-            routes,
-            prepared.views.len().min(self.settings.max_workers.get()),
-        );
         let run_id = uuid::Uuid::new_v4().to_string();
         main.begin_run(&run_id, job, arguments)
             .await

@@ -32,6 +32,9 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
 const LOCK_KEY: i64 = 0x7273_6d69_6772_6174;
 
 pub async fn apply(client: &mut Client) -> Result<Vec<String>, DbError> {
+    if all_applied(client).await {
+        return Ok(Vec::new());
+    }
     client
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK_KEY])
         .await?;
@@ -43,6 +46,26 @@ pub async fn apply(client: &mut Client) -> Result<Vec<String>, DbError> {
     let applied = result?;
     unlock?;
     Ok(applied)
+}
+
+/// Whether every migration is recorded as applied: one round trip, no lock, the common case of
+/// every run after the first. Anything else (no table yet, no schema, no privilege) takes the
+/// locked path, which reports real errors.
+async fn all_applied(client: &Client) -> bool {
+    let Ok(messages) = client
+        .simple_query("SELECT version FROM reporting.seeder_schema_migrations")
+        .await
+    else {
+        return false;
+    };
+    let done: Vec<i32> = messages
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+            _ => None,
+        })
+        .collect();
+    MIGRATIONS.iter().all(|(v, _, _)| done.contains(v))
 }
 
 async fn apply_locked(client: &mut Client) -> Result<Vec<String>, DbError> {
