@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: measures `reporting-seeder` against the database's own floor — the same
-//! CREATE / REFRESH statements sent by `psql` in one session and in 8 parallel sessions — and,
-//! for the sleepy workloads, against the schedule's lower bound. Writes `BENCHMARKS.md`.
+//! CREATE / REFRESH statements sent by `psql` in one session and in 8 parallel sessions (whole
+//! processes, and the statements alone once the sessions are connected) — and, for the sleepy
+//! workloads, against the schedule's lower bound. Writes `BENCHMARKS.md`.
 //!
 //! Never part of the test suite: it takes minutes and its figures depend on the machine.
 
@@ -358,6 +359,8 @@ struct Row {
     tool: Sample,
     psql1_ms: Option<f64>,
     psql8_ms: Option<f64>,
+    /// The statements alone in 8 sessions whose connections are already open, started together.
+    db8_ms: Option<f64>,
     bound_ms: Option<f64>,
     views: usize,
     /// (what the ratio is against, ratio, target)
@@ -395,6 +398,7 @@ async fn startup(ctx: &Ctx) -> Result<(Vec<Row>, String)> {
             tool,
             psql1_ms: None,
             psql8_ms: None,
+            db8_ms: None,
             bound_ms: None,
             views: 0,
             overhead_ms: None,
@@ -465,6 +469,50 @@ fn psql_sessions(ctx: &Ctx, url: &str, files: &[PathBuf]) -> Result<f64> {
     Ok(started.elapsed().as_secs_f64() * 1e3)
 }
 
+/// The database's own floor for `files` in parallel sessions: each session connects, waits for a
+/// common start a second ahead, runs its statements and reads the clock. Returns the time from
+/// that start to the last session's end, so connection set-up and psql's own start-up are out.
+async fn statements_only(ctx: &Ctx, url: &str, files: &[PathBuf]) -> Result<f64> {
+    let start: f64 = connect(url)
+        .await?
+        .query_one(
+            "SELECT extract(epoch FROM clock_timestamp() + interval '1 second')::float8",
+            &[],
+        )
+        .await?
+        .get(0);
+    let children: Vec<_> = files
+        .iter()
+        .map(|f| {
+            Command::new(&ctx.psql)
+                .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", url])
+                // -c takes no psql variables; the start is a number this function made.
+                .arg("-c")
+                .arg(format!("SELECT pg_sleep_until(to_timestamp({start:.6}))"))
+                .arg("-f")
+                .arg(f)
+                .args(["-c", "SELECT extract(epoch FROM clock_timestamp())::float8"])
+                .stdout(Stdio::piped())
+                .spawn()
+        })
+        .collect::<Result<_, _>>()?;
+    let mut last = start;
+    for c in children {
+        let out = c.wait_with_output()?;
+        if !out.status.success() {
+            bail!("psql failed");
+        }
+        let end: f64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .and_then(|l| l.trim().parse().ok())
+            .context("psql printed no end time")?;
+        last = last.max(end);
+    }
+    Ok((last - start) * 1e3)
+}
+
 fn write_sql(ctx: &Ctx, w: &Workload, kind: &str, sessions: usize) -> Result<Vec<PathBuf>> {
     let mut texts = vec![String::new(); sessions];
     for (i, (table, query, _, _)) in w.views.iter().enumerate() {
@@ -517,6 +565,7 @@ async fn workload(ctx: &Ctx, w: &Workload) -> Result<Vec<Row>> {
 
     let (mut tb, mut tr, mut p1b, mut p1r, mut p8b, mut p8r) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut d8b, mut d8r) = (vec![], vec![]);
     for run in 0..ctx.runs {
         eprintln!("bench:   {} run {}/{}", w.name, run + 1, ctx.runs);
         reset_views(&db.url).await?;
@@ -528,6 +577,9 @@ async fn workload(ctx: &Ctx, w: &Workload) -> Result<Vec<Row>> {
         reset_views(&db.url).await?;
         p8b.push(psql_sessions(ctx, &db.url, &create8)?);
         p8r.push(psql_sessions(ctx, &db.url, &refresh8)?);
+        reset_views(&db.url).await?;
+        d8b.push(statements_only(ctx, &db.url, &create8).await?);
+        d8r.push(statements_only(ctx, &db.url, &refresh8).await?);
     }
     db.drop_db().await?;
 
@@ -537,9 +589,10 @@ async fn workload(ctx: &Ctx, w: &Workload) -> Result<Vec<Row>> {
         longest.max(total / WORKERS as f64) * 1e3
     });
     let n = w.views.len();
-    let row = |phase: &str, tool: &[Sample], p1: &[f64], p8: &[f64]| {
+    let row = |phase: &str, tool: &[Sample], p1: &[f64], p8: &[f64], d8: &[f64]| {
         let tool = med(tool);
         let (psql1, psql8) = (median(p1.to_vec()), median(p8.to_vec()));
+        let db8 = median(d8.to_vec());
         let floor = psql1.min(psql8);
         let refresh = phase == "refresh";
         let verdict = match (w.name, refresh) {
@@ -579,6 +632,7 @@ async fn workload(ctx: &Ctx, w: &Workload) -> Result<Vec<Row>> {
             tool,
             psql1_ms: Some(psql1),
             psql8_ms: Some(psql8),
+            db8_ms: Some(db8),
             bound_ms: bound,
             views: n,
             verdict,
@@ -587,8 +641,8 @@ async fn workload(ctx: &Ctx, w: &Workload) -> Result<Vec<Row>> {
         }
     };
     Ok(vec![
-        row("first build", &tb, &p1b, &p8b),
-        row("refresh", &tr, &p1r, &p8r),
+        row("first build", &tb, &p1b, &p8b, &d8b),
+        row("refresh", &tr, &p1r, &p8r, &d8r),
     ])
 }
 
@@ -604,9 +658,12 @@ fn render(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| workload | phase | tool wall | psql 1 session | psql 8 sessions | lower bound | tool / psql 1 | tool / psql 8 | overhead per view | tool CPU | tool peak RSS | target | verdict |"
+        "| workload | phase | tool wall | psql 1 session | psql 8 sessions | statements only, 8 sessions | lower bound | tool / psql 1 | tool / psql 8 | tool / statements only | overhead per view | tool CPU | tool peak RSS | target | verdict |"
     );
-    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        out,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     for r in rows {
         let opt = |v: Option<f64>| v.map(secs).unwrap_or_else(|| "–".into());
         let ratio = |v: Option<f64>| {
@@ -645,15 +702,17 @@ fn render(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} MiB | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.1} MiB | {} | {} |",
             r.workload,
             r.phase,
             secs(r.tool.wall_ms),
             opt(r.psql1_ms),
             opt(r.psql8_ms),
+            opt(r.db8_ms),
             opt(r.bound_ms),
             ratio(r.psql1_ms),
             ratio(r.psql8_ms),
+            ratio(r.db8_ms),
             r.overhead_ms
                 .filter(|_| r.views > 0)
                 .map(|o| format!("{o:.3} ms"))
