@@ -521,7 +521,8 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             .await
             .map_err(at("inspecting the history tables"))?;
         // The workers' connections open (and prepare their statements) while the catalog is
-        // read and the run recorded, rather than one after another as the first views start.
+        // read and the run recorded, rather than one after another as the first views start;
+        // each goes back to the pool ready, where the next worker to ask takes it.
         let mut warming = Vec::new();
         let workers = self.settings.max_workers.get();
         let prepared = prepare(
@@ -557,12 +558,6 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             );
             None
         };
-        for warm in warming {
-            // A connection that could not open is reported by the view that asks for it next.
-            if let Ok(Err(e)) = warm.await {
-                tracing::debug!(error = %e, "could not open a worker's connection ahead of time");
-            }
-        }
         let priority = prepared.priority();
         let graph = prepared.graph.clone();
         let shared = Arc::new(Shared {
@@ -623,6 +618,14 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         .instrument(run_span)
         .await;
         self.progress.end();
+        // Long done by now: the workers did not wait for them, they took each connection from
+        // the pool as it came back ready.
+        for warm in warming {
+            // A connection that could not open was reported by the view that asked for it.
+            if let Ok(Err(e)) = warm.await {
+                tracing::debug!(error = %e, "could not open a worker's connection ahead of time");
+            }
+        }
 
         // Whatever a worker could not record (skips, failures to connect, panics) is recorded
         // here, so every view ends with exactly one history row.
