@@ -163,15 +163,16 @@ impl Prepared {
 }
 
 /// Reads manifests and catalog, builds the dependency graph, applies the selection and decides
-/// each view's action. Changes nothing. `planned` hears how many views the run will hold as soon
-/// as that is known, before the catalog is read (a run opens its workers' connections then).
+/// each view's action. Changes nothing. `on_count` hears, once, how many views the run will hold
+/// as soon as that is known, before the catalog is read (a run opens its workers' connections
+/// then).
 pub async fn prepare(
     session: &mut dyn Session,
     selection: &Selection,
     refresh_concurrently: bool,
-    planned: impl FnOnce(usize) + Send,
+    on_count: impl FnOnce(usize) + Send,
 ) -> Result<Prepared, RunError> {
-    let mut planned_hook = Some(planned);
+    let mut on_count = Some(on_count);
     let mut selection = selection.clone();
     let mut retried_run = None;
     if let Scope::Retry(run_id) = &selection.scope {
@@ -194,14 +195,14 @@ pub async fn prepare(
         .load_manifests()
         .await
         .map_err(at("reading the manifest tables"))?;
-    let planned_views = plan(&rows, &selection)?;
-    // Without --select/--exclude every planned view is in the run.
+    let planned = plan(&rows, &selection)?;
+    // Without --select/--exclude every planned view is in the run; with them, the count waits
+    // for the dependency graph.
     if selection.select.is_empty() && selection.exclude.is_empty() {
-        if let Some(tell) = planned_hook.take() {
-            tell(planned_views.views.len());
+        if let Some(tell) = on_count.take() {
+            tell(planned.views.len());
         }
     }
-    let planned = planned_views;
 
     let reads: Vec<_> = planned
         .views
@@ -252,7 +253,7 @@ pub async fn prepare(
     let deps = graph::build(&planned.views, &reads, &catalog, &search_path);
     let mask = select::apply(&planned, &deps, &selection.select, &selection.exclude)?;
     let keep: Vec<usize> = (0..planned.views.len()).filter(|&i| mask[i]).collect();
-    if let Some(tell) = planned_hook.take() {
+    if let Some(tell) = on_count.take() {
         tell(keep.len());
     }
 
@@ -493,6 +494,21 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         self
     }
 
+    /// Opens `n` sessions at once and gets each ready for views; they go back to the pool for
+    /// the workers.
+    fn warm(
+        &self,
+        routes: HistoryRoutes,
+        n: usize,
+    ) -> Vec<tokio::task::JoinHandle<Result<(), DbError>>> {
+        (0..n)
+            .map(|_| {
+                let store = self.store.clone();
+                tokio::spawn(async move { store.session().await?.warm(routes).await })
+            })
+            .collect()
+    }
+
     /// Migrates, prepares `selection`, refreshes every selected view in dependency order and
     /// records each outcome.
     pub async fn run(
@@ -715,23 +731,6 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 .push(format!("could not record the end of the run: {e}"));
         }
         Ok(report)
-    }
-}
-
-impl<C: Clock + Clone + 'static> RunProcessor<C> {
-    /// Opens `n` sessions at once and gets each ready for views; they go back to the pool for
-    /// the workers.
-    fn warm(
-        &self,
-        routes: HistoryRoutes,
-        n: usize,
-    ) -> Vec<tokio::task::JoinHandle<Result<(), DbError>>> {
-        (0..n)
-            .map(|_| {
-                let store = self.store.clone();
-                tokio::spawn(async move { store.session().await?.warm(routes).await })
-            })
-            .collect()
     }
 }
 
@@ -1309,6 +1308,37 @@ mod tests {
             .iter()
             .map(|v| (v.key.as_str(), v.outcome.status))
             .collect()
+    }
+
+    #[tokio::test]
+    async fn prepare_tells_how_many_views_the_run_holds_once() {
+        let s = store(vec![
+            manifest(1, "s.a", "SELECT 1"),
+            manifest(2, "s.b", "SELECT 1"),
+            manifest(3, "s.c", "SELECT 1"),
+        ]);
+        let count = |selection: Selection| {
+            let s = s.clone();
+            async move {
+                let mut session = s.session().await.unwrap();
+                let mut told = Vec::new();
+                prepare(session.as_mut(), &selection, false, |n| told.push(n))
+                    .await
+                    .unwrap();
+                told
+            }
+        };
+        assert_eq!(count(Selection::default()).await, vec![3]);
+        let only_b = Selection {
+            select: vec!["table:s.b".parse().unwrap()],
+            ..Selection::default()
+        };
+        assert_eq!(count(only_b).await, vec![1]);
+        let not_a = Selection {
+            exclude: vec!["table:s.a".parse().unwrap()],
+            ..Selection::default()
+        };
+        assert_eq!(count(not_a).await, vec![2]);
     }
 
     #[tokio::test]
