@@ -66,7 +66,15 @@ pub struct TlsSettings {
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    // A client sends a key share for its first group only. PostgreSQL accepts only the curve in
+    // `ssl_ecdh_curve`, prime256v1 by default, so leading with X25519 (rustls' default) makes
+    // every handshake a HelloRetryRequest: a second ClientHello, another round trip and a key
+    // made for nothing. P-256 goes first; the other groups stay on offer.
+    provider
+        .kx_groups
+        .sort_by_key(|g| g.name() != rustls::NamedGroup::secp256r1);
+    Arc::new(provider)
 }
 
 fn roots(path: &Path) -> Result<RootCertStore, String> {
@@ -213,6 +221,16 @@ impl ServerCertVerifier for ChainOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_key_share_is_the_curve_postgresql_accepts_by_default() {
+        let groups: Vec<_> = provider().kx_groups.iter().map(|g| g.name()).collect();
+        assert_eq!(groups.first(), Some(&rustls::NamedGroup::secp256r1));
+        assert!(
+            groups.contains(&rustls::NamedGroup::X25519),
+            "the other groups stay on offer: {groups:?}"
+        );
+    }
 
     #[test]
     fn sslmodes_parse_and_map_to_the_transport() {
