@@ -170,6 +170,26 @@ fn start_sql(routes: HistoryRoutes, report_type: ReportType) -> String {
 
 /// Prepares the start and finish statements of both report types on this connection, all sent
 /// at once, so a worker's first view waits for none of them.
+/// Prepares (or finds prepared) the statements one view's start and outcome use. Sessions that
+/// pipeline them with the lock's call this first, so the statements go out in the order they
+/// are sent: a statement still being prepared would otherwise run after the lock's.
+pub async fn prepare_view_pair(
+    client: &ClientWrapper,
+    routes: HistoryRoutes,
+    report_type: ReportType,
+    has_row: bool,
+) -> Result<(), DbError> {
+    let start = start_sql(routes, report_type);
+    let finish = finish_sql(routes, report_type, has_row);
+    let (a, b) = tokio::join!(
+        client.prepare_cached(&start),
+        client.prepare_cached(&finish)
+    );
+    a?;
+    b?;
+    Ok(())
+}
+
 pub async fn prepare_view_statements(
     client: &ClientWrapper,
     routes: HistoryRoutes,

@@ -453,7 +453,14 @@ impl Session for PgSession {
                 .await
                 .map_err(BeginError::Lock);
         }
-        // Sent together and run in order: the row is in before the lock is taken.
+        // Sent together and run in order: the row is in before the lock is taken. Both
+        // statements are prepared first (found in the connection's cache after its first view),
+        // so neither is still being prepared when the other is sent. A failure here is the
+        // start's own and is reported by it.
+        let (_, _) = tokio::join!(
+            history::prepare_view_pair(&self.conn, routes, view.report_type, true),
+            locks::prepare_view_statements(&self.conn)
+        );
         let (started, locked) = tokio::join!(
             history::record_start(&self.conn, routes, run_id, view),
             locks::try_lock_view(&self.conn, key, run_id)
@@ -483,6 +490,11 @@ impl Session for PgSession {
         unlock: Option<&str>,
     ) -> (Result<(), DbError>, Result<(), DbError>) {
         let conn = &self.conn;
+        // Prepared first, as in begin_view, so the outcome is written before the lock goes.
+        let (_, _) = tokio::join!(
+            history::prepare_view_pair(conn, routes, view.report_type, history.is_some()),
+            locks::prepare_view_statements(conn)
+        );
         let unlocked = async {
             match unlock {
                 Some(key) => locks::unlock_view(conn, key).await,
