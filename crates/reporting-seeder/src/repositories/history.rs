@@ -168,8 +168,6 @@ fn start_sql(routes: HistoryRoutes, report_type: ReportType) -> String {
     )
 }
 
-/// Prepares the start and finish statements of both report types on this connection, all sent
-/// at once, so a worker's first view waits for none of them.
 /// Prepares (or finds prepared) the statements one view's start and outcome use. Sessions that
 /// pipeline them with the lock's call this first, so the statements go out in the order they
 /// are sent: a statement still being prepared would otherwise run after the lock's.
@@ -190,28 +188,17 @@ pub async fn prepare_view_pair(
     Ok(())
 }
 
+/// Prepares the start and finish statements of both report types on this connection, all sent
+/// at once, so a worker's first view waits for none of them.
 pub async fn prepare_view_statements(
     client: &ClientWrapper,
     routes: HistoryRoutes,
 ) -> Result<(), DbError> {
-    let (custom, canned) = (ReportType::Custom, ReportType::Canned);
-    let texts = [
-        start_sql(routes, custom),
-        finish_sql(routes, custom, true),
-        start_sql(routes, canned),
-        finish_sql(routes, canned, true),
-    ];
-    let (a, b, c, d) = tokio::join!(
-        client.prepare_cached(&texts[0]),
-        client.prepare_cached(&texts[1]),
-        client.prepare_cached(&texts[2]),
-        client.prepare_cached(&texts[3]),
+    let (custom, canned) = tokio::join!(
+        prepare_view_pair(client, routes, ReportType::Custom, true),
+        prepare_view_pair(client, routes, ReportType::Canned, true),
     );
-    a?;
-    b?;
-    c?;
-    d?;
-    Ok(())
+    custom.and(canned)
 }
 
 pub async fn record_start(

@@ -182,16 +182,7 @@ pub trait Session: Send {
         key: &str,
         wait: bool,
     ) -> Result<ViewLock, BeginError> {
-        if history.is_none() {
-            *history = Some(
-                self.record_start(routes, run_id, view)
-                    .await
-                    .map_err(BeginError::Start)?,
-            );
-        }
-        self.lock_view(key, run_id, wait)
-            .await
-            .map_err(BeginError::Lock)
+        begin_view_in_turn(self, routes, run_id, view, history, key, wait).await
     }
 
     /// A view's outcome, then its lock (`unlock`: the view's key) given back; PostgreSQL sessions
@@ -214,6 +205,30 @@ pub trait Session: Send {
         };
         (written, unlocked)
     }
+}
+
+/// [`Session::begin_view`] one statement after the other: the row (unless known), then the lock.
+async fn begin_view_in_turn<S: Session + ?Sized>(
+    session: &mut S,
+    routes: HistoryRoutes,
+    run_id: &str,
+    view: &ViewRecord,
+    history: &mut Option<HistoryId>,
+    key: &str,
+    wait: bool,
+) -> Result<ViewLock, BeginError> {
+    if history.is_none() {
+        *history = Some(
+            session
+                .record_start(routes, run_id, view)
+                .await
+                .map_err(BeginError::Start)?,
+        );
+    }
+    session
+        .lock_view(key, run_id, wait)
+        .await
+        .map_err(BeginError::Lock)
 }
 
 /// Which half of [`Session::begin_view`] failed.
@@ -441,17 +456,7 @@ impl Session for PgSession {
     ) -> Result<ViewLock, BeginError> {
         if wait || history.is_some() {
             // Waiting takes several statements; a known row needs none.
-            if history.is_none() {
-                *history = Some(
-                    history::record_start(&self.conn, routes, run_id, view)
-                        .await
-                        .map_err(BeginError::Start)?,
-                );
-            }
-            return self
-                .lock_view(key, run_id, wait)
-                .await
-                .map_err(BeginError::Lock);
+            return begin_view_in_turn(self, routes, run_id, view, history, key, wait).await;
         }
         // Sent together and run in order: the row is in before the lock is taken. Both
         // statements are prepared first (found in the connection's cache after its first view),
