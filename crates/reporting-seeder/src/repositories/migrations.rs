@@ -52,20 +52,23 @@ pub async fn apply(client: &mut Client) -> Result<Vec<String>, DbError> {
 /// every run after the first. Anything else (no table yet, no schema, no privilege) takes the
 /// locked path, which reports real errors.
 async fn all_applied(client: &Client) -> bool {
-    let Ok(messages) = client
-        .simple_query("SELECT version FROM reporting.seeder_schema_migrations")
+    applied_versions(client)
         .await
-    else {
-        return false;
-    };
-    let done: Vec<i32> = messages
+        .is_ok_and(|done| MIGRATIONS.iter().all(|(v, _, _)| done.contains(v)))
+}
+
+/// The versions recorded as applied, in one round trip.
+async fn applied_versions(client: &Client) -> Result<Vec<i32>, DbError> {
+    let messages = client
+        .simple_query("SELECT version FROM reporting.seeder_schema_migrations")
+        .await?;
+    Ok(messages
         .iter()
         .filter_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
             _ => None,
         })
-        .collect();
-    MIGRATIONS.iter().all(|(v, _, _)| done.contains(v))
+        .collect())
 }
 
 async fn apply_locked(client: &mut Client) -> Result<Vec<String>, DbError> {
@@ -92,15 +95,7 @@ async fn apply_locked(client: &mut Client) -> Result<Vec<String>, DbError> {
             )",
         )
         .await?;
-    let done: Vec<i32> = client
-        .query(
-            "SELECT version FROM reporting.seeder_schema_migrations",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| r.try_get(0))
-        .collect::<Result<_, _>>()?;
+    let done = applied_versions(client).await?;
     let mut applied = Vec::new();
     for (version, name, sql) in MIGRATIONS {
         if done.contains(version) {
