@@ -18,8 +18,8 @@ use super::refresh::{decide, perform, Action};
 use super::select::{self, SelectError};
 use super::validate::referenced_relations;
 use crate::repositories::{
-    BeginError, HistoryId, HistoryRoutes, Outcome, Rel, RunCounts, Session, Store, ViewLock,
-    ViewRecord,
+    BeginError, CatalogPart, CatalogRead, HistoryId, HistoryRoutes, Outcome, Rel, RunCounts,
+    Session, StartRunError, Store, ViewLock, ViewRecord,
 };
 
 /// What a run is allowed to do.
@@ -223,10 +223,22 @@ pub async fn prepare(
             ViewPlan::Invalid(_) => None,
         })
         .collect();
-    let states = session
-        .inspect(&names)
-        .await
-        .map_err(at("inspecting the views"))?;
+    // Every view's recent durations are read with the rest, before the selection narrows the
+    // run: one round trip for all four reads.
+    let all_keys: Vec<String> = planned.views.iter().map(|v| v.key.clone()).collect();
+    let CatalogRead {
+        states,
+        dependencies,
+        search_path,
+        recent_ms: recent,
+    } = session.read_catalog(&names, &all_keys).await.map_err(|e| {
+        at(match e.what {
+            CatalogPart::Views => "inspecting the views",
+            CatalogPart::Dependencies => "reading dependencies between views",
+            CatalogPart::SearchPath => "reading the search path",
+            CatalogPart::RecentDurations => "reading recent durations",
+        })(e.error)
+    })?;
     let hashes: HashMap<&str, &str> = planned
         .views
         .iter()
@@ -236,20 +248,13 @@ pub async fn prepare(
         })
         .collect();
     // The catalog's dependencies hold only for views built from their current query.
-    let catalog: Vec<(String, String)> = session
-        .view_dependencies()
-        .await
-        .map_err(at("reading dependencies between views"))?
+    let catalog: Vec<(String, String)> = dependencies
         .into_iter()
         .filter(|(reader, _)| {
             states.get(reader).and_then(|s| s.stored_hash.as_deref())
                 == hashes.get(reader.as_str()).copied()
         })
         .collect();
-    let search_path = session
-        .search_path()
-        .await
-        .map_err(at("reading the search path"))?;
     let deps = graph::build(&planned.views, &reads, &catalog, &search_path);
     let mask = select::apply(&planned, &deps, &selection.select, &selection.exclude)?;
     let keep: Vec<usize> = (0..planned.views.len()).filter(|&i| mask[i]).collect();
@@ -323,10 +328,6 @@ pub async fn prepare(
         .collect();
 
     let keys: Vec<String> = views.iter().map(|v| v.key.clone()).collect();
-    let recent = session
-        .recent_durations(&keys)
-        .await
-        .map_err(at("reading recent durations"))?;
     let (expected_ms, expected_known) = expected(&keys, &recent);
     Ok(Prepared {
         views,
@@ -552,12 +553,12 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             tracing::info!(retried_run = %retried, views = prepared.views.len(), "retrying the views that failed or were skipped");
         }
         let run_id = uuid::Uuid::new_v4().to_string();
-        main.begin_run(&run_id, job, arguments)
+        main.start_run(&run_id, job, arguments)
             .await
-            .map_err(at("recording the run"))?;
-        main.lock_run(&run_id)
-            .await
-            .map_err(at("locking the run"))?;
+            .map_err(|e| match e {
+                StartRunError::Record(e) => at("recording the run")(e),
+                StartRunError::Lock(e) => at("locking the run")(e),
+            })?;
         tracing::info!(run_id = %run_id, views = prepared.views.len(), workers = self.settings.max_workers.get(), "run started");
 
         let statements = if main.statements_available().await {

@@ -170,12 +170,16 @@ const TEMPORARIES: &str = "
 /// nobody is doing any more. Live runs (their lock is held) are left alone.
 pub async fn recover(client: &ClientWrapper, own_run: Option<&str>) -> Result<Recovery, DbError> {
     let mut out = Recovery::default();
-    let running: Vec<String> = client
-        .query(
+    // Both reads sent at once; neither depends on what the other finds.
+    let (running, temporaries) = tokio::join!(
+        client.query(
             "SELECT run_id FROM reporting.seeder_run WHERE status = 'running'",
             &[],
-        )
-        .await?
+        ),
+        client.query(TEMPORARIES, &[])
+    );
+    let (running, temporaries) = (running?, temporaries?);
+    let running: Vec<String> = running
         .iter()
         .map(|r| r.try_get(0))
         .collect::<Result<_, _>>()?;
@@ -192,7 +196,7 @@ pub async fn recover(client: &ClientWrapper, own_run: Option<&str>) -> Result<Re
             out.abandoned_runs.push(run.clone());
         }
     }
-    for r in client.query(TEMPORARIES, &[]).await? {
+    for r in temporaries {
         let schema: String = r.try_get(0)?;
         let temp: String = r.try_get(1)?;
         let temp_key = format!("{schema}.{temp}");

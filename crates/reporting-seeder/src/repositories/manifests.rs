@@ -57,8 +57,11 @@ const CANNED: &str = "
 
 /// Every manifest row, enabled or not (the caller tells "disabled" from "unknown").
 pub async fn load(client: &Client) -> Result<Vec<ManifestRow>, DbError> {
-    let mut rows = Vec::new();
-    for r in client.query(CUSTOM, &[]).await? {
+    // Both sent at once: one round trip where there would be two.
+    let (custom, canned) = tokio::join!(client.query(CUSTOM, &[]), client.query(CANNED, &[]));
+    let (custom, canned) = (custom?, canned?);
+    let mut rows = Vec::with_capacity(custom.len() + canned.len());
+    for r in custom {
         rows.push(ManifestRow {
             report_type: ReportType::Custom,
             manifest_id: r.try_get(0)?,
@@ -73,7 +76,7 @@ pub async fn load(client: &Client) -> Result<Vec<ManifestRow>, DbError> {
             lock_timeout: r.try_get(8)?,
         });
     }
-    for r in client.query(CANNED, &[]).await? {
+    for r in canned {
         rows.push(ManifestRow {
             report_type: ReportType::Canned,
             manifest_id: r.try_get(0)?,

@@ -164,6 +164,46 @@ pub trait Session: Send {
     /// `ANALYZE`, then the view's row estimate and size.
     async fn analyze_view(&mut self, view: Rel<'_>) -> Result<ViewStats, DbError>;
 
+    /// Everything a run reads of the catalog before it starts: the views' states, the
+    /// dependencies between materialized views, the search path and the recent durations of
+    /// `keys`. PostgreSQL sessions send the four queries at once. An error says which read failed.
+    async fn read_catalog(
+        &mut self,
+        views: &[Rel<'_>],
+        keys: &[String],
+    ) -> Result<CatalogRead, CatalogError> {
+        let err = |what: CatalogPart| move |error| CatalogError { what, error };
+        Ok(CatalogRead {
+            states: self.inspect(views).await.map_err(err(CatalogPart::Views))?,
+            dependencies: self
+                .view_dependencies()
+                .await
+                .map_err(err(CatalogPart::Dependencies))?,
+            search_path: self
+                .search_path()
+                .await
+                .map_err(err(CatalogPart::SearchPath))?,
+            recent_ms: self
+                .recent_durations(keys)
+                .await
+                .map_err(err(CatalogPart::RecentDurations))?,
+        })
+    }
+
+    /// Records the run (its `running` row), then takes its lock for the life of this session.
+    /// PostgreSQL sessions send both at once. An error says which failed.
+    async fn start_run(
+        &mut self,
+        run_id: &str,
+        job: &str,
+        arguments: &str,
+    ) -> Result<(), StartRunError> {
+        self.begin_run(run_id, job, arguments)
+            .await
+            .map_err(StartRunError::Record)?;
+        self.lock_run(run_id).await.map_err(StartRunError::Lock)
+    }
+
     /// Gets a new connection ready for views: prepares the statements every view runs, so a
     /// worker's first view does not wait for them.
     async fn warm(&mut self, _routes: HistoryRoutes) -> Result<(), DbError> {
@@ -229,6 +269,41 @@ async fn begin_view_in_turn<S: Session + ?Sized>(
         .lock_view(key, run_id, wait)
         .await
         .map_err(BeginError::Lock)
+}
+
+/// What [`Session::read_catalog`] reads.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogRead {
+    /// Each view's state, by `schema.name`.
+    pub states: HashMap<String, ViewState>,
+    /// (reader, read) pairs of materialized views from `pg_depend`.
+    pub dependencies: Vec<(String, String)>,
+    /// The schemas the session resolves unqualified names in, in order.
+    pub search_path: Vec<String>,
+    /// The median of each key's recent successful durations (ms); absent when none succeeded.
+    pub recent_ms: HashMap<String, u64>,
+}
+
+/// Which read of [`Session::read_catalog`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CatalogPart {
+    Views,
+    Dependencies,
+    SearchPath,
+    RecentDurations,
+}
+
+#[derive(Debug)]
+pub struct CatalogError {
+    pub what: CatalogPart,
+    pub error: DbError,
+}
+
+/// Which half of [`Session::start_run`] failed.
+#[derive(Debug)]
+pub enum StartRunError {
+    Record(DbError),
+    Lock(DbError),
 }
 
 /// Which half of [`Session::begin_view`] failed.
@@ -418,6 +493,40 @@ impl Session for PgSession {
     }
     async fn lock_run(&mut self, run_id: &str) -> Result<(), DbError> {
         locks::lock_run(&self.conn, run_id).await
+    }
+    async fn read_catalog(
+        &mut self,
+        views: &[Rel<'_>],
+        keys: &[String],
+    ) -> Result<CatalogRead, CatalogError> {
+        let conn = &self.conn;
+        let (states, dependencies, search_path, recent_ms) = tokio::join!(
+            views::inspect(conn, views),
+            views::dependencies(conn),
+            views::search_path(conn),
+            history::recent_durations(conn, keys),
+        );
+        let err = |what: CatalogPart| move |error| CatalogError { what, error };
+        Ok(CatalogRead {
+            states: states.map_err(err(CatalogPart::Views))?,
+            dependencies: dependencies.map_err(err(CatalogPart::Dependencies))?,
+            search_path: search_path.map_err(err(CatalogPart::SearchPath))?,
+            recent_ms: recent_ms.map_err(err(CatalogPart::RecentDurations))?,
+        })
+    }
+    async fn start_run(
+        &mut self,
+        run_id: &str,
+        job: &str,
+        arguments: &str,
+    ) -> Result<(), StartRunError> {
+        // Sent together and run in order: the row is in before the lock is taken.
+        let (recorded, locked) = tokio::join!(
+            history::begin_run(&self.conn, run_id, job, arguments),
+            locks::lock_run(&self.conn, run_id)
+        );
+        recorded.map_err(StartRunError::Record)?;
+        locked.map_err(StartRunError::Lock)
     }
     async fn recover(&mut self, own_run: Option<&str>) -> Result<Recovery, DbError> {
         locks::recover(&self.conn, own_run).await
