@@ -118,21 +118,30 @@ pub async fn routes(client: &Client) -> Result<HistoryRoutes, DbError> {
     })
 }
 
+const BEGIN_RUN: &str =
+    "INSERT INTO reporting.seeder_run (run_id, job, arguments, started_at, status, host, pid)
+     VALUES ($1, $2, $3, now(), 'running', $4, $5)";
+
+/// The run's `running` row. The statement is prepared once per connection (see
+/// [`prepare_run_statement`]).
 pub async fn begin_run(
-    client: &Client,
+    client: &ClientWrapper,
     run_id: &str,
     job: &str,
     arguments: &str,
 ) -> Result<(), DbError> {
     let host = std::env::var("HOSTNAME").ok();
     let pid = i32::try_from(std::process::id()).unwrap_or_default();
+    let statement = client.prepare_cached(BEGIN_RUN).await?;
     client
-        .execute(
-            "INSERT INTO reporting.seeder_run (run_id, job, arguments, started_at, status, host, pid)
-             VALUES ($1, $2, $3, now(), 'running', $4, $5)",
-            &[&run_id, &job, &arguments, &host, &pid],
-        )
+        .execute(&statement, &[&run_id, &job, &arguments, &host, &pid])
         .await?;
+    Ok(())
+}
+
+/// Prepares [`begin_run`]'s statement, so that a later call sends it at once.
+pub async fn prepare_run_statement(client: &ClientWrapper) -> Result<(), DbError> {
+    client.prepare_cached(BEGIN_RUN).await?;
     Ok(())
 }
 

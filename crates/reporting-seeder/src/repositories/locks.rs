@@ -6,20 +6,24 @@
 
 use deadpool_postgres::ClientWrapper;
 use etl_core::DbError;
-use tokio_postgres::Client;
 
 /// Lock classes (the first key of the two-key advisory locks): "RS" + 1 or 2.
 const RUN_CLASS: i32 = 0x5253_0001;
 const VIEW_CLASS: i32 = 0x5253_0002;
 
-/// Held by a run for its whole life, on its own connection.
-pub async fn lock_run(client: &Client, run_id: &str) -> Result<(), DbError> {
-    client
-        .execute(
-            "SELECT pg_advisory_lock($1, hashtext($2))",
-            &[&RUN_CLASS, &run_id],
-        )
-        .await?;
+const LOCK_RUN: &str = "SELECT pg_advisory_lock($1, hashtext($2))";
+
+/// Held by a run for its whole life, on its own connection. The statement is prepared once per
+/// connection (see [`prepare_run_statement`]).
+pub async fn lock_run(client: &ClientWrapper, run_id: &str) -> Result<(), DbError> {
+    let statement = client.prepare_cached(LOCK_RUN).await?;
+    client.execute(&statement, &[&RUN_CLASS, &run_id]).await?;
+    Ok(())
+}
+
+/// Prepares [`lock_run`]'s statement, so that a later call sends it at once.
+pub async fn prepare_run_statement(client: &ClientWrapper) -> Result<(), DbError> {
+    client.prepare_cached(LOCK_RUN).await?;
     Ok(())
 }
 

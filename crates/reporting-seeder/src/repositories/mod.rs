@@ -190,18 +190,19 @@ pub trait Session: Send {
         })
     }
 
-    /// Records the run (its `running` row), then takes its lock for the life of this session.
-    /// PostgreSQL sessions send both at once. An error says which failed.
+    /// Takes the run's lock for the life of this session, then records the run (its `running`
+    /// row), so the row of a live run is never found without its lock. PostgreSQL sessions send
+    /// both at once. An error says which failed.
     async fn start_run(
         &mut self,
         run_id: &str,
         job: &str,
         arguments: &str,
     ) -> Result<(), StartRunError> {
+        self.lock_run(run_id).await.map_err(StartRunError::Lock)?;
         self.begin_run(run_id, job, arguments)
             .await
-            .map_err(StartRunError::Record)?;
-        self.lock_run(run_id).await.map_err(StartRunError::Lock)
+            .map_err(StartRunError::Record)
     }
 
     /// Gets a new connection ready for views: prepares the statements every view runs, so a
@@ -520,13 +521,21 @@ impl Session for PgSession {
         job: &str,
         arguments: &str,
     ) -> Result<(), StartRunError> {
-        // Sent together and run in order: the row is in before the lock is taken.
-        let (recorded, locked) = tokio::join!(
-            history::begin_run(&self.conn, run_id, job, arguments),
-            locks::lock_run(&self.conn, run_id)
+        // Sent together and run in order, the lock first: no other run's recovery can find the
+        // row of a run whose lock is free. Both statements are prepared before the pair is sent,
+        // so neither is still being prepared when the other goes. A failure here is reported
+        // by the statement itself.
+        let conn = &self.conn;
+        let (_, _) = tokio::join!(
+            locks::prepare_run_statement(conn),
+            history::prepare_run_statement(conn)
         );
-        recorded.map_err(StartRunError::Record)?;
-        locked.map_err(StartRunError::Lock)
+        let (locked, recorded) = tokio::join!(
+            locks::lock_run(conn, run_id),
+            history::begin_run(conn, run_id, job, arguments)
+        );
+        locked.map_err(StartRunError::Lock)?;
+        recorded.map_err(StartRunError::Record)
     }
     async fn recover(&mut self, own_run: Option<&str>) -> Result<Recovery, DbError> {
         locks::recover(&self.conn, own_run).await
