@@ -115,8 +115,13 @@ impl Session for FakeStore {
     async fn history_routes(&mut self) -> Result<HistoryRoutes, DbError> {
         Ok(HistoryRoutes::default())
     }
-    async fn recent_durations(&mut self, _: &[String]) -> Result<HashMap<String, u64>, DbError> {
-        Ok(self.state().durations.clone())
+    async fn recent_durations(&mut self, keys: &[String]) -> Result<HashMap<String, u64>, DbError> {
+        // As the repository does: only the keys asked for.
+        let state = self.state();
+        Ok(keys
+            .iter()
+            .filter_map(|k| state.durations.get(k).map(|&ms| (k.clone(), ms)))
+            .collect())
     }
     async fn view_dependencies(&mut self) -> Result<Vec<(String, String)>, DbError> {
         Ok(self.state().catalog_edges.clone())

@@ -198,7 +198,8 @@ pub async fn prepare(
     let planned = plan(&rows, &selection)?;
     // Without --select/--exclude every planned view is in the run; with them, the count waits
     // for the dependency graph.
-    if selection.select.is_empty() && selection.exclude.is_empty() {
+    let narrowed = !(selection.select.is_empty() && selection.exclude.is_empty());
+    if !narrowed {
         if let Some(tell) = on_count.take() {
             tell(planned.views.len());
         }
@@ -223,22 +224,31 @@ pub async fn prepare(
             ViewPlan::Invalid(_) => None,
         })
         .collect();
-    // Every view's recent durations are read with the rest, before the selection narrows the
-    // run: one round trip for all four reads.
-    let all_keys: Vec<String> = planned.views.iter().map(|v| v.key.clone()).collect();
+    // Without --select/--exclude every planned view is in the run, so its recent durations go
+    // with the other reads: one round trip for all four. With them, they are read once the
+    // selection is known, for the selected views only (a narrow selection out of thousands of
+    // manifests reads a handful).
+    let durations_for: Vec<String> = if narrowed {
+        Vec::new()
+    } else {
+        planned.views.iter().map(|v| v.key.clone()).collect()
+    };
     let CatalogRead {
         states,
         dependencies,
         search_path,
         recent_ms: recent,
-    } = session.read_catalog(&names, &all_keys).await.map_err(|e| {
-        at(match e.what {
-            CatalogPart::Views => "inspecting the views",
-            CatalogPart::Dependencies => "reading dependencies between views",
-            CatalogPart::SearchPath => "reading the search path",
-            CatalogPart::RecentDurations => "reading recent durations",
-        })(e.error)
-    })?;
+    } = session
+        .read_catalog(&names, &durations_for)
+        .await
+        .map_err(|e| {
+            at(match e.what {
+                CatalogPart::Views => "inspecting the views",
+                CatalogPart::Dependencies => "reading dependencies between views",
+                CatalogPart::SearchPath => "reading the search path",
+                CatalogPart::RecentDurations => "reading recent durations",
+            })(e.error)
+        })?;
     let hashes: HashMap<&str, &str> = planned
         .views
         .iter()
@@ -328,6 +338,14 @@ pub async fn prepare(
         .collect();
 
     let keys: Vec<String> = views.iter().map(|v| v.key.clone()).collect();
+    let recent = if narrowed {
+        session
+            .recent_durations(&keys)
+            .await
+            .map_err(at("reading recent durations"))?
+    } else {
+        recent
+    };
     let (expected_ms, expected_known) = expected(&keys, &recent);
     Ok(Prepared {
         views,
@@ -1340,6 +1358,40 @@ mod tests {
             ..Selection::default()
         };
         assert_eq!(count(not_a).await, vec![2]);
+    }
+
+    #[tokio::test]
+    async fn recent_durations_are_known_with_and_without_a_selection() {
+        let s = store(vec![
+            manifest(1, "s.a", "SELECT 1"),
+            manifest(2, "s.b", "SELECT 1"),
+            manifest(3, "s.c", "SELECT 1"),
+        ]);
+        s.state().durations = [("s.a".to_string(), 100), ("s.c".to_string(), 3000)].into();
+        let expected_of = |selection: Selection| {
+            let s = s.clone();
+            async move {
+                let mut session = s.session().await.unwrap();
+                let p = prepare(session.as_mut(), &selection, false, |_| {})
+                    .await
+                    .unwrap();
+                (p.expected_ms, p.expected_known)
+            }
+        };
+        // Read with the catalog for every view; b never ran, so it counts as the median.
+        assert_eq!(
+            expected_of(Selection::default()).await,
+            (vec![100, 1550, 3000], vec![true, false, true])
+        );
+        // Read after the selection, for the selected views only.
+        let not_a = Selection {
+            exclude: vec!["table:s.a".parse().unwrap()],
+            ..Selection::default()
+        };
+        assert_eq!(
+            expected_of(not_a).await,
+            (vec![3000, 3000], vec![false, true])
+        );
     }
 
     #[tokio::test]
