@@ -23,6 +23,8 @@ pub trait DatabaseClient: Send + Sync {
     fn target(&self) -> &str;
     /// The TLS connector, for cancel requests (they open a connection of their own).
     fn tls(&self) -> Connector;
+    /// Closes the connections that wait idle for reuse (those in use stay open).
+    fn close_idle(&self) {}
 }
 
 /// Connection parameters and their printable (password-free) form.
@@ -327,6 +329,11 @@ impl DatabaseClient for PostgresClient {
 
     fn tls(&self) -> Connector {
         self.connector.clone()
+    }
+
+    fn close_idle(&self) {
+        // The idle connections are handed back and dropped, which ends their sessions.
+        drop(self.pool.retain(|_, _| false));
     }
 }
 

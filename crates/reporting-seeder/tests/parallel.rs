@@ -267,3 +267,58 @@ async fn own_sql_errors_do_not_open_the_breaker() {
         assert!(db.oid(t).await.is_some(), "{t} was not created");
     }
 }
+
+/// Once every view has started, a worker whose view is done closes its connection rather than
+/// keeping it (and its server process) idle while the slowest view finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_workers_close_their_connections_once_nothing_is_left_to_start() {
+    let db = migrated().await;
+    db.custom(
+        "reporting.slow",
+        "gotham",
+        1,
+        "SELECT pg_sleep(3)::text AS s, 1 AS id",
+    )
+    .await;
+    for i in 0..3 {
+        db.custom(
+            &format!("reporting.fast_{i}"),
+            "gotham",
+            1,
+            "SELECT 1 AS id",
+        )
+        .await;
+    }
+    let child = db.spawn(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "4")]);
+    let slow = db.wait_active("%pg_sleep(3)%", 1).await;
+    let observer = db.client().await;
+    // The tool's connections, and whether the slow refresh is still running.
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let r = observer
+            .query_one(
+                "SELECT count(*), bool_or(pid = $2 AND state = 'active')
+                 FROM pg_stat_activity
+                 WHERE datname = $1 AND application_name = 'reporting-seeder'",
+                &[&db.name, &slow[0]],
+            )
+            .await
+            .unwrap();
+        let (n, slow_running): (i64, Option<bool>) = (r.get(0), r.get(1));
+        if slow_running != Some(true) {
+            break;
+        }
+        seen.push(n);
+        if n <= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = child.wait_with_output().await.unwrap();
+    assert_exit(&out, 0);
+    // The run's own connection and the slow view's: the three fast views' are gone.
+    assert!(
+        seen.last().is_some_and(|&n| n <= 2),
+        "connections of the tool seen while the slow view ran: {seen:?}"
+    );
+}

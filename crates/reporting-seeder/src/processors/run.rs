@@ -3,6 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -417,6 +418,22 @@ struct Shared<C: Clock> {
     progress: Arc<dyn Progress>,
     /// A session of its own that reads pg_stat_statements, when the server has it.
     statements: Option<SessionProbe>,
+    /// Views started, or settled without starting (skipped, failed before a connection).
+    /// Once it reaches the number of views, no view will ask for a connection again.
+    settled: AtomicUsize,
+}
+
+impl<C: Clock> Shared<C> {
+    /// Counts view `i`'s start (or settling without one).
+    fn settle(&self) {
+        self.settled.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Whether every view of the run has started or settled: a connection a view is done with
+    /// is then closed rather than kept idle in the pool until the run ends.
+    fn all_settled(&self) -> bool {
+        self.settled.load(Ordering::SeqCst) >= self.prepared.views.len()
+    }
 }
 
 /// Reads the last statement's counters of a worker's backend on a session of its own (the
@@ -611,6 +628,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             interrupt: self.interrupt.clone(),
             progress: self.progress.clone(),
             statements,
+            settled: AtomicUsize::new(0),
         });
         let keys: Vec<String> = shared
             .prepared
@@ -628,25 +646,31 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             &graph,
             priority,
             self.settings.max_workers,
-            |i| start_view(&shared, i),
+            |i| {
+                shared.settle();
+                start_view(&shared, i)
+            },
             |t: &TaskResult| t.result.outcome.status == "success",
-            |i, failed| TaskResult {
-                result: ViewResult {
-                    key: shared.prepared.views[i].key.clone(),
-                    record: shared.prepared.views[i].record.clone(),
-                    outcome: if shared.interrupt.is_interrupted() {
-                        shared.progress.finished(i, "cancelled");
-                        not_started(&shared.interrupt)
-                    } else {
-                        shared.progress.finished(i, "skipped");
-                        skipped(format!(
-                            "upstream {} failed",
-                            shared.prepared.views[failed].key
-                        ))
+            |i, failed| {
+                shared.settle();
+                TaskResult {
+                    result: ViewResult {
+                        key: shared.prepared.views[i].key.clone(),
+                        record: shared.prepared.views[i].record.clone(),
+                        outcome: if shared.interrupt.is_interrupted() {
+                            shared.progress.finished(i, "cancelled");
+                            not_started(&shared.interrupt)
+                        } else {
+                            shared.progress.finished(i, "skipped");
+                            skipped(format!(
+                                "upstream {} failed",
+                                shared.prepared.views[failed].key
+                            ))
+                        },
                     },
-                },
-                history: None,
-                recorded: false,
+                    history: None,
+                    recorded: false,
+                }
             },
             |started| throttle(shared.clone(), started),
         )
@@ -934,6 +958,15 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
             }
             None => false,
         };
+        // No view will ask for a connection again: close this one now rather than leave it
+        // idle (and its server process waiting) until the last view of the run is done.
+        if shared.all_settled() {
+            if let Some(session) = outcome.session.take() {
+                session.close();
+            }
+            // Opened ahead of the work and never taken, or handed back by views done earlier.
+            shared.store.close_idle();
+        }
         shared.progress.finished(i, outcome.outcome.status);
         TaskResult {
             result: ViewResult {

@@ -205,6 +205,10 @@ pub trait Session: Send {
             .map_err(StartRunError::Record)
     }
 
+    /// Ends this session's connection instead of handing it back for reuse (the default just
+    /// drops it, which hands it back).
+    fn close(self: Box<Self>) {}
+
     /// Gets a new connection ready for views: prepares the statements every view runs, so a
     /// worker's first view does not wait for them.
     async fn warm(&mut self, _routes: HistoryRoutes) -> Result<(), DbError> {
@@ -320,6 +324,8 @@ pub trait Store: Send + Sync {
     async fn session(&self) -> Result<Box<dyn Session>, DbError>;
     /// A session for the release-snapshot jobs.
     async fn snapshots(&self) -> Result<Box<dyn Snapshots>, DbError>;
+    /// Closes the sessions that wait idle for reuse.
+    fn close_idle(&self) {}
 }
 
 /// Sessions on connections from a [`DatabaseClient`].
@@ -346,6 +352,9 @@ impl<C: DatabaseClient + 'static> Store for PgStore<C> {
             conn: self.client.connection().await?,
             tls: Some(self.client.tls()),
         }))
+    }
+    fn close_idle(&self) {
+        self.client.close_idle();
     }
 }
 
@@ -554,6 +563,10 @@ impl Session for PgSession {
     }
     async fn unlock_view(&mut self, key: &str) -> Result<(), DbError> {
         locks::unlock_view(&self.conn, key).await
+    }
+    fn close(self: Box<Self>) {
+        // Out of the pool: dropping the client ends the session (PostgreSQL hears Terminate).
+        drop(deadpool_postgres::Object::take(self.conn));
     }
     async fn warm(&mut self, routes: HistoryRoutes) -> Result<(), DbError> {
         let (a, b, c) = tokio::join!(
