@@ -424,7 +424,7 @@ struct Shared<C: Clock> {
 }
 
 impl<C: Clock> Shared<C> {
-    /// Counts view `i`'s start (or settling without one).
+    /// Counts one view's start, or its settling without one.
     fn settle(&self) {
         self.settled.fetch_add(1, Ordering::SeqCst);
     }
