@@ -141,8 +141,7 @@ pub async fn begin_run(
 
 /// Prepares [`begin_run`]'s statement, so that a later call sends it at once.
 pub async fn prepare_run_statement(client: &ClientWrapper) -> Result<(), DbError> {
-    client.prepare_cached(BEGIN_RUN).await?;
-    Ok(())
+    super::prepare_all(client, &[BEGIN_RUN]).await
 }
 
 pub async fn finish_run(
@@ -188,13 +187,7 @@ pub async fn prepare_view_pair(
 ) -> Result<(), DbError> {
     let start = start_sql(routes, report_type);
     let finish = finish_sql(routes, report_type, has_row);
-    let (a, b) = tokio::join!(
-        client.prepare_cached(&start),
-        client.prepare_cached(&finish)
-    );
-    a?;
-    b?;
-    Ok(())
+    super::prepare_all(client, &[&start, &finish]).await
 }
 
 /// Prepares the start and finish statements of both report types on this connection, all sent

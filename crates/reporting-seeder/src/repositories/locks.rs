@@ -23,8 +23,7 @@ pub async fn lock_run(client: &ClientWrapper, run_id: &str) -> Result<(), DbErro
 
 /// Prepares [`lock_run`]'s statement, so that a later call sends it at once.
 pub async fn prepare_run_statement(client: &ClientWrapper) -> Result<(), DbError> {
-    client.prepare_cached(LOCK_RUN).await?;
-    Ok(())
+    super::prepare_all(client, &[LOCK_RUN]).await
 }
 
 /// What taking a view's lock found.
@@ -123,13 +122,7 @@ pub async fn unlock_view(client: &ClientWrapper, key: &str) -> Result<(), DbErro
 
 /// Prepares the statements every view runs, so a worker's first view waits for none of them.
 pub async fn prepare_view_statements(client: &ClientWrapper) -> Result<(), DbError> {
-    let (a, b) = tokio::join!(
-        client.prepare_cached(TRY_VIEW),
-        client.prepare_cached(UNLOCK_VIEW)
-    );
-    a?;
-    b?;
-    Ok(())
+    super::prepare_all(client, &[TRY_VIEW, UNLOCK_VIEW]).await
 }
 
 /// What recovery found.

@@ -18,6 +18,7 @@ pub mod views;
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use deadpool_postgres::ClientWrapper;
 use etl_core::db::{Connection, DatabaseClient};
 use etl_core::DbError;
 
@@ -46,6 +47,14 @@ impl Rel<'_> {
     pub fn key(&self) -> String {
         format!("{}.{}", self.schema, self.name)
     }
+}
+
+/// Prepares each statement on this connection (or finds it prepared), all sent at once. A
+/// session that sends statements together prepares them first: one still being prepared would
+/// go out after those sent behind it.
+pub async fn prepare_all(client: &ClientWrapper, statements: &[&str]) -> Result<(), DbError> {
+    futures_util::future::try_join_all(statements.iter().map(|s| client.prepare_cached(s))).await?;
+    Ok(())
 }
 
 /// Quotes an identifier (doubling embedded quotes), so no name can escape into SQL.
@@ -172,21 +181,23 @@ pub trait Session: Send {
         views: &[Rel<'_>],
         keys: &[String],
     ) -> Result<CatalogRead, CatalogError> {
-        let err = |what: CatalogPart| move |error| CatalogError { what, error };
         Ok(CatalogRead {
-            states: self.inspect(views).await.map_err(err(CatalogPart::Views))?,
+            states: self
+                .inspect(views)
+                .await
+                .map_err(CatalogPart::Views.failed())?,
             dependencies: self
                 .view_dependencies()
                 .await
-                .map_err(err(CatalogPart::Dependencies))?,
+                .map_err(CatalogPart::Dependencies.failed())?,
             search_path: self
                 .search_path()
                 .await
-                .map_err(err(CatalogPart::SearchPath))?,
+                .map_err(CatalogPart::SearchPath.failed())?,
             recent_ms: self
                 .recent_durations(keys)
                 .await
-                .map_err(err(CatalogPart::RecentDurations))?,
+                .map_err(CatalogPart::RecentDurations.failed())?,
         })
     }
 
@@ -296,6 +307,13 @@ pub enum CatalogPart {
     Dependencies,
     SearchPath,
     RecentDurations,
+}
+
+impl CatalogPart {
+    /// Names this read as the one that failed with the error it is given.
+    fn failed(self) -> impl FnOnce(DbError) -> CatalogError {
+        move |error| CatalogError { what: self, error }
+    }
 }
 
 #[derive(Debug)]
@@ -516,12 +534,11 @@ impl Session for PgSession {
             views::search_path(conn),
             history::recent_durations(conn, keys),
         );
-        let err = |what: CatalogPart| move |error| CatalogError { what, error };
         Ok(CatalogRead {
-            states: states.map_err(err(CatalogPart::Views))?,
-            dependencies: dependencies.map_err(err(CatalogPart::Dependencies))?,
-            search_path: search_path.map_err(err(CatalogPart::SearchPath))?,
-            recent_ms: recent_ms.map_err(err(CatalogPart::RecentDurations))?,
+            states: states.map_err(CatalogPart::Views.failed())?,
+            dependencies: dependencies.map_err(CatalogPart::Dependencies.failed())?,
+            search_path: search_path.map_err(CatalogPart::SearchPath.failed())?,
+            recent_ms: recent_ms.map_err(CatalogPart::RecentDurations.failed())?,
         })
     }
     async fn start_run(

@@ -512,8 +512,7 @@ const STATS: &str = "
 
 /// Prepares the figures' statement, which every view runs after `ANALYZE`.
 pub async fn prepare_view_statements(client: &ClientWrapper) -> Result<(), DbError> {
-    client.prepare_cached(STATS).await?;
-    Ok(())
+    super::prepare_all(client, &[STATS]).await
 }
 
 pub async fn analyze(client: &ClientWrapper, view: Rel<'_>) -> Result<ViewStats, DbError> {
