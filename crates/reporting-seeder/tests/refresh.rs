@@ -524,3 +524,140 @@ async fn concurrent_refresh_falls_back_to_plain_when_postgres_refuses() {
         .get(0);
     assert_eq!(n, 2);
 }
+
+/// A refresh and its ANALYZE go as one transaction: ANALYZE runs when the refresh succeeded (the
+/// view gets statistics and its row estimate), never after a failed one (the view keeps what it
+/// had), and after the plain fallback when CONCURRENTLY is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyze_follows_a_refresh_only_when_it_succeeded() {
+    use etl_core::db::{ConnectionSettings, PostgresClient};
+    use reporting_seeder::repositories::{PgStore, Rel, Store};
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE public.src (id int); INSERT INTO public.src SELECT generate_series(1, 3);
+         CREATE MATERIALIZED VIEW public.ratio AS
+             SELECT g AS id, 10 / (SELECT count(*) FROM public.src)::int AS r
+             FROM generate_series(1, 4) AS g;
+         CREATE MATERIALIZED VIEW public.expr_key AS SELECT id FROM public.src;
+         CREATE UNIQUE INDEX ON public.expr_key ((id + 0));",
+    )
+    .await
+    .unwrap();
+    let settings = ConnectionSettings::from_config(db.url.parse().unwrap());
+    let store = PgStore::new(PostgresClient::new(&settings, 1).unwrap());
+    let mut session = store.session().await.unwrap();
+    let stats_rows = |view: &'static str| {
+        let c = &c;
+        async move {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stats WHERE schemaname = 'public' AND tablename = $1",
+                    &[&view],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n
+        }
+    };
+    let rel = |name| Rel {
+        schema: "public",
+        name,
+    };
+    assert_eq!(stats_rows("ratio").await, 0, "not analyzed yet");
+
+    // The refresh fails (division by zero): nothing is analyzed, the old contents stay.
+    c.batch_execute("DELETE FROM public.src").await.unwrap();
+    let failed = session.refresh_and_analyze(rel("ratio"), false).await;
+    assert!(failed.is_err(), "the refresh should have failed");
+    assert_eq!(
+        stats_rows("ratio").await,
+        0,
+        "ANALYZE ran after a failed refresh"
+    );
+    let kept: i64 = c
+        .query_one("SELECT count(*) FROM public.ratio", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 4);
+
+    // It succeeds: refreshed, analyzed, and the figures are the new contents'.
+    c.batch_execute("INSERT INTO public.src SELECT generate_series(1, 5)")
+        .await
+        .unwrap();
+    let stats = session
+        .refresh_and_analyze(rel("ratio"), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        stats.rows, 4,
+        "the estimate ANALYZE leaves (none before it)"
+    );
+    assert!(stats.bytes > 0);
+    assert_eq!(stats_rows("ratio").await, 2, "both columns analyzed");
+
+    // CONCURRENTLY refused (only an expression index): the plain form, then ANALYZE.
+    let stats = session
+        .refresh_and_analyze(rel("expr_key"), true)
+        .await
+        .unwrap();
+    assert_eq!(stats.rows, 5);
+    assert_eq!(stats_rows("expr_key").await, 1);
+}
+
+/// A view's `running` row and its outcome commit without waiting for the WAL flush, for their
+/// own transaction only: the session's setting is back as configured for the refresh that
+/// follows, and the rows are there for other sessions at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookkeeping_commits_leave_the_sessions_durability_as_configured() {
+    use etl_core::db::{ConnectionSettings, DatabaseClient, PostgresClient};
+    use reporting_seeder::repositories::{
+        HistoryRoutes, Outcome, PgSession, ReportType, Session, ViewRecord,
+    };
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let settings = ConnectionSettings::from_config(db.url.parse().unwrap());
+    let client = PostgresClient::new(&settings, 1).unwrap();
+    let mut session = PgSession::from_connection(client.connection().await.unwrap());
+    async fn durability(s: &PgSession) -> String {
+        s.client()
+            .query_one("SHOW synchronous_commit", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+    assert_eq!(durability(&session).await, "on");
+    let routes = HistoryRoutes::default();
+    let view = ViewRecord {
+        table_name: "reporting.v".into(),
+        manifest_id: 1,
+        report_name: "v".into(),
+        report_type: ReportType::Custom,
+        agency_id: 1,
+        agency_slug: "gotham".into(),
+    };
+    session.begin_run("r1", "refresh_all", "").await.unwrap();
+    let id = session.record_start(routes, "r1", &view).await.unwrap();
+    assert_eq!(durability(&session).await, "on", "after the running row");
+    let outcome = Outcome {
+        status: "success",
+        action: Some("refresh"),
+        duration_ms: 5,
+        rows: 1,
+        bytes: 8192,
+        error: None,
+        attempts: 1,
+        statement: None,
+    };
+    session
+        .record_finish(routes, "r1", &view, Some(id), &outcome)
+        .await
+        .unwrap();
+    assert_eq!(durability(&session).await, "on", "after the outcome");
+    assert_eq!(
+        db.history("r1").await,
+        vec![("reporting.v".to_string(), "success".to_string(), None)]
+    );
+}

@@ -120,7 +120,8 @@ pub fn per_run(now: &StatementTotals, before: Option<&StatementTotals>) -> State
 }
 
 /// Performs `action`, then `ANALYZE`. Rows are exact for a create or rebuild (PostgreSQL's
-/// command tag), and `ANALYZE`'s count otherwise.
+/// command tag), and `ANALYZE`'s count otherwise. A refresh and its `ANALYZE` are one
+/// transaction sent at once, unless pg_stat_statements figures must be read in between.
 #[allow(clippy::too_many_arguments)]
 pub async fn perform(
     session: &mut dyn Session,
@@ -133,6 +134,16 @@ pub async fn perform(
     managed: &HashMap<String, (String, String)>,
     probe: Option<(&dyn StatementProbe, i32)>,
 ) -> Result<Done, DbError> {
+    if let (Action::Refresh { concurrently }, None) = (action, probe) {
+        // Nothing to read between the refresh and ANALYZE: both go at once.
+        let stats = session.refresh_and_analyze(name, concurrently).await?;
+        return Ok(Done {
+            rows: stats.rows,
+            bytes: stats.bytes,
+            dependents: Vec::new(),
+            statement: None,
+        });
+    }
     let mut dependents = Vec::new();
     let exact = match action {
         Action::Create { create_schema } => Some(

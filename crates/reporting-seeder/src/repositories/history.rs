@@ -161,6 +161,15 @@ pub async fn finish_run(
     Ok(())
 }
 
+/// Joined into a view's start and outcome statements: their transaction commits without waiting
+/// for its WAL to reach disk (`synchronous_commit = off` for that transaction only). Other
+/// sessions see the rows at once all the same. The refresh that follows a start, and the run's
+/// end row, commit as the server is configured, and flushing their WAL flushes these rows'
+/// too; a server crash in between loses at most the last moment's rows of a run that then
+/// fails anyway (the next run marks it abandoned). Two WAL flushes fewer per view: the
+/// bookkeeping no longer waits for the disk between one refresh and the next.
+const ASYNC_COMMIT: &str = "(SELECT set_config('synchronous_commit', 'off', true)) AS async_commit";
+
 /// The `running` row's insert for views of `report_type`.
 fn start_sql(routes: HistoryRoutes, report_type: ReportType) -> String {
     let (history, status) = routes.tables(report_type);
@@ -169,9 +178,10 @@ fn start_sql(routes: HistoryRoutes, report_type: ReportType) -> String {
         "INSERT INTO {history} (run_id, manifest_id, table_name, report_name, agency_id, agency_slug,
              report_type, status, start_time, records_processed, bytes_processed,
              consecutive_failures, created_at, updated_at)
-         VALUES ($1, $2::bigint, $3, $4, $5::bigint, $6, $7, 'running', now(), 0, 0,
+         SELECT $1, $2::bigint, $3, $4, $5::bigint, $6, $7, 'running', now(), 0, 0,
              coalesce((SELECT consecutive_failures FROM {status} WHERE table_name = $3), 0),
-             now(), now())
+             now(), now()
+         FROM {ASYNC_COMMIT}
          RETURNING id::bigint"
     )
 }
@@ -261,6 +271,7 @@ fn finish_sql(routes: HistoryRoutes, report_type: ReportType, has_row: bool) -> 
     format!(
         "WITH prev AS (
              SELECT coalesce((SELECT consecutive_failures FROM {status} WHERE table_name = $3), 0) AS n
+             FROM {ASYNC_COMMIT}
          ), cf AS (
              SELECT CASE $7 WHEN 'error' THEN n + 1 WHEN 'success' THEN 0 ELSE n END AS n FROM prev
          ), h AS (

@@ -172,6 +172,16 @@ pub trait Session: Send {
     fn canceller(&self) -> Option<Canceller>;
     /// `ANALYZE`, then the view's row estimate and size.
     async fn analyze_view(&mut self, view: Rel<'_>) -> Result<ViewStats, DbError>;
+    /// Refreshes the view, then (only when that succeeded) `ANALYZE`, then its row estimate and
+    /// size. PostgreSQL sessions send it all at once, refresh and `ANALYZE` as one transaction.
+    async fn refresh_and_analyze(
+        &mut self,
+        view: Rel<'_>,
+        concurrently: bool,
+    ) -> Result<ViewStats, DbError> {
+        self.refresh_view(view, concurrently).await?;
+        self.analyze_view(view).await
+    }
 
     /// Everything a run reads of the catalog before it starts: the views' states, the
     /// dependencies between materialized views, the search path and the recent durations of
@@ -687,5 +697,12 @@ impl Session for PgSession {
     }
     async fn analyze_view(&mut self, view: Rel<'_>) -> Result<ViewStats, DbError> {
         views::analyze(&self.conn, view).await
+    }
+    async fn refresh_and_analyze(
+        &mut self,
+        view: Rel<'_>,
+        concurrently: bool,
+    ) -> Result<ViewStats, DbError> {
+        views::refresh_and_analyze(&self.conn, view, concurrently).await
     }
 }

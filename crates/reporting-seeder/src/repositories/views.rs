@@ -515,6 +515,50 @@ pub async fn prepare_view_statements(client: &ClientWrapper) -> Result<(), DbErr
     super::prepare_all(client, &[STATS]).await
 }
 
+/// Refreshes the view and analyzes it in one message, so `ANALYZE` runs only when the refresh
+/// succeeded and waits for no round trip after it; the figures are read in the same flight.
+/// One message is one transaction: the new contents become visible with their statistics, and
+/// the refresh's lock is held until `ANALYZE` is done (a plain refresh keeps readers waiting a
+/// moment longer; a concurrent one never blocks them).
+pub async fn refresh_and_analyze(
+    client: &ClientWrapper,
+    view: Rel<'_>,
+    concurrently: bool,
+) -> Result<ViewStats, DbError> {
+    let statement = client.prepare_cached(STATS).await?;
+    let target = view.quoted();
+    let both = |how: &str| format!("REFRESH MATERIALIZED VIEW {how}{target}; ANALYZE {target}");
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&view.schema, &view.name];
+    let sql = both(if concurrently { "CONCURRENTLY " } else { "" });
+    let (done, stats) = tokio::join!(
+        client.batch_execute(&sql),
+        client.query_one(&statement, &params)
+    );
+    match done {
+        Ok(()) => {}
+        // As in `refresh`: PostgreSQL refuses the concurrent form for this view, and the plain
+        // form still brings it up to date (the figures read above are the old contents').
+        Err(e)
+            if concurrently
+                && (e.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+                    || e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED)) =>
+        {
+            tracing::info!(view = %view.key(), error = %e, "concurrent refresh refused; refreshing plainly");
+            client.batch_execute(&both("")).await?;
+            return figures(&client.query_one(&statement, &params).await?);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    figures(&stats?)
+}
+
+fn figures(r: &tokio_postgres::Row) -> Result<ViewStats, DbError> {
+    Ok(ViewStats {
+        rows: r.try_get(0)?,
+        bytes: r.try_get(1)?,
+    })
+}
+
 pub async fn analyze(client: &ClientWrapper, view: Rel<'_>) -> Result<ViewStats, DbError> {
     let statement = client.prepare_cached(STATS).await?;
     let analyze = format!("ANALYZE {}", view.quoted());
@@ -526,11 +570,7 @@ pub async fn analyze(client: &ClientWrapper, view: Rel<'_>) -> Result<ViewStats,
         client.query_one(&statement, &params)
     );
     analyzed?;
-    let r = stats?;
-    Ok(ViewStats {
-        rows: r.try_get(0)?,
-        bytes: r.try_get(1)?,
-    })
+    figures(&stats?)
 }
 
 /// Sets this session's timeouts (milliseconds; 0 is off); `None` puts one back to the value the
