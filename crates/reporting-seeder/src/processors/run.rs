@@ -642,7 +642,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             self.settings.max_workers.get(),
         );
         let run_span = tracing::info_span!("run", run_id = %run_id);
-        let finished = run_graph(
+        let graph_run = run_graph(
             &graph,
             priority,
             self.settings.max_workers,
@@ -674,8 +674,12 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             },
             |started| throttle(shared.clone(), started),
         )
-        .instrument(run_span)
-        .await;
+        .instrument(run_span);
+        // The run's own connection is idle meanwhile: it gets the end's statements ready.
+        let (finished, prepared_end) = tokio::join!(graph_run, main.prepare_end_run());
+        if let Err(e) = prepared_end {
+            tracing::debug!(error = %e, "could not prepare the run's last statements ahead");
+        }
         self.progress.end();
         // Long done by now: the workers did not wait for them, they took each connection from
         // the pool as it came back ready.
@@ -734,15 +738,11 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         }
         results.sort_by_key(|(i, _)| *i);
         let keys: Vec<String> = results.iter().map(|(_, r)| r.key.clone()).collect();
-        let last_success = main.last_successes(&keys).await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "could not read when the views last succeeded");
-            HashMap::new()
-        });
         let mut report = RunReport {
             run_id,
             results: results.into_iter().map(|(_, r)| r).collect(),
             wall: started.elapsed(),
-            last_success,
+            last_success: HashMap::new(),
             finished_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_secs_f64())
@@ -754,20 +754,21 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         } else {
             "failed"
         };
-        let mut finished = Ok(());
-        for _ in 0..2 {
-            finished = main
-                .finish_run(&report.run_id, status, report.counts())
-                .await;
-            match &finished {
-                Err(e)
-                    if reopen_if_lost(self.store.as_ref(), &mut main, &report.run_id, e).await =>
-                {
-                    continue
-                }
-                _ => break,
+        // Both at once; the end row once more on a new connection if the run's own was lost.
+        let (last_success, mut finished) = main
+            .end_run(&report.run_id, status, report.counts(), &keys)
+            .await;
+        if let Err(e) = &finished {
+            if reopen_if_lost(self.store.as_ref(), &mut main, &report.run_id, e).await {
+                finished = main
+                    .finish_run(&report.run_id, status, report.counts())
+                    .await;
             }
         }
+        report.last_success = last_success.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not read when the views last succeeded");
+            HashMap::new()
+        });
         if let Err(e) = finished {
             report
                 .bookkeeping_errors

@@ -144,21 +144,37 @@ pub async fn prepare_run_statement(client: &ClientWrapper) -> Result<(), DbError
     super::prepare_all(client, &[BEGIN_RUN]).await
 }
 
+const FINISH_RUN: &str = "UPDATE reporting.seeder_run
+     SET finished_at = now(), status = $2, views = $3, succeeded = $4, failed = $5, skipped = $6
+     WHERE run_id = $1";
+
 pub async fn finish_run(
-    client: &Client,
+    client: &ClientWrapper,
     run_id: &str,
     status: &str,
     c: RunCounts,
 ) -> Result<(), DbError> {
+    let statement = client.prepare_cached(FINISH_RUN).await?;
     client
         .execute(
-            "UPDATE reporting.seeder_run
-             SET finished_at = now(), status = $2, views = $3, succeeded = $4, failed = $5, skipped = $6
-             WHERE run_id = $1",
-            &[&run_id, &status, &c.views, &c.succeeded, &c.failed, &c.skipped],
+            &statement,
+            &[
+                &run_id,
+                &status,
+                &c.views,
+                &c.succeeded,
+                &c.failed,
+                &c.skipped,
+            ],
         )
         .await?;
     Ok(())
+}
+
+/// Prepares the statements a run ends with ([`finish_run`], [`last_successes`]), so the end of
+/// a run sends them at once.
+pub async fn prepare_end_statements(client: &ClientWrapper) -> Result<(), DbError> {
+    super::prepare_all(client, &[FINISH_RUN, LAST_SUCCESSES]).await
 }
 
 /// Joined into a view's start and outcome statements: their transaction commits without waiting
@@ -409,22 +425,20 @@ pub async fn unfinished_views(client: &Client, run_id: &str) -> Result<Vec<Strin
         .collect()
 }
 
+const LAST_SUCCESSES: &str = "
+    SELECT k.t, (SELECT extract(epoch FROM max(v.finished_at))::float8
+                 FROM reporting.seeder_view_run v
+                 WHERE v.table_name = k.t AND v.status = 'success')
+    FROM unnest($1::text[]) AS k(t)";
+
 /// When each view last succeeded (seconds since the epoch), for those that ever did.
 pub async fn last_successes(
-    client: &Client,
+    client: &ClientWrapper,
     keys: &[String],
 ) -> Result<HashMap<String, f64>, DbError> {
+    let statement = client.prepare_cached(LAST_SUCCESSES).await?;
     let mut out = HashMap::new();
-    for r in client
-        .query(
-            "SELECT k.t, (SELECT extract(epoch FROM max(v.finished_at))::float8
-                          FROM reporting.seeder_view_run v
-                          WHERE v.table_name = k.t AND v.status = 'success')
-             FROM unnest($1::text[]) AS k(t)",
-            &[&keys],
-        )
-        .await?
-    {
+    for r in client.query(&statement, &[&keys]).await? {
         if let Some(at) = r.try_get::<_, Option<f64>>(1)? {
             out.insert(r.try_get(0)?, at);
         }

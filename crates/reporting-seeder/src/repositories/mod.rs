@@ -99,6 +99,22 @@ pub trait Session: Send {
         status: &str,
         counts: RunCounts,
     ) -> Result<(), DbError>;
+    /// Prepares what [`Session::end_run`] sends, so the end of a run waits for one round trip.
+    async fn prepare_end_run(&mut self) -> Result<(), DbError> {
+        Ok(())
+    }
+    /// When each of `keys` last succeeded, then the run's end row; PostgreSQL sessions send both
+    /// at once. Each result is its own.
+    async fn end_run(
+        &mut self,
+        run_id: &str,
+        status: &str,
+        counts: RunCounts,
+        keys: &[String],
+    ) -> (Result<HashMap<String, f64>, DbError>, Result<(), DbError>) {
+        let last = self.last_successes(keys).await;
+        (last, self.finish_run(run_id, status, counts).await)
+    }
     /// Inserts the `running` history row.
     async fn record_start(
         &mut self,
@@ -475,6 +491,21 @@ impl Session for PgSession {
         counts: RunCounts,
     ) -> Result<(), DbError> {
         history::finish_run(&self.conn, run_id, status, counts).await
+    }
+    async fn prepare_end_run(&mut self) -> Result<(), DbError> {
+        history::prepare_end_statements(&self.conn).await
+    }
+    async fn end_run(
+        &mut self,
+        run_id: &str,
+        status: &str,
+        counts: RunCounts,
+        keys: &[String],
+    ) -> (Result<HashMap<String, f64>, DbError>, Result<(), DbError>) {
+        tokio::join!(
+            history::last_successes(&self.conn, keys),
+            history::finish_run(&self.conn, run_id, status, counts)
+        )
     }
     async fn record_start(
         &mut self,
