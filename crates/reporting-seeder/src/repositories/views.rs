@@ -117,10 +117,7 @@ pub async fn refresh(client: &Client, view: Rel<'_>, concurrently: bool) -> Resu
             Ok(()) => return Ok(()),
             // PostgreSQL refuses the concurrent form for this view (no usable unique index,
             // not populated): the plain form still brings it up to date.
-            Err(e)
-                if e.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
-                    || e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) =>
-            {
+            Err(e) if refused_concurrently(&e) => {
                 tracing::info!(view = %view.key(), error = %e, "concurrent refresh refused; refreshing plainly");
             }
             Err(e) => return Err(e.into()),
@@ -130,6 +127,12 @@ pub async fn refresh(client: &Client, view: Rel<'_>, concurrently: bool) -> Resu
         .batch_execute(&format!("REFRESH MATERIALIZED VIEW {target}"))
         .await?;
     Ok(())
+}
+
+/// PostgreSQL refuses `CONCURRENTLY` for this view (no usable unique index, not populated).
+fn refused_concurrently(e: &tokio_postgres::Error) -> bool {
+    e.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+        || e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
 }
 
 pub async fn drop_if_exists(client: &Client, view: Rel<'_>) -> Result<(), DbError> {
@@ -538,11 +541,7 @@ pub async fn refresh_and_analyze(
         Ok(()) => {}
         // As in `refresh`: PostgreSQL refuses the concurrent form for this view, and the plain
         // form still brings it up to date (the figures read above are the old contents').
-        Err(e)
-            if concurrently
-                && (e.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
-                    || e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED)) =>
-        {
+        Err(e) if concurrently && refused_concurrently(&e) => {
             tracing::info!(view = %view.key(), error = %e, "concurrent refresh refused; refreshing plainly");
             client.batch_execute(&both("")).await?;
             return figures(&client.query_one(&statement, &params).await?);
