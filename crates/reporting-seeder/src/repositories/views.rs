@@ -109,30 +109,39 @@ pub async fn create(
 
 pub async fn refresh(client: &Client, view: Rel<'_>, concurrently: bool) -> Result<(), DbError> {
     let target = view.quoted();
+    refresh_falling_back(view, concurrently, |how| {
+        let sql = format!("REFRESH MATERIALIZED VIEW {how}{target}");
+        async move { client.batch_execute(&sql).await }
+    })
+    .await
+}
+
+/// Sends a refresh through `send` (given `"CONCURRENTLY "` or `""` to put after `REFRESH
+/// MATERIALIZED VIEW`): concurrently when asked, and plainly again when PostgreSQL refuses the
+/// concurrent form for this view (no usable unique index, not populated), since the plain form
+/// still brings it up to date.
+async fn refresh_falling_back<T, F, Fut>(
+    view: Rel<'_>,
+    concurrently: bool,
+    send: F,
+) -> Result<T, DbError>
+where
+    F: Fn(&'static str) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+{
     if concurrently {
-        match client
-            .batch_execute(&format!("REFRESH MATERIALIZED VIEW CONCURRENTLY {target}"))
-            .await
-        {
-            Ok(()) => return Ok(()),
-            // PostgreSQL refuses the concurrent form for this view (no usable unique index,
-            // not populated): the plain form still brings it up to date.
-            Err(e) if refused_concurrently(&e) => {
+        match send("CONCURRENTLY ").await {
+            Ok(done) => return Ok(done),
+            Err(e)
+                if e.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+                    || e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) =>
+            {
                 tracing::info!(view = %view.key(), error = %e, "concurrent refresh refused; refreshing plainly");
             }
             Err(e) => return Err(e.into()),
         }
     }
-    client
-        .batch_execute(&format!("REFRESH MATERIALIZED VIEW {target}"))
-        .await?;
-    Ok(())
-}
-
-/// PostgreSQL refuses `CONCURRENTLY` for this view (no usable unique index, not populated).
-fn refused_concurrently(e: &tokio_postgres::Error) -> bool {
-    e.code() == Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
-        || e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED)
+    Ok(send("").await?)
 }
 
 pub async fn drop_if_exists(client: &Client, view: Rel<'_>) -> Result<(), DbError> {
@@ -530,24 +539,19 @@ pub async fn refresh_and_analyze(
 ) -> Result<ViewStats, DbError> {
     let statement = client.prepare_cached(STATS).await?;
     let target = view.quoted();
-    let both = |how: &str| format!("REFRESH MATERIALIZED VIEW {how}{target}; ANALYZE {target}");
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&view.schema, &view.name];
-    let sql = both(if concurrently { "CONCURRENTLY " } else { "" });
-    let (done, stats) = tokio::join!(
-        client.batch_execute(&sql),
-        client.query_one(&statement, &params)
-    );
-    match done {
-        Ok(()) => {}
-        // As in `refresh`: PostgreSQL refuses the concurrent form for this view, and the plain
-        // form still brings it up to date (the figures read above are the old contents').
-        Err(e) if concurrently && refused_concurrently(&e) => {
-            tracing::info!(view = %view.key(), error = %e, "concurrent refresh refused; refreshing plainly");
-            client.batch_execute(&both("")).await?;
-            return figures(&client.query_one(&statement, &params).await?);
+    let (statement, params) = (&statement, &params);
+    let stats = refresh_falling_back(view, concurrently, |how| {
+        let sql = format!("REFRESH MATERIALIZED VIEW {how}{target}; ANALYZE {target}");
+        async move {
+            let (done, stats) = tokio::join!(
+                client.batch_execute(&sql),
+                client.query_one(statement, params)
+            );
+            done.map(|()| stats)
         }
-        Err(e) => return Err(e.into()),
-    }
+    })
+    .await?;
     figures(&stats?)
 }
 
