@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use deadpool_postgres::ClientWrapper;
 use etl_core::DbError;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use super::manifests::ReportType;
@@ -111,7 +112,7 @@ const ROUTES: &str = "
       AND c.conrelid IN ('reporting.seeder_run_history'::regclass, 'reporting.seeder_job_status'::regclass)";
 
 pub async fn routes(client: &Client) -> Result<HistoryRoutes, DbError> {
-    let r = client.query_one(ROUTES, &[]).await?;
+    let r = client.query_typed_one(ROUTES, &[]).await?;
     Ok(HistoryRoutes {
         canned_history_in_own_table: r.try_get(0)?,
         canned_status_in_own_table: r.try_get(1)?,
@@ -122,8 +123,8 @@ const BEGIN_RUN: &str =
     "INSERT INTO reporting.seeder_run (run_id, job, arguments, started_at, status, host, pid)
      VALUES ($1, $2, $3, now(), 'running', $4, $5)";
 
-/// The run's `running` row. The statement is prepared once per connection (see
-/// [`prepare_run_statement`]).
+/// The run's `running` row, written once per run: sent with its parameter types in one round
+/// trip rather than prepared.
 pub async fn begin_run(
     client: &ClientWrapper,
     run_id: &str,
@@ -132,16 +133,19 @@ pub async fn begin_run(
 ) -> Result<(), DbError> {
     let host = std::env::var("HOSTNAME").ok();
     let pid = i32::try_from(std::process::id()).unwrap_or_default();
-    let statement = client.prepare_cached(BEGIN_RUN).await?;
     client
-        .execute(&statement, &[&run_id, &job, &arguments, &host, &pid])
+        .execute_typed(
+            BEGIN_RUN,
+            &[
+                (&run_id, Type::TEXT),
+                (&job, Type::TEXT),
+                (&arguments, Type::TEXT),
+                (&host, Type::TEXT),
+                (&pid, Type::INT4),
+            ],
+        )
         .await?;
     Ok(())
-}
-
-/// Prepares [`begin_run`]'s statement, so that a later call sends it at once.
-pub async fn prepare_run_statement(client: &ClientWrapper) -> Result<(), DbError> {
-    super::prepare_all(client, &[BEGIN_RUN]).await
 }
 
 const FINISH_RUN: &str = "UPDATE reporting.seeder_run
@@ -391,7 +395,10 @@ pub async fn recent_durations(
     keys: &[String],
 ) -> Result<HashMap<String, u64>, DbError> {
     let mut out = HashMap::new();
-    for r in client.query(RECENT_DURATIONS, &[&keys]).await? {
+    for r in client
+        .query_typed(RECENT_DURATIONS, &[(&keys, Type::TEXT_ARRAY)])
+        .await?
+    {
         let ms: Option<i64> = r.try_get(1)?;
         if let Some(ms) = ms {
             out.insert(r.try_get(0)?, u64::try_from(ms).unwrap_or(0));

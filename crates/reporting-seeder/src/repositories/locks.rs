@@ -6,6 +6,7 @@
 
 use deadpool_postgres::ClientWrapper;
 use etl_core::DbError;
+use tokio_postgres::types::Type;
 
 /// Lock classes (the first key of the two-key advisory locks): "RS" + 1 or 2.
 const RUN_CLASS: i32 = 0x5253_0001;
@@ -13,17 +14,14 @@ const VIEW_CLASS: i32 = 0x5253_0002;
 
 const LOCK_RUN: &str = "SELECT pg_advisory_lock($1, hashtext($2))";
 
-/// Held by a run for its whole life, on its own connection. The statement is prepared once per
-/// connection (see [`prepare_run_statement`]).
+/// Held by a run for its whole life, on its own connection. Taken once per run (again only when
+/// the run's connection was lost), so it is sent with its parameter types in one round trip
+/// rather than prepared.
 pub async fn lock_run(client: &ClientWrapper, run_id: &str) -> Result<(), DbError> {
-    let statement = client.prepare_cached(LOCK_RUN).await?;
-    client.execute(&statement, &[&RUN_CLASS, &run_id]).await?;
+    client
+        .execute_typed(LOCK_RUN, &[(&RUN_CLASS, Type::INT4), (&run_id, Type::TEXT)])
+        .await?;
     Ok(())
-}
-
-/// Prepares [`lock_run`]'s statement, so that a later call sends it at once.
-pub async fn prepare_run_statement(client: &ClientWrapper) -> Result<(), DbError> {
-    super::prepare_all(client, &[LOCK_RUN]).await
 }
 
 /// What taking a view's lock found.
@@ -169,11 +167,11 @@ pub async fn recover(client: &ClientWrapper, own_run: Option<&str>) -> Result<Re
     let mut out = Recovery::default();
     // Both reads sent at once; neither depends on what the other finds.
     let (running, temporaries) = tokio::join!(
-        client.query(
+        client.query_typed(
             "SELECT run_id FROM reporting.seeder_run WHERE status = 'running'",
             &[],
         ),
-        client.query(TEMPORARIES, &[])
+        client.query_typed(TEMPORARIES, &[])
     );
     let (running, temporaries) = (running?, temporaries?);
     let running: Vec<String> = running

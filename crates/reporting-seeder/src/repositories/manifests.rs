@@ -58,7 +58,10 @@ const CANNED: &str = "
 /// Every manifest row, enabled or not (the caller tells "disabled" from "unknown").
 pub async fn load(client: &Client) -> Result<Vec<ManifestRow>, DbError> {
     // Both sent at once: one round trip where there would be two.
-    let (custom, canned) = tokio::join!(client.query(CUSTOM, &[]), client.query(CANNED, &[]));
+    let (custom, canned) = tokio::join!(
+        client.query_typed(CUSTOM, &[]),
+        client.query_typed(CANNED, &[])
+    );
     let (custom, canned) = (custom?, canned?);
     let mut rows = Vec::with_capacity(custom.len() + canned.len());
     for r in custom {

@@ -588,15 +588,10 @@ impl Session for PgSession {
         job: &str,
         arguments: &str,
     ) -> Result<(), StartRunError> {
-        // Sent together and run in order, the lock first: no other run's recovery can find the
-        // row of a run whose lock is free. Both statements are prepared before the pair is sent,
-        // so neither is still being prepared when the other goes. A failure here is reported
-        // by the statement itself.
+        // Sent together (each with its parameter types: nothing to prepare first) and run in
+        // order, the lock first: no other run's recovery can find the row of a run whose lock is
+        // free.
         let conn = &self.conn;
-        let (_, _) = tokio::join!(
-            locks::prepare_run_statement(conn),
-            history::prepare_run_statement(conn)
-        );
         let (locked, recorded) = tokio::join!(
             locks::lock_run(conn, run_id),
             history::begin_run(conn, run_id, job, arguments)

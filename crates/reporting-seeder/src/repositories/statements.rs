@@ -40,7 +40,7 @@ impl StatementTotals {
 /// Whether pg_stat_statements can be read (installed in this database and loaded).
 pub async fn available(client: &Client) -> bool {
     client
-        .query_one("SELECT count(*) FROM pg_stat_statements WHERE false", &[])
+        .query_typed_one("SELECT count(*) FROM pg_stat_statements WHERE false", &[])
         .await
         .is_ok()
 }

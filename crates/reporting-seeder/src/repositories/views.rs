@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use deadpool_postgres::ClientWrapper;
 use etl_core::DbError;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, GenericClient};
 
 use super::{ident, Rel};
@@ -52,7 +53,13 @@ pub async fn inspect(
     let schemas: Vec<&str> = views.iter().map(|v| v.schema).collect();
     let names: Vec<&str> = views.iter().map(|v| v.name).collect();
     let mut out = HashMap::with_capacity(views.len());
-    for r in client.query(INSPECT, &[&schemas, &names]).await? {
+    for r in client
+        .query_typed(
+            INSPECT,
+            &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
+        )
+        .await?
+    {
         let schema: String = r.try_get(0)?;
         let name: String = r.try_get(1)?;
         let oid: Option<u32> = r.try_get(3)?;
@@ -499,7 +506,7 @@ async fn dress_and_swap(
 /// Every (reader, read) pair of materialized views, by `schema.name`, from `pg_depend`.
 pub async fn dependencies(client: &Client) -> Result<Vec<(String, String)>, DbError> {
     client
-        .query(
+        .query_typed(
             "SELECT DISTINCT dn.nspname || '.' || dc.relname, un.nspname || '.' || uc.relname
              FROM pg_depend d
              JOIN pg_rewrite r ON r.oid = d.objid
@@ -609,7 +616,7 @@ pub async fn active_queries(client: &Client) -> Result<i64, DbError> {
 /// The schemas unqualified names resolve in (existing ones, in search_path order).
 pub async fn search_path(client: &Client) -> Result<Vec<String>, DbError> {
     Ok(client
-        .query_one("SELECT current_schemas(false)::text[]", &[])
+        .query_typed_one("SELECT current_schemas(false)::text[]", &[])
         .await?
         .try_get(0)?)
 }
