@@ -642,7 +642,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             self.settings.max_workers.get(),
         );
         let run_span = tracing::info_span!("run", run_id = %run_id);
-        let graph_run = run_graph(
+        let finished = run_graph(
             &graph,
             priority,
             self.settings.max_workers,
@@ -674,12 +674,8 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             },
             |started| throttle(shared.clone(), started),
         )
-        .instrument(run_span);
-        // The run's own connection is idle meanwhile: it gets the end's statements ready.
-        let (finished, prepared_end) = tokio::join!(graph_run, main.prepare_end_run());
-        if let Err(e) = prepared_end {
-            tracing::debug!(error = %e, "could not prepare the run's last statements ahead");
-        }
+        .instrument(run_span)
+        .await;
         self.progress.end();
         // Long done by now: the workers did not wait for them, they took each connection from
         // the pool as it came back ready.

@@ -126,7 +126,7 @@ const BEGIN_RUN: &str =
 /// The run's `running` row, written once per run: sent with its parameter types in one round
 /// trip rather than prepared.
 pub async fn begin_run(
-    client: &ClientWrapper,
+    client: &Client,
     run_id: &str,
     job: &str,
     arguments: &str,
@@ -152,33 +152,28 @@ const FINISH_RUN: &str = "UPDATE reporting.seeder_run
      SET finished_at = now(), status = $2, views = $3, succeeded = $4, failed = $5, skipped = $6
      WHERE run_id = $1";
 
+/// The run's end row, written once per run: sent with its parameter types in one round trip
+/// rather than prepared.
 pub async fn finish_run(
-    client: &ClientWrapper,
+    client: &Client,
     run_id: &str,
     status: &str,
     c: RunCounts,
 ) -> Result<(), DbError> {
-    let statement = client.prepare_cached(FINISH_RUN).await?;
     client
-        .execute(
-            &statement,
+        .execute_typed(
+            FINISH_RUN,
             &[
-                &run_id,
-                &status,
-                &c.views,
-                &c.succeeded,
-                &c.failed,
-                &c.skipped,
+                (&run_id, Type::TEXT),
+                (&status, Type::TEXT),
+                (&c.views, Type::INT4),
+                (&c.succeeded, Type::INT4),
+                (&c.failed, Type::INT4),
+                (&c.skipped, Type::INT4),
             ],
         )
         .await?;
     Ok(())
-}
-
-/// Prepares the statements a run ends with ([`finish_run`], [`last_successes`]), so the end of
-/// a run sends them at once.
-pub async fn prepare_end_statements(client: &ClientWrapper) -> Result<(), DbError> {
-    super::prepare_all(client, &[FINISH_RUN, LAST_SUCCESSES]).await
 }
 
 /// Joined into a view's start and outcome statements: their transaction commits without waiting
@@ -438,14 +433,17 @@ const LAST_SUCCESSES: &str = "
                  WHERE v.table_name = k.t AND v.status = 'success')
     FROM unnest($1::text[]) AS k(t)";
 
-/// When each view last succeeded (seconds since the epoch), for those that ever did.
+/// When each view last succeeded (seconds since the epoch), for those that ever did. Read once
+/// per run, at its end: sent with its parameter type in one round trip rather than prepared.
 pub async fn last_successes(
-    client: &ClientWrapper,
+    client: &Client,
     keys: &[String],
 ) -> Result<HashMap<String, f64>, DbError> {
-    let statement = client.prepare_cached(LAST_SUCCESSES).await?;
     let mut out = HashMap::new();
-    for r in client.query(&statement, &[&keys]).await? {
+    for r in client
+        .query_typed(LAST_SUCCESSES, &[(&keys, Type::TEXT_ARRAY)])
+        .await?
+    {
         if let Some(at) = r.try_get::<_, Option<f64>>(1)? {
             out.insert(r.try_get(0)?, at);
         }

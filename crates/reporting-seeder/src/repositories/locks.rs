@@ -7,6 +7,7 @@
 use deadpool_postgres::ClientWrapper;
 use etl_core::DbError;
 use tokio_postgres::types::Type;
+use tokio_postgres::Client;
 
 /// Lock classes (the first key of the two-key advisory locks): "RS" + 1 or 2.
 const RUN_CLASS: i32 = 0x5253_0001;
@@ -17,7 +18,7 @@ const LOCK_RUN: &str = "SELECT pg_advisory_lock($1, hashtext($2))";
 /// Held by a run for its whole life, on its own connection. Taken once per run (again only when
 /// the run's connection was lost), so it is sent with its parameter types in one round trip
 /// rather than prepared.
-pub async fn lock_run(client: &ClientWrapper, run_id: &str) -> Result<(), DbError> {
+pub async fn lock_run(client: &Client, run_id: &str) -> Result<(), DbError> {
     client
         .execute_typed(LOCK_RUN, &[(&RUN_CLASS, Type::INT4), (&run_id, Type::TEXT)])
         .await?;

@@ -99,10 +99,6 @@ pub trait Session: Send {
         status: &str,
         counts: RunCounts,
     ) -> Result<(), DbError>;
-    /// Prepares what [`Session::end_run`] sends, so the end of a run waits for one round trip.
-    async fn prepare_end_run(&mut self) -> Result<(), DbError> {
-        Ok(())
-    }
     /// When each of `keys` last succeeded, then the run's end row; PostgreSQL sessions send both
     /// at once. Each result is its own.
     async fn end_run(
@@ -491,9 +487,6 @@ impl Session for PgSession {
         counts: RunCounts,
     ) -> Result<(), DbError> {
         history::finish_run(&self.conn, run_id, status, counts).await
-    }
-    async fn prepare_end_run(&mut self) -> Result<(), DbError> {
-        history::prepare_end_statements(&self.conn).await
     }
     async fn end_run(
         &mut self,
