@@ -466,6 +466,58 @@ async fn plan_shows_the_run_without_changing_anything() {
     drop(c);
 }
 
+/// A view's expected duration is the median of its five newest successes, whatever else its
+/// history holds: newer failures, and hundreds of older successes. Those reads go through the
+/// index of successes (migration 5), so a long history does not make them read every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expected_duration_is_the_median_of_the_five_newest_successes() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.long_history", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let c = db.client().await;
+    // 300 old successes of 5 s, then five of 10..50 ms, then failures of 9.9 s, newest last.
+    c.batch_execute(
+        "INSERT INTO reporting.seeder_view_run (run_id, table_name, history_table, history_id,
+             report_type, status, duration_ms, finished_at)
+         SELECT 'old-' || i, 'reporting.long_history', 'reporting.seeder_run_history', i, 'custom',
+                'success', 5000, now() - interval '400 days' + i * interval '1 day'
+         FROM generate_series(1, 300) i;
+         INSERT INTO reporting.seeder_view_run (run_id, table_name, history_table, history_id,
+             report_type, status, duration_ms, finished_at)
+         SELECT 'recent-' || i, 'reporting.long_history', 'reporting.seeder_run_history', 1000 + i,
+                'custom', 'success', 10 * i, now() - interval '1 hour' + i * interval '1 minute'
+         FROM generate_series(1, 5) i;
+         INSERT INTO reporting.seeder_view_run (run_id, table_name, history_table, history_id,
+             report_type, status, duration_ms, finished_at)
+         SELECT 'failed-' || i, 'reporting.long_history', 'reporting.seeder_run_history', 2000 + i,
+                'custom', 'error', 9900, now() - interval '10 minutes' + i * interval '1 minute'
+         FROM generate_series(1, 3) i;",
+    )
+    .await
+    .unwrap();
+    let out = db
+        .run(&["run", "plan", "--", "--output", "json"], &[])
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let view = &json["views"][0];
+    assert_eq!(view["table"], "reporting.long_history");
+    assert_eq!(view["expected_ms"], 30, "{view}");
+    assert_eq!(view["expected_from_history"], true, "{view}");
+    let indexed: bool = c
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_indexes WHERE schemaname = 'reporting'
+                 AND indexname = 'seeder_view_run_success_idx'
+                 AND indexdef LIKE '%WHERE (status = ''success''::text)%')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(indexed, "the index of successes is missing");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_runs_again_what_failed_or_was_skipped_in_order() {
     let db = TestDb::new().await;

@@ -26,6 +26,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "release_snapshot",
         include_str!("../../migrations/V4__release_snapshot.sql"),
     ),
+    (
+        5,
+        "success_index",
+        include_str!("../../migrations/V5__success_index.sql"),
+    ),
 ];
 
 /// "reporting-seeder migrations", as a fixed advisory-lock key.
