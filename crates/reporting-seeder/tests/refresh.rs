@@ -661,3 +661,35 @@ async fn bookkeeping_commits_leave_the_sessions_durability_as_configured() {
         vec![("reporting.v".to_string(), "success".to_string(), None)]
     );
 }
+
+/// A worker's session, once warmed, plans its prepared bookkeeping statements once (a generic
+/// plan) rather than at each of their first five executions; a fresh session keeps the server's
+/// default, and a view's own query is never a prepared statement of the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warmed_sessions_plan_their_statements_once() {
+    use etl_core::db::{ConnectionSettings, DatabaseClient, PostgresClient};
+    use reporting_seeder::repositories::{HistoryRoutes, PgSession, Session};
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let settings = ConnectionSettings::from_config(db.url.parse().unwrap());
+    let client = PostgresClient::new(&settings, 1).unwrap();
+    let mut session = PgSession::from_connection(client.connection().await.unwrap());
+    async fn mode(s: &PgSession) -> String {
+        s.client()
+            .query_one("SHOW plan_cache_mode", &[])
+            .await
+            .unwrap()
+            .get(0)
+    }
+    assert_eq!(mode(&session).await, "auto");
+    session.warm(HistoryRoutes::default()).await.unwrap();
+    assert_eq!(mode(&session).await, "force_generic_plan");
+    // The statements every view runs are prepared on it.
+    let prepared: i64 = session
+        .client()
+        .query_one("SELECT count(*) FROM pg_prepared_statements", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(prepared >= 5, "{prepared} statements prepared");
+}

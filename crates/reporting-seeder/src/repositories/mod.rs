@@ -243,7 +243,8 @@ pub trait Session: Send {
     fn close(self: Box<Self>) {}
 
     /// Gets a new connection ready for views: prepares the statements every view runs, so a
-    /// worker's first view does not wait for them.
+    /// worker's first view does not wait for them, and has them planned once per connection
+    /// rather than at every execution.
     async fn warm(&mut self, _routes: HistoryRoutes) -> Result<(), DbError> {
         Ok(())
     }
@@ -615,12 +616,13 @@ impl Session for PgSession {
         drop(deadpool_postgres::Object::take(self.conn));
     }
     async fn warm(&mut self, routes: HistoryRoutes) -> Result<(), DbError> {
-        let (a, b, c) = tokio::join!(
+        let (a, b, c, d) = tokio::join!(
+            views::plan_once(&self.conn),
             history::prepare_view_statements(&self.conn, routes),
             locks::prepare_view_statements(&self.conn),
             views::prepare_view_statements(&self.conn),
         );
-        a.and(b).and(c)
+        a.and(b).and(c).and(d)
     }
     async fn begin_view(
         &mut self,

@@ -529,6 +529,23 @@ const STATS: &str = "
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = $1 AND c.relname = $2";
 
+/// Has this session plan its prepared statements once, not at each execution.
+///
+/// A worker runs the same few bookkeeping statements (history rows, locks, figures) for every
+/// view, each time with other values. PostgreSQL plans a prepared statement afresh for each of
+/// its first five executions (a custom plan) before it considers reusing one, so a worker with
+/// six views planned nearly every execution, and those plans were CPU the view's `REFRESH`
+/// waited for when eight workers finished together. The statements are lookups by key, whose
+/// generic plan is the custom one. Only this session's prepared statements are affected: a
+/// view's own query is planned by `CREATE` / `REFRESH` as always. A server that does not know
+/// the setting (before PostgreSQL 12) refuses it; the session then works as before.
+pub async fn plan_once(client: &Client) -> Result<(), DbError> {
+    client
+        .batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await?;
+    Ok(())
+}
+
 /// Prepares the figures' statement, which every view runs after `ANALYZE`.
 pub async fn prepare_view_statements(client: &ClientWrapper) -> Result<(), DbError> {
     super::prepare_all(client, &[STATS]).await
