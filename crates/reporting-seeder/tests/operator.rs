@@ -489,6 +489,25 @@ async fn statement_figures_come_from_pg_stat_statements_when_installed() {
         assert!(blocks.unwrap() > 0, "{blocks:?}");
         assert_eq!(calls, Some(expected_calls));
     }
+    // The baseline is found through the index of recorded figures (migration 6), not by
+    // reading and sorting all of the view's history rows.
+    let plan: Vec<String> = c
+        .query(
+            "EXPLAIN SELECT v.pgss_totals FROM reporting.seeder_view_run v
+             WHERE v.table_name = 'reporting.v' AND v.pgss_queryid = 1
+             ORDER BY v.finished_at DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        plan.iter()
+            .any(|l| l.contains("seeder_view_run_statement_idx")),
+        "{plan:#?}"
+    );
     drop(c);
     drop(admin);
     drop(cluster);

@@ -31,6 +31,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "success_index",
         include_str!("../../migrations/V5__success_index.sql"),
     ),
+    (
+        6,
+        "statement_index",
+        include_str!("../../migrations/V6__statement_index.sql"),
+    ),
 ];
 
 /// "reporting-seeder migrations", as a fixed advisory-lock key.
