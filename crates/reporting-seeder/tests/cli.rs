@@ -194,3 +194,43 @@ async fn run_with_and_without_double_dash_is_the_same() {
     assert_exit(&out, 0);
     assert!(stdout(&out).contains("reporting.a"), "{}", stdout(&out));
 }
+
+/// The README's quick start, `cargo run --release -- run demo` at the workspace root, needs the
+/// root's default members to hold exactly one binary, the tool's (xtask's made it ambiguous).
+#[test]
+fn cargo_run_at_the_root_runs_the_tool() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+    assert!(
+        readme.contains("cargo run --release -- run demo"),
+        "the quick start changed: update this test"
+    );
+    let out = std::process::Command::new(option_env!("CARGO").unwrap_or("cargo"))
+        .args([
+            "metadata",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--manifest-path",
+        ])
+        .arg(format!("{root}/Cargo.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let defaults = meta["workspace_default_members"].as_array().unwrap();
+    let bins: Vec<&str> = meta["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| defaults.contains(&p["id"]))
+        .flat_map(|p| p["targets"].as_array().unwrap())
+        .filter(|t| t["kind"].as_array().unwrap().iter().any(|k| k == "bin"))
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(bins, ["reporting-seeder"]);
+}
