@@ -612,23 +612,11 @@ async fn analyze_follows_a_refresh_only_when_it_succeeded() {
 /// follows, and the rows are there for other sessions at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bookkeeping_commits_leave_the_sessions_durability_as_configured() {
-    use etl_core::db::{ConnectionSettings, DatabaseClient, PostgresClient};
-    use reporting_seeder::repositories::{
-        HistoryRoutes, Outcome, PgSession, ReportType, Session, ViewRecord,
-    };
+    use reporting_seeder::repositories::{HistoryRoutes, Outcome, ReportType, Session, ViewRecord};
     let db = TestDb::new().await;
     db.migrate().await;
-    let settings = ConnectionSettings::from_config(db.url.parse().unwrap());
-    let client = PostgresClient::new(&settings, 1).unwrap();
-    let mut session = PgSession::from_connection(client.connection().await.unwrap());
-    async fn durability(s: &PgSession) -> String {
-        s.client()
-            .query_one("SHOW synchronous_commit", &[])
-            .await
-            .unwrap()
-            .get(0)
-    }
-    assert_eq!(durability(&session).await, "on");
+    let mut session = pg_session(&db).await;
+    assert_eq!(show(&session, "synchronous_commit").await, "on");
     let routes = HistoryRoutes::default();
     let view = ViewRecord {
         table_name: "reporting.v".into(),
@@ -640,7 +628,11 @@ async fn bookkeeping_commits_leave_the_sessions_durability_as_configured() {
     };
     session.begin_run("r1", "refresh_all", "").await.unwrap();
     let id = session.record_start(routes, "r1", &view).await.unwrap();
-    assert_eq!(durability(&session).await, "on", "after the running row");
+    assert_eq!(
+        show(&session, "synchronous_commit").await,
+        "on",
+        "after the running row"
+    );
     let outcome = Outcome {
         status: "success",
         action: Some("refresh"),
@@ -655,7 +647,11 @@ async fn bookkeeping_commits_leave_the_sessions_durability_as_configured() {
         .record_finish(routes, "r1", &view, Some(id), &outcome)
         .await
         .unwrap();
-    assert_eq!(durability(&session).await, "on", "after the outcome");
+    assert_eq!(
+        show(&session, "synchronous_commit").await,
+        "on",
+        "after the outcome"
+    );
     assert_eq!(
         db.history("r1").await,
         vec![("reporting.v".to_string(), "success".to_string(), None)]
@@ -664,26 +660,19 @@ async fn bookkeeping_commits_leave_the_sessions_durability_as_configured() {
 
 /// A worker's session, once warmed, plans its prepared bookkeeping statements once (a generic
 /// plan) rather than at each of their first five executions; a fresh session keeps the server's
-/// default, and a view's own query is never a prepared statement of the session.
+/// default.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warmed_sessions_plan_their_statements_once() {
-    use etl_core::db::{ConnectionSettings, DatabaseClient, PostgresClient};
-    use reporting_seeder::repositories::{HistoryRoutes, PgSession, Session};
+    use reporting_seeder::repositories::{HistoryRoutes, Session};
     let db = TestDb::new().await;
     db.migrate().await;
-    let settings = ConnectionSettings::from_config(db.url.parse().unwrap());
-    let client = PostgresClient::new(&settings, 1).unwrap();
-    let mut session = PgSession::from_connection(client.connection().await.unwrap());
-    async fn mode(s: &PgSession) -> String {
-        s.client()
-            .query_one("SHOW plan_cache_mode", &[])
-            .await
-            .unwrap()
-            .get(0)
-    }
-    assert_eq!(mode(&session).await, "auto");
+    let mut session = pg_session(&db).await;
+    assert_eq!(show(&session, "plan_cache_mode").await, "auto");
     session.warm(HistoryRoutes::default()).await.unwrap();
-    assert_eq!(mode(&session).await, "force_generic_plan");
+    assert_eq!(
+        show(&session, "plan_cache_mode").await,
+        "force_generic_plan"
+    );
     // The statements every view runs are prepared on it.
     let prepared: i64 = session
         .client()
@@ -692,4 +681,22 @@ async fn warmed_sessions_plan_their_statements_once() {
         .unwrap()
         .get(0);
     assert!(prepared >= 5, "{prepared} statements prepared");
+}
+
+/// A PostgreSQL session of the tool's own on the test's database.
+async fn pg_session(db: &TestDb) -> reporting_seeder::repositories::PgSession {
+    use etl_core::db::{ConnectionSettings, DatabaseClient, PostgresClient};
+    let settings = ConnectionSettings::from_config(db.url.parse().unwrap());
+    let client = PostgresClient::new(&settings, 1).unwrap();
+    reporting_seeder::repositories::PgSession::from_connection(client.connection().await.unwrap())
+}
+
+/// A setting's value in that session.
+async fn show(session: &reporting_seeder::repositories::PgSession, name: &str) -> String {
+    session
+        .client()
+        .query_one("SELECT current_setting($1)", &[&name])
+        .await
+        .unwrap()
+        .get(0)
 }

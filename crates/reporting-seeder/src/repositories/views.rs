@@ -536,9 +536,9 @@ const STATS: &str = "
 /// its first five executions (a custom plan) before it considers reusing one, so a worker with
 /// six views planned nearly every execution: 13 % of the server's CPU in a run of 48 views on
 /// eight workers, 6 % with this setting. The statements are lookups by key, whose generic plan
-/// is the custom one. Only this session's prepared statements are affected: a
-/// view's own query is planned by `CREATE` / `REFRESH` as always. A server that does not know
-/// the setting (before PostgreSQL 12) refuses it; the session then works as before.
+/// is the custom one. Only this session's prepared statements are affected: a view's own query
+/// is planned by `CREATE` / `REFRESH` as always. A server that does not know the setting (before
+/// PostgreSQL 12) refuses it; the session then works as before.
 pub async fn plan_once(client: &Client) -> Result<(), DbError> {
     client
         .batch_execute("SET plan_cache_mode = force_generic_plan")
