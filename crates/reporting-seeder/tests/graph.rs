@@ -608,3 +608,65 @@ async fn json_output_and_results_file() {
     assert_eq!(stg["rows"], 100);
     assert!(stg["duration_ms"].as_u64().is_some());
 }
+
+/// Names in other scripts are taken as PostgreSQL takes them unquoted (the tool this one replaces
+/// wrote them unquoted): ASCII letters fold, the others stay; dependencies between such views are
+/// seen, and `refresh_table` finds them under any case of their ASCII letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_in_other_scripts_work_as_they_do_unquoted() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom(
+        "rapports.résumé_Été",
+        "gotham",
+        1,
+        "SELECT sum(n) AS total FROM Rapports.Ventes_Été",
+    )
+    .await;
+    db.custom(
+        "Rapports.Ventes_Été",
+        "gotham",
+        1,
+        "SELECT n FROM generate_series(1, 10) AS s(n)",
+    )
+    .await;
+    let out = db
+        .run(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "8")])
+        .await;
+    assert_exit(&out, 0);
+    let t = times(&db).await;
+    assert!(
+        t["rapports.ventes_Été"].1 <= t["rapports.résumé_Été"].0,
+        "{t:?}"
+    );
+    let client = db.client().await;
+    // Written unquoted, the names reach the views the tool made.
+    let total: i64 = client
+        .query_one("SELECT total FROM RAPPORTS.résumé_Été", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, 55);
+
+    let out = db
+        .run(&["run", "refresh_table", "--", "RAPPORTS.Ventes_Été"], &[])
+        .await;
+    assert_exit(&out, 0);
+    assert_eq!(
+        last(&db).await,
+        vec![("rapports.ventes_Été".to_owned(), "success".to_owned(), None)]
+    );
+    // A name with punctuation in it is still refused, the run going on without it.
+    db.custom("rapports.ventes€", "gotham", 1, "SELECT 1 AS a")
+        .await;
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 1);
+    let rows = last(&db).await;
+    let (s, e) = status(&rows, "rapports.ventes€");
+    assert_eq!(s, "error");
+    assert!(
+        e.is_some_and(|e| e.contains("invalid character '€'")),
+        "{e:?}"
+    );
+    assert_eq!(status(&rows, "rapports.résumé_Été").0, "success");
+}

@@ -74,7 +74,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         };
         let (base, new) = match (&cli.table_name, &cli.base_tag, &cli.new_tag) {
             (Some(table), Some(a), Some(b)) => {
-                let table = table.to_lowercase();
+                let table = table.to_ascii_lowercase();
                 let base = repo
                     .snapshot_by_tag(&table, a)
                     .await

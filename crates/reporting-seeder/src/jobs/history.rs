@@ -59,7 +59,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             }
             (None, Some(table)) => {
                 let rows = session
-                    .table_history(&table.to_lowercase(), cli.limit)
+                    .table_history(&table.to_ascii_lowercase(), cli.limit)
                     .await
                     .map_err(db)?;
                 if json {

@@ -63,7 +63,7 @@ impl FromStr for Selector {
                 "canned" => Atom::Type(ReportType::Canned),
                 _ => return Err(invalid("type is custom or canned")),
             },
-            "table" => Atom::Table(value.to_lowercase()),
+            "table" => Atom::Table(value.to_ascii_lowercase()),
             _ => return Err(invalid(FORMS)),
         };
         Ok(Selector {

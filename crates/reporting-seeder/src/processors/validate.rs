@@ -111,7 +111,7 @@ pub enum InvalidManifest {
     /// (a digit or `$`).
     #[error(
         "invalid table name {table:?}: the {part} part starts with {character:?}; \
-         an identifier must start with an ASCII letter or an underscore"
+         an identifier must start with a letter or an underscore"
     )]
     InvalidStart {
         /// The rejected table name (possibly shortened).
@@ -123,11 +123,11 @@ pub enum InvalidManifest {
     },
 
     /// One part contains a character that cannot appear in an unquoted
-    /// identifier (whitespace, quotes, punctuation, any non-ASCII character).
+    /// identifier (whitespace, quotes, punctuation, invisible characters).
     #[error(
         "invalid table name {table:?}: the {part} part contains invalid character \
-         {character:?} (U+{code:04X}); use only ASCII letters, digits, underscores and $, \
-         without whitespace or quotes",
+         {character:?} (U+{code:04X}); use only letters, digits, underscores and $, \
+         without whitespace, quotes or punctuation",
         code = u32::from(*.character)
     )]
     InvalidCharacter {
@@ -216,10 +216,10 @@ pub enum InvalidManifest {
 /// A validated `schema.name`, both parts folded to lower case the way
 /// PostgreSQL folds unquoted identifiers.
 ///
-/// Each part starts with an ASCII letter or an underscore and contains only
-/// ASCII letters, digits, underscores and `$`, at most 63 bytes. So writing
-/// the parts unquoted, or double-quoted as they are stored (lower case), names
-/// the same relation. Quoting also protects the names that are reserved
+/// Each part starts with a letter or an underscore and contains only letters,
+/// digits, underscores and `$`, at most 63 bytes. So writing the parts
+/// unquoted, or double-quoted as they are stored (ASCII letters in lower case,
+/// as PostgreSQL folds them in UTF-8), names the same relation. Quoting also protects the names that are reserved
 /// keywords (`select`, `table`, …): those pass validation but are rejected by
 /// PostgreSQL when they are left unquoted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -232,7 +232,8 @@ impl ViewName {
     /// Validates `raw` as `schema.name` and folds it to lower case.
     ///
     /// Nothing is trimmed: surrounding or embedded whitespace of any kind is
-    /// rejected, as are quotes, semicolons and any non-ASCII character.
+    /// rejected, as are quotes, semicolons and other punctuation. Letters of any script are
+    /// taken, as PostgreSQL takes them; only ASCII letters fold to lower case.
     pub fn parse(raw: &str) -> Result<ViewName, InvalidManifest> {
         if raw.is_empty() {
             return Err(InvalidManifest::EmptyTableName);
@@ -287,7 +288,10 @@ fn check_identifier(raw: &str, part: NamePart, ident: &str) -> Result<(), Invali
             part,
         });
     };
-    if !(first.is_ascii_alphabetic() || first == '_') {
+    if !(first.is_ascii_alphabetic()
+        || first == '_'
+        || (!first.is_ascii() && first.is_alphabetic()))
+    {
         return Err(if first.is_ascii_digit() || first == '$' {
             InvalidManifest::InvalidStart {
                 table: echo(raw),
@@ -302,14 +306,14 @@ fn check_identifier(raw: &str, part: NamePart, ident: &str) -> Result<(), Invali
             }
         });
     }
-    if let Some(bad) = chars.find(|&c| !(c.is_ascii_alphanumeric() || c == '_' || c == '$')) {
+    if let Some(bad) = chars.find(|&c| !identifier_char(c)) {
         return Err(InvalidManifest::InvalidCharacter {
             table: echo(raw),
             part,
             character: bad,
         });
     }
-    // Every character is ASCII at this point, so bytes and characters agree.
+    // PostgreSQL's limit is in bytes: `é` counts two.
     if ident.len() > MAX_IDENTIFIER_BYTES {
         return Err(InvalidManifest::PartTooLong {
             table: echo(raw),
@@ -322,6 +326,15 @@ fn check_identifier(raw: &str, part: NamePart, ident: &str) -> Result<(), Invali
 
 /// The rejected input as repeated in an error message, cut short so that a
 /// huge value cannot flood the log or the error record.
+/// What PostgreSQL's lexer takes in an unquoted identifier after its first character: ASCII
+/// letters, digits, `_` and `$`, and (like PostgreSQL, which takes any non-ASCII byte) letters and
+/// digits of other scripts, so `reporting.ventes_été` names what it named for the tool this one
+/// replaces. Non-ASCII spaces, punctuation and invisible characters (a no-break space or a
+/// zero-width space pasted with a name) are refused: PostgreSQL would take them into the name.
+fn identifier_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '$' || (!c.is_ascii() && c.is_alphanumeric())
+}
+
 fn echo(raw: &str) -> String {
     let mut chars = raw.char_indices();
     match chars.nth(MAX_ECHOED_CHARS) {
@@ -1021,10 +1034,34 @@ mod tests {
     }
 
     #[test]
-    fn non_ascii_is_rejected() {
-        invalid_char("réporting.x", NamePart::Schema, 'é');
-        invalid_char("reporting.ventes_été", NamePart::Name, 'é');
-        invalid_char("reporting.ｘ", NamePart::Name, 'ｘ');
+    fn letters_of_other_scripts_are_taken_as_postgresql_takes_them() {
+        for (raw, schema, name) in [
+            ("réporting.x", "réporting", "x"),
+            ("reporting.ventes_été", "reporting", "ventes_été"),
+            ("Reporting.Ventes_ÉTÉ", "reporting", "ventes_ÉtÉ"),
+            ("отчёты.продажи_2024", "отчёты", "продажи_2024"),
+            ("reporting.ｘ", "reporting", "ｘ"),
+            ("reporting.x٣", "reporting", "x٣"),
+        ] {
+            let v = ViewName::parse(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
+            // Only ASCII letters fold, as PostgreSQL folds unquoted names in UTF-8.
+            assert_eq!((v.schema(), v.name()), (schema, name), "{raw}");
+        }
+        invalid_char("reporting.ventes€", NamePart::Name, '€');
+        invalid_char("reporting.x«y»", NamePart::Name, '«');
+        invalid_char("reporting.a\u{301}", NamePart::Name, '\u{301}');
+        assert!(matches!(
+            name_err("reporting.٣x"),
+            InvalidManifest::InvalidCharacter {
+                character: '٣', ..
+            }
+        ));
+        // The limit is PostgreSQL's, in bytes: 31 two-byte letters fit, 32 do not.
+        assert!(ViewName::parse(&format!("reporting.{}", "é".repeat(31))).is_ok());
+        assert!(matches!(
+            name_err(&format!("reporting.{}", "é".repeat(32))),
+            InvalidManifest::PartTooLong { bytes: 64, .. }
+        ));
     }
 
     #[test]
