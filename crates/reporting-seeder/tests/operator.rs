@@ -78,6 +78,12 @@ async fn the_summary_has_counts_failures_with_reasons_and_the_run() {
         .lines()
         .any(|l| l.contains("reporting.good") && l.contains("success")));
     assert!(!text.contains('\u{1b}'), "no colour off a terminal");
+    // The failure's long reason does not pad the other lines out to its width.
+    assert!(
+        text.lines().all(|l| l == l.trim_end()),
+        "trailing blanks:\n{}",
+        text.replace(' ', "·")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

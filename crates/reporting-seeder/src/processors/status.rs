@@ -100,7 +100,7 @@ pub fn render_status(rows: &[StatusRow], stale_after: Option<Duration>) -> Strin
         counts[State::Stale as usize]
     );
     if !rows.is_empty() {
-        let _ = writeln!(out, "{t}");
+        let _ = writeln!(out, "{}", super::summary::trimmed(&t));
     }
     out
 }
@@ -152,7 +152,7 @@ pub fn render_runs(runs: &[RunRow]) -> String {
     if runs.is_empty() {
         return "no run recorded yet\n".into();
     }
-    format!("{t}\n")
+    format!("{}\n", super::summary::trimmed(&t))
 }
 
 pub fn runs_json(runs: &[RunRow]) -> serde_json::Value {
@@ -198,7 +198,7 @@ pub fn render_view_runs(rows: &[ViewRunRow]) -> String {
                 .to_string(),
         ]);
     }
-    format!("{t}\n")
+    format!("{}\n", super::summary::trimmed(&t))
 }
 
 pub fn view_runs_json(rows: &[ViewRunRow]) -> serde_json::Value {

@@ -22,7 +22,16 @@ fn status_cell(status: &str, colour: bool) -> Cell {
     }
 }
 
-fn view_table(rows: &[&ViewResult], colour: bool) -> Table {
+/// The table's text without the padding comfy-table puts after each line's last cell: a long
+/// reason in one row otherwise pads every line of the table to its width in logs.
+pub(crate) fn trimmed(t: &Table) -> String {
+    t.lines()
+        .map(|line| line.trim_end().to_owned())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn view_table(rows: &[&ViewResult], colour: bool) -> String {
     let mut t = Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
     if colour {
@@ -53,7 +62,7 @@ fn view_table(rows: &[&ViewResult], colour: bool) -> Table {
             Cell::new(reason),
         ]);
     }
-    t
+    trimmed(&t)
 }
 
 /// The end-of-run summary: counts by status, every failure with its reason, the slowest views,
