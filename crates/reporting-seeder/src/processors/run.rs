@@ -197,12 +197,14 @@ pub async fn prepare(
         .await
         .map_err(at("reading the manifest tables"))?;
     let planned = plan(&rows, &selection)?;
-    // Without --select/--exclude every planned view is in the run; with them, the count waits
-    // for the dependency graph.
+    // Every enabled view is planned (the dependency graph needs them all), but only those in
+    // the job's scope (its table, agency or report type) are in the run. Without
+    // --select/--exclude those are known now; with them, the count waits for the graph.
     let narrowed = !(selection.select.is_empty() && selection.exclude.is_empty());
+    let in_scope = |i: usize| planned.in_scope.get(i).copied().unwrap_or(false);
     if !narrowed {
         if let Some(tell) = on_count.take() {
-            tell(planned.views.len());
+            tell((0..planned.views.len()).filter(|&i| in_scope(i)).count());
         }
     }
 
@@ -225,14 +227,17 @@ pub async fn prepare(
             ViewPlan::Invalid(_) => None,
         })
         .collect();
-    // Without --select/--exclude every planned view is in the run, so its recent durations go
+    // Without --select/--exclude the run is the scope's views, so their recent durations go
     // with the other reads: one round trip for all four. With them, they are read once the
     // selection is known, for the selected views only (a narrow selection out of thousands of
     // manifests reads a handful).
     let durations_for: Vec<String> = if narrowed {
         Vec::new()
     } else {
-        planned.views.iter().map(|v| v.key.clone()).collect()
+        (planned.views.iter().enumerate())
+            .filter(|&(i, _)| in_scope(i))
+            .map(|(_, v)| v.key.clone())
+            .collect()
     };
     let CatalogRead {
         states,
@@ -1388,6 +1393,18 @@ mod tests {
             ..Selection::default()
         };
         assert_eq!(count(not_a).await, vec![2]);
+        // The job's own scope counts too: every view is planned, but refresh_table's run
+        // holds one (and opens one worker connection, not one per planned view).
+        let table_b = Selection {
+            scope: Scope::Table("s.b".into()),
+            ..Selection::default()
+        };
+        assert_eq!(count(table_b).await, vec![1]);
+        let canned = Selection {
+            report_type: crate::processors::planner::TypeFilter::Canned,
+            ..Selection::default()
+        };
+        assert_eq!(count(canned).await, vec![0]);
     }
 
     #[tokio::test]
