@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use sha2::{Digest, Sha256};
 
-use super::validate::validate_query;
 pub use super::validate::ViewName;
+use super::validate::{validate_query_and_reads, RelationRef};
 use crate::repositories::{ManifestRow, ReportType, ViewRecord};
 
 /// Which report types a run covers.
@@ -98,6 +98,8 @@ pub enum ViewPlan {
         query: String,
         /// SHA-256 of `query`, hex: what the view is known to be built from.
         hash: String,
+        /// The relations `query` reads, found when it was validated.
+        reads: Vec<RelationRef>,
     },
     /// Recorded as an error with this reason; nothing is executed.
     Invalid(String),
@@ -260,12 +262,13 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
     } else {
         match ViewName::parse(&first.table_name) {
             Err(e) => ViewPlan::Invalid(e.to_string()),
-            Ok(name) => match validate_query(&first.query) {
+            Ok(name) => match validate_query_and_reads(&first.query) {
                 Err(e) => ViewPlan::Invalid(e.to_string()),
-                Ok(query) => ViewPlan::Valid {
+                Ok((query, reads)) => ViewPlan::Valid {
                     name,
                     hash: hash_query(&query),
                     query,
+                    reads,
                 },
             },
         }

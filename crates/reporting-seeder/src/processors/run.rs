@@ -17,7 +17,6 @@ use super::graph;
 use super::planner::{plan, PlanError, PlannedView, Scope, Selection, ViewPlan};
 use super::refresh::{decide, perform, Action};
 use super::select::{self, SelectError};
-use super::validate::referenced_relations;
 use crate::repositories::{
     BeginError, CatalogPart, CatalogRead, HistoryId, HistoryRoutes, Outcome, Rel, RunCounts,
     Session, StartRunError, Store, ViewLock, ViewRecord,
@@ -212,7 +211,7 @@ pub async fn prepare(
         .views
         .iter()
         .map(|v| match &v.plan {
-            ViewPlan::Valid { query, .. } => referenced_relations(query).unwrap_or_default(),
+            ViewPlan::Valid { reads, .. } => reads.clone(),
             ViewPlan::Invalid(_) => Vec::new(),
         })
         .collect();
@@ -900,7 +899,9 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
     };
     let (name, query, hash) = match &view.plan {
         ViewPlan::Invalid(reason) => return done(failed(0, reason.clone())),
-        ViewPlan::Valid { name, query, hash } => (name.clone(), query.clone(), hash.clone()),
+        ViewPlan::Valid {
+            name, query, hash, ..
+        } => (name.clone(), query.clone(), hash.clone()),
     };
     let mut action = match &shared.prepared.actions[i] {
         Ok(a) => *a,
