@@ -219,9 +219,9 @@ pub enum InvalidManifest {
 /// Each part starts with a letter or an underscore and contains only letters,
 /// digits, underscores and `$`, at most 63 bytes. So writing the parts
 /// unquoted, or double-quoted as they are stored (ASCII letters in lower case,
-/// as PostgreSQL folds them in UTF-8), names the same relation. Quoting also protects the names that are reserved
-/// keywords (`select`, `table`, …): those pass validation but are rejected by
-/// PostgreSQL when they are left unquoted.
+/// as PostgreSQL folds them in UTF-8), names the same relation. Quoting also
+/// protects the names that are reserved keywords (`select`, `table`, …): those
+/// pass validation but are rejected by PostgreSQL when they are left unquoted.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ViewName {
     schema: String,
@@ -232,8 +232,9 @@ impl ViewName {
     /// Validates `raw` as `schema.name` and folds it to lower case.
     ///
     /// Nothing is trimmed: surrounding or embedded whitespace of any kind is
-    /// rejected, as are quotes, semicolons and other punctuation. Letters of any script are
-    /// taken, as PostgreSQL takes them; only ASCII letters fold to lower case.
+    /// rejected, as are quotes, semicolons and other punctuation. Letters of
+    /// any script are taken, as PostgreSQL takes them; only ASCII letters fold
+    /// to lower case.
     pub fn parse(raw: &str) -> Result<ViewName, InvalidManifest> {
         if raw.is_empty() {
             return Err(InvalidManifest::EmptyTableName);
@@ -324,8 +325,6 @@ fn check_identifier(raw: &str, part: NamePart, ident: &str) -> Result<(), Invali
     Ok(())
 }
 
-/// The rejected input as repeated in an error message, cut short so that a
-/// huge value cannot flood the log or the error record.
 /// What PostgreSQL's lexer takes in an unquoted identifier after its first character: ASCII
 /// letters, digits, `_` and `$`, and (like PostgreSQL, which takes any non-ASCII byte) letters and
 /// digits of other scripts, so `reporting.ventes_été` names what it named for the tool this one
@@ -335,6 +334,8 @@ fn identifier_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '_' || c == '$' || (!c.is_ascii() && c.is_alphanumeric())
 }
 
+/// The rejected input as repeated in an error message, cut short so that a
+/// huge value cannot flood the log or the error record.
 fn echo(raw: &str) -> String {
     let mut chars = raw.char_indices();
     match chars.nth(MAX_ECHOED_CHARS) {
