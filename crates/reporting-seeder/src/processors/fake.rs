@@ -38,6 +38,8 @@ pub struct FakeState {
     pub locked: HashMap<String, ViewLock>,
     /// Failures that happen only on the first attempt of a key (then it succeeds).
     pub fail_once: HashMap<String, DbError>,
+    /// The views each catalog inspection asked for, by `schema.name`.
+    pub inspected: Vec<Vec<String>>,
 }
 
 #[derive(Clone, Default)]
@@ -109,8 +111,15 @@ impl Session for FakeStore {
     async fn load_manifests(&mut self) -> Result<Vec<ManifestRow>, DbError> {
         Ok(self.state().manifests.clone())
     }
-    async fn inspect(&mut self, _views: &[Rel<'_>]) -> Result<HashMap<String, ViewState>, DbError> {
-        Ok(self.state().views.clone())
+    async fn inspect(&mut self, views: &[Rel<'_>]) -> Result<HashMap<String, ViewState>, DbError> {
+        // As the repository does: only the views asked for.
+        let keys: Vec<String> = views.iter().map(|v| v.key()).collect();
+        let mut state = self.state();
+        state.inspected.push(keys.clone());
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| state.views.get(&k).map(|v| (k, v.clone())))
+            .collect())
     }
     async fn history_routes(&mut self) -> Result<HistoryRoutes, DbError> {
         Ok(HistoryRoutes::default())

@@ -215,10 +215,13 @@ pub async fn prepare(
             ViewPlan::Invalid(_) => Vec::new(),
         })
         .collect();
-    let names: Vec<Rel<'_>> = planned
-        .views
-        .iter()
-        .filter_map(|p| match &p.plan {
+    // The views' state decides what a run does to each of its views, and tells the graph which
+    // catalog dependencies still hold (those of views built from their current query). Without
+    // --select/--exclude the run's views are known: a refresh_table out of ten thousand
+    // manifests inspects one view, not all of them.
+    let names: Vec<Rel<'_>> = (planned.views.iter().enumerate())
+        .filter(|&(i, _)| narrowed || in_scope(i))
+        .filter_map(|(_, p)| match &p.plan {
             ViewPlan::Valid { name, .. } => Some(Rel {
                 schema: name.schema(),
                 name: name.name(),
@@ -1400,7 +1403,31 @@ mod tests {
             scope: Scope::Table("s.b".into()),
             ..Selection::default()
         };
-        assert_eq!(count(table_b).await, vec![1]);
+        assert_eq!(count(table_b.clone()).await, vec![1]);
+        // ... and inspects that one view's state, which decides its action.
+        s.state().views.insert(
+            "s.b".into(),
+            ViewState {
+                schema_exists: true,
+                oid: Some(7),
+                relkind: Some('m'),
+                populated: true,
+                has_concurrent_index: false,
+                stored_hash: Some(crate::processors::planner::hash_query("SELECT 1")),
+            },
+        );
+        s.state().inspected.clear();
+        let mut session = s.session().await.unwrap();
+        let p = prepare(session.as_mut(), &table_b, false, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(s.state().inspected, vec![vec!["s.b".to_string()]]);
+        assert_eq!(
+            p.actions,
+            vec![Ok(Action::Refresh {
+                concurrently: false
+            })]
+        );
         let canned = Selection {
             report_type: crate::processors::planner::TypeFilter::Canned,
             ..Selection::default()
