@@ -200,10 +200,14 @@ pub async fn prepare(
     // the job's scope (its table, agency or report type) are in the run. Without
     // --select/--exclude those are known now; with them, the count waits for the graph.
     let narrowed = !(selection.select.is_empty() && selection.exclude.is_empty());
-    let in_scope = |i: usize| planned.in_scope.get(i).copied().unwrap_or(false);
+    let scoped = || {
+        (planned.views.iter().zip(&planned.in_scope))
+            .filter(|&(_, &in_scope)| in_scope)
+            .map(|(v, _)| v)
+    };
     if !narrowed {
         if let Some(tell) = on_count.take() {
-            tell((0..planned.views.len()).filter(|&i| in_scope(i)).count());
+            tell(scoped().count());
         }
     }
 
@@ -219,9 +223,9 @@ pub async fn prepare(
     // catalog dependencies still hold (those of views built from their current query). Without
     // --select/--exclude the run's views are known: a refresh_table out of ten thousand
     // manifests inspects one view, not all of them.
-    let names: Vec<Rel<'_>> = (planned.views.iter().enumerate())
-        .filter(|&(i, _)| narrowed || in_scope(i))
-        .filter_map(|(_, p)| match &p.plan {
+    let names: Vec<Rel<'_>> = (planned.views.iter().zip(&planned.in_scope))
+        .filter(|&(_, &in_scope)| narrowed || in_scope)
+        .filter_map(|(p, _)| match &p.plan {
             ViewPlan::Valid { name, .. } => Some(Rel {
                 schema: name.schema(),
                 name: name.name(),
@@ -236,10 +240,7 @@ pub async fn prepare(
     let durations_for: Vec<String> = if narrowed {
         Vec::new()
     } else {
-        (planned.views.iter().enumerate())
-            .filter(|&(i, _)| in_scope(i))
-            .map(|(_, v)| v.key.clone())
-            .collect()
+        scoped().map(|v| v.key.clone()).collect()
     };
     let CatalogRead {
         states,
@@ -1361,6 +1362,18 @@ mod tests {
         .unwrap()
     }
 
+    /// A populated materialized view the tool built from the query with this hash.
+    fn built_from(hash: &str) -> ViewState {
+        ViewState {
+            schema_exists: true,
+            oid: Some(7),
+            relkind: Some('m'),
+            populated: true,
+            has_concurrent_index: false,
+            stored_hash: Some(hash.into()),
+        }
+    }
+
     fn statuses(r: &RunReport) -> Vec<(&str, &str)> {
         r.results
             .iter()
@@ -1407,14 +1420,7 @@ mod tests {
         // ... and inspects that one view's state, which decides its action.
         s.state().views.insert(
             "s.b".into(),
-            ViewState {
-                schema_exists: true,
-                oid: Some(7),
-                relkind: Some('m'),
-                populated: true,
-                has_concurrent_index: false,
-                stored_hash: Some(crate::processors::planner::hash_query("SELECT 1")),
-            },
+            built_from(&crate::processors::planner::hash_query("SELECT 1")),
         );
         s.state().inspected.clear();
         let mut session = s.session().await.unwrap();
@@ -1759,24 +1765,16 @@ mod tests {
         ]);
         {
             let mut st = s.state();
-            let mv = |hash: &str| ViewState {
-                schema_exists: true,
-                oid: Some(7),
-                relkind: Some('m'),
-                populated: true,
-                has_concurrent_index: false,
-                stored_hash: Some(hash.into()),
-            };
             st.views.insert(
                 "s.same".into(),
-                mv(&super::super::planner::hash_query("SELECT 1")),
+                built_from(&super::super::planner::hash_query("SELECT 1")),
             );
-            st.views.insert("s.changed".into(), mv("stale"));
+            st.views.insert("s.changed".into(), built_from("stale"));
             st.views.insert(
                 "s.table".into(),
                 ViewState {
                     relkind: Some('r'),
-                    ..mv("x")
+                    ..built_from("x")
                 },
             );
         }
