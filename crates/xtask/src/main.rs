@@ -423,7 +423,11 @@ fn med(s: &[Sample]) -> Sample {
 }
 
 /// Drops every benchmark view, a few hundred per transaction (one DROP SCHEMA … CASCADE of
-/// 10,000 views needs more locks than a default server has).
+/// 10,000 views needs more locks than a default server has), then vacuums and analyzes the
+/// database, so every phase starts from the same catalogs: each CREATE or REFRESH leaves dead
+/// rows in `pg_class`, `pg_attribute`, `pg_depend` and `pg_type`, and on a server without
+/// autovacuum (this machine's CI configuration turns it off) they would pile up over a run, each
+/// phase slower than the one before it.
 async fn reset_views(url: &str) -> Result<()> {
     let c = connect(url).await?;
     c.batch_execute("CREATE SCHEMA IF NOT EXISTS bench").await?;
@@ -444,6 +448,7 @@ async fn reset_views(url: &str) -> Result<()> {
         c.batch_execute(&format!("DROP MATERIALIZED VIEW {}", names.join(", ")))
             .await?;
     }
+    c.batch_execute("VACUUM (ANALYZE)").await?;
     c.batch_execute("CHECKPOINT").await?;
     Ok(())
 }
