@@ -670,3 +670,58 @@ async fn names_in_other_scripts_work_as_they_do_unquoted() {
     );
     assert_eq!(status(&rows, "rapports.résumé_Été").0, "success");
 }
+
+/// `pg_depend` is read for the run's own readers only: the pairs of the views asked for, each
+/// once, whatever their names, and none of any other reader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependencies_are_read_for_the_readers_asked_for_only() {
+    use reporting_seeder::repositories::{views, Rel};
+    let db = TestDb::new().await;
+    let c = db.client().await;
+    c.batch_execute(
+        r#"CREATE SCHEMA "Odd Schema";
+         CREATE MATERIALIZED VIEW public.a AS SELECT 1 AS id;
+         CREATE MATERIALIZED VIEW public.b AS SELECT id FROM public.a;
+         CREATE MATERIALIZED VIEW "Odd Schema"."C v" AS
+             SELECT a.id FROM public.a JOIN public.b USING (id) JOIN public.a a2 USING (id);
+         CREATE MATERIALIZED VIEW public.d AS SELECT id FROM "Odd Schema"."C v";
+         CREATE VIEW public.plain AS SELECT id FROM public.a;
+         CREATE MATERIALIZED VIEW public.e AS SELECT id FROM public.plain;"#,
+    )
+    .await
+    .unwrap();
+    let rel = |schema: &'static str, name: &'static str| Rel { schema, name };
+    let read = |readers: Vec<Rel<'static>>| {
+        let c = &c;
+        async move {
+            let mut pairs = views::dependencies(c, &readers).await.unwrap();
+            pairs.sort();
+            pairs
+        }
+    };
+    let pair = |r: &str, u: &str| (r.to_string(), u.to_string());
+    assert_eq!(
+        read(vec![rel("public", "b"), rel("Odd Schema", "C v")]).await,
+        vec![
+            pair("Odd Schema.C v", "public.a"),
+            pair("Odd Schema.C v", "public.b"),
+            pair("public.b", "public.a"),
+        ],
+        "each pair of the readers asked for, once, and none of public.d's"
+    );
+    assert_eq!(
+        read(vec![rel("public", "d")]).await,
+        vec![pair("public.d", "Odd Schema.C v")]
+    );
+    assert!(
+        read(vec![
+            rel("public", "a"),
+            rel("public", "e"),
+            rel("public", "missing")
+        ])
+        .await
+        .is_empty(),
+        "a reads no view, e reads a plain view, and a missing name has no pairs"
+    );
+    assert!(read(Vec::new()).await.is_empty());
+}

@@ -1,6 +1,6 @@
 //! An in-memory [`Store`] for unit tests of the processors.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -132,8 +132,19 @@ impl Session for FakeStore {
             .filter_map(|k| state.durations.get(k).map(|&ms| (k.clone(), ms)))
             .collect())
     }
-    async fn view_dependencies(&mut self) -> Result<Vec<(String, String)>, DbError> {
-        Ok(self.state().catalog_edges.clone())
+    async fn view_dependencies(
+        &mut self,
+        readers: &[Rel<'_>],
+    ) -> Result<Vec<(String, String)>, DbError> {
+        // As the repository does: only the pairs of the readers asked for.
+        let readers: HashSet<String> = readers.iter().map(|r| r.key()).collect();
+        Ok(self
+            .state()
+            .catalog_edges
+            .iter()
+            .filter(|(reader, _)| readers.contains(reader))
+            .cloned()
+            .collect())
     }
     async fn search_path(&mut self) -> Result<Vec<String>, DbError> {
         Ok(vec!["public".into()])

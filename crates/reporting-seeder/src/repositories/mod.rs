@@ -75,8 +75,12 @@ pub trait Session: Send {
     async fn history_routes(&mut self) -> Result<HistoryRoutes, DbError>;
     /// Median of each view's recent successful durations (ms), for scheduling.
     async fn recent_durations(&mut self, keys: &[String]) -> Result<HashMap<String, u64>, DbError>;
-    /// (reader, read) pairs of materialized views from `pg_depend`, by `schema.name`.
-    async fn view_dependencies(&mut self) -> Result<Vec<(String, String)>, DbError>;
+    /// (reader, read) pairs of materialized views from `pg_depend`, by `schema.name`, for the
+    /// readers in `readers` only.
+    async fn view_dependencies(
+        &mut self,
+        readers: &[Rel<'_>],
+    ) -> Result<Vec<(String, String)>, DbError>;
     /// The schemas this session resolves unqualified names in, in order.
     async fn search_path(&mut self) -> Result<Vec<String>, DbError>;
     /// When each view last succeeded (seconds since the epoch).
@@ -195,9 +199,9 @@ pub trait Session: Send {
         self.analyze_view(view).await
     }
 
-    /// Everything a run reads of the catalog before it starts: the views' states, the
-    /// dependencies between materialized views, the search path and the recent durations of
-    /// `keys`. PostgreSQL sessions send the four queries at once. An error says which read failed.
+    /// Everything a run reads of the catalog before it starts: the states of `views`, the
+    /// materialized views they read (from `pg_depend`), the search path and the recent durations
+    /// of `keys`. PostgreSQL sessions send the four queries at once. An error says which read failed.
     async fn read_catalog(
         &mut self,
         views: &[Rel<'_>],
@@ -209,7 +213,7 @@ pub trait Session: Send {
                 .await
                 .map_err(CatalogPart::Views.failed())?,
             dependencies: self
-                .view_dependencies()
+                .view_dependencies(views)
                 .await
                 .map_err(CatalogPart::Dependencies.failed())?,
             search_path: self
@@ -451,8 +455,11 @@ impl Session for PgSession {
     async fn recent_durations(&mut self, keys: &[String]) -> Result<HashMap<String, u64>, DbError> {
         history::recent_durations(&self.conn, keys).await
     }
-    async fn view_dependencies(&mut self) -> Result<Vec<(String, String)>, DbError> {
-        views::dependencies(&self.conn).await
+    async fn view_dependencies(
+        &mut self,
+        readers: &[Rel<'_>],
+    ) -> Result<Vec<(String, String)>, DbError> {
+        views::dependencies(&self.conn, readers).await
     }
     async fn search_path(&mut self) -> Result<Vec<String>, DbError> {
         views::search_path(&self.conn).await
@@ -565,7 +572,7 @@ impl Session for PgSession {
         let conn = &self.conn;
         let (states, dependencies, search_path, recent_ms) = tokio::join!(
             views::inspect(conn, views),
-            views::dependencies(conn),
+            views::dependencies(conn, views),
             views::search_path(conn),
             history::recent_durations(conn, keys),
         );
