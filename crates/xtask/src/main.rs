@@ -691,10 +691,12 @@ fn render(rows: &[Row]) -> String {
                     if value <= target { "met" } else { "MISSED" }
                 ),
             ),
+            // Three decimals: at two, a ratio just over its target reads as the target itself
+            // ("1.10× MISSED").
             Some((what, value, target)) => (
                 format!("≤ {target:.2}× {what}"),
                 format!(
-                    "{value:.2}× {}",
+                    "{value:.3}× {}",
                     if value <= target { "met" } else { "MISSED" }
                 ),
             ),
