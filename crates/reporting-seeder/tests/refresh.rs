@@ -700,3 +700,101 @@ async fn show(session: &reporting_seeder::repositories::PgSession, name: &str) -
         .unwrap()
         .get(0)
 }
+
+/// A first build is one transaction sent in one flight: the schema, the view and its state row
+/// all land, or none of them does (the failing statement's own error is returned), and either
+/// way the connection is left outside any transaction for the next view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_build_lands_whole_or_not_at_all() {
+    use etl_core::db::{ConnectionSettings, PostgresClient};
+    use reporting_seeder::repositories::{PgStore, Rel, Store};
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let c = db.client().await;
+    let settings = ConnectionSettings::from_config(db.url.parse().unwrap());
+    let store = PgStore::new(PostgresClient::new(&settings, 1).unwrap());
+    let mut session = store.session().await.unwrap();
+    let state = |key: &'static str| {
+        let c = &c;
+        async move {
+            c.query_opt(
+                "SELECT query_hash, built_by_run_id FROM reporting.seeder_view_state WHERE table_name = $1",
+                &[&key],
+            )
+            .await
+            .unwrap()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        }
+    };
+    let schema_exists = |name: &'static str| {
+        let c = &c;
+        async move {
+            c.query_one(
+                "SELECT EXISTS (SELECT FROM pg_namespace WHERE nspname = $1)",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        }
+    };
+
+    let failed = session
+        .create_view(
+            Rel {
+                schema: "fresh",
+                name: "broken",
+            },
+            true,
+            "SELECT 1 / 0 AS x",
+            "h1",
+            "run-1",
+        )
+        .await
+        .unwrap_err();
+    assert!(failed.to_string().contains("division by zero"), "{failed}");
+    assert!(
+        !schema_exists("fresh").await,
+        "the schema goes with the failed view"
+    );
+    assert_eq!(state("fresh.broken").await, None);
+
+    // The same connection (the pool holds one) builds the next view outside any leftover
+    // transaction: what it creates is visible to others at once.
+    let rows = session
+        .create_view(
+            Rel {
+                schema: "fresh",
+                name: "good",
+            },
+            true,
+            "SELECT g AS id FROM generate_series(1, 7) AS g",
+            "h2",
+            "run-2",
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows, 7);
+    assert!(schema_exists("fresh").await);
+    assert_eq!(
+        state("fresh.good").await,
+        Some(("h2".to_string(), "run-2".to_string()))
+    );
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM fresh.good", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 7);
+    let open: Option<i64> = c
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()
+               AND state LIKE 'idle in transaction%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, Some(0), "no session is left inside a transaction");
+}

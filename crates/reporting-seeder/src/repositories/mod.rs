@@ -534,7 +534,7 @@ impl Session for PgSession {
         hash: &str,
         run_id: &str,
     ) -> Result<u64, DbError> {
-        views::create(&mut self.conn, view, create_schema, query, hash, run_id).await
+        views::create(&self.conn, view, create_schema, query, hash, run_id).await
     }
     async fn refresh_view(&mut self, view: Rel<'_>, concurrently: bool) -> Result<(), DbError> {
         views::refresh(&self.conn, view, concurrently).await

@@ -91,26 +91,47 @@ fn create_sql(target: &str, query: &str) -> String {
     format!("CREATE MATERIALIZED VIEW {target} AS\n{query}")
 }
 
+/// Creates the view and records the query it was built from, in one transaction sent as one
+/// flight: `BEGIN`, the schema when it is missing, the `CREATE`, the state row and `COMMIT` go
+/// together and run in order, so a first build waits for one round trip instead of six. When a
+/// statement fails, the ones after it fail or roll back with it, and its own error is returned.
 pub async fn create(
-    client: &mut Client,
+    client: &ClientWrapper,
     view: Rel<'_>,
     create_schema: bool,
     query: &str,
     hash: &str,
     run_id: &str,
 ) -> Result<u64, DbError> {
-    let tx = client.transaction().await?;
-    if create_schema {
-        tx.batch_execute(&format!(
-            "CREATE SCHEMA IF NOT EXISTS {}",
-            ident(view.schema)
-        ))
-        .await?;
-    }
-    let rows = tx.execute(&create_sql(&view.quoted(), query), &[]).await?;
-    tx.execute(UPSERT_STATE, &[&view.key(), &hash, &run_id])
-        .await?;
-    tx.commit().await?;
+    let upsert = client.prepare_cached(UPSERT_STATE).await?;
+    let schema =
+        create_schema.then(|| format!("CREATE SCHEMA IF NOT EXISTS {}", ident(view.schema)));
+    let create = create_sql(&view.quoted(), query);
+    let key = view.key();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&key, &hash, &run_id];
+    let (begun, schema_made, created, recorded, committed) = tokio::join!(
+        client.batch_execute("BEGIN"),
+        async {
+            match &schema {
+                Some(sql) => client.batch_execute(sql).await,
+                None => Ok(()),
+            }
+        },
+        client.simple_query(&create),
+        client.execute(&upsert, &params),
+        client.batch_execute("COMMIT"),
+    );
+    begun?;
+    schema_made?;
+    let rows = created?
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
+            _ => None,
+        })
+        .unwrap_or(0);
+    recorded?;
+    committed?;
     Ok(rows)
 }
 
