@@ -332,3 +332,54 @@ async fn finished_workers_close_their_connections_once_nothing_is_left_to_start(
         "connections of the tool seen while the slow view ran: {seen:?}"
     );
 }
+
+/// A run holds one connection per worker besides its own, as the README says: the views wait for
+/// the connections opened ahead for them instead of opening one more while those come up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_holds_one_connection_per_worker_besides_its_own() {
+    let db = migrated().await;
+    for i in 0..6 {
+        db.custom(
+            &format!("reporting.nap_{i}"),
+            "gotham",
+            1,
+            "SELECT pg_sleep(0.5)::text AS s, 1 AS id",
+        )
+        .await;
+    }
+    let observer = db.client().await;
+    let probe: i64 = observer
+        .query_one(
+            "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let budget = 2 + 1 + probe;
+    let mut child = db.spawn(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "2")]);
+    let mut most = 0i64;
+    while child.try_wait().unwrap().is_none() {
+        let n: i64 = observer
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = $1 AND application_name = 'reporting-seeder'",
+                &[&db.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        most = most.max(n);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let out = child.wait_with_output().await.unwrap();
+    assert_exit(&out, 0);
+    assert!(
+        most >= 3,
+        "the run was never seen with its connections: {most}"
+    );
+    assert!(
+        most <= budget,
+        "{most} connections at once with 2 workers (at most {budget})"
+    );
+}

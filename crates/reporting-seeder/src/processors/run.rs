@@ -429,6 +429,32 @@ struct Shared<C: Clock> {
     /// Views started, or settled without starting (skipped, failed before a connection).
     /// Once it reaches the number of views, no view will ask for a connection again.
     settled: AtomicUsize,
+    warmed: Warmed,
+}
+
+/// The connections opened ahead for the workers. A view waits for one of them rather than open
+/// another while they are still coming up: the pool has room for one more (the throttle's
+/// checks, the pg_stat_statements reader), and a view that took it would hold a connection more
+/// than the workers for the whole run.
+struct Warmed {
+    /// How many were opened ahead.
+    opened: usize,
+    /// How many of them are back in the pool, ready (or failed to open).
+    ready: tokio::sync::watch::Receiver<usize>,
+    /// How many views have asked for their first connection.
+    asked: AtomicUsize,
+}
+
+impl Warmed {
+    /// Returns once the pool holds a connection opened ahead for this view (the k-th view to
+    /// ask waits for k of them to be ready), or none is coming any more.
+    async fn wait_for_one(&self) {
+        let k = self.asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let need = k.min(self.opened);
+        let mut ready = self.ready.clone();
+        // An error: every warming task is done, none is coming.
+        let _ = ready.wait_for(|&n| n >= need).await;
+    }
 }
 
 impl<C: Clock> Shared<C> {
@@ -539,16 +565,23 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
     }
 
     /// Opens `n` sessions at once and gets each ready for views; they go back to the pool for
-    /// the workers.
+    /// the workers, and `ready` counts each one back (or failed).
     fn warm(
         &self,
         routes: HistoryRoutes,
         n: usize,
+        ready: &Arc<tokio::sync::watch::Sender<usize>>,
     ) -> Vec<tokio::task::JoinHandle<Result<(), DbError>>> {
         (0..n)
             .map(|_| {
                 let store = self.store.clone();
-                tokio::spawn(async move { store.session().await?.warm(routes).await })
+                let ready = ready.clone();
+                tokio::spawn(async move {
+                    // The session is back in the pool before it is counted.
+                    let warmed = async { store.session().await?.warm(routes).await }.await;
+                    ready.send_modify(|n| *n += 1);
+                    warmed
+                })
             })
             .collect()
     }
@@ -585,13 +618,18 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         // each goes back to the pool ready, where the next worker to ask takes it.
         let mut warming = Vec::new();
         let workers = self.settings.max_workers.get();
+        let (ready, ready_count) = tokio::sync::watch::channel(0usize);
+        let ready = Arc::new(ready);
         let prepared = prepare(
             main.as_mut(),
             selection,
             self.settings.refresh_concurrently,
-            |views| warming = self.warm(routes, views.min(workers)),
+            |views| warming = self.warm(routes, views.min(workers), &ready),
         )
         .await?;
+        // Only the warming tasks count from now on: once they are all done, the channel closes
+        // and no view waits for it any more.
+        drop(ready);
         if let Some(retried) = &prepared.retried_run {
             tracing::info!(retried_run = %retried, views = prepared.views.len(), "retrying the views that failed or were skipped");
         }
@@ -637,6 +675,11 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             progress: self.progress.clone(),
             statements,
             settled: AtomicUsize::new(0),
+            warmed: Warmed {
+                opened: warming.len(),
+                ready: ready_count,
+                asked: AtomicUsize::new(0),
+            },
         });
         let keys: Vec<String> = shared
             .prepared
@@ -1084,6 +1127,9 @@ async fn refresh_with_retries<C: Clock>(
         attempt += 1;
         // A session holding the view's lock, with its `running` row.
         if done.session.is_none() {
+            if attempt == 1 {
+                shared.warmed.wait_for_one().await;
+            }
             let mut session = match shared.store.session().await {
                 Ok(s) => s,
                 Err(e) => {
