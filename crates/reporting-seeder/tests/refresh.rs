@@ -759,6 +759,33 @@ async fn a_first_build_lands_whole_or_not_at_all() {
     );
     assert_eq!(state("fresh.broken").await, None);
 
+    // Validation refuses a second statement long before this; the repository does not rely on
+    // it: the manifest's text runs as exactly one statement or not at all.
+    let smuggled = session
+        .create_view(
+            Rel {
+                schema: "fresh",
+                name: "two",
+            },
+            true,
+            "SELECT 1 AS x; CREATE TABLE public.smuggled (id int)",
+            "h3",
+            "run-1",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        smuggled.to_string().contains("multiple commands"),
+        "{smuggled}"
+    );
+    let leaked: Option<String> = c
+        .query_one("SELECT to_regclass('public.smuggled')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(leaked, None, "the second statement never ran");
+    assert!(!schema_exists("fresh").await);
+
     // The same connection (the pool holds one) builds the next view outside any leftover
     // transaction: what it creates is visible to others at once.
     let rows = session

@@ -95,6 +95,9 @@ fn create_sql(target: &str, query: &str) -> String {
 /// flight: `BEGIN`, the schema when it is missing, the `CREATE`, the state row and `COMMIT` go
 /// together and run in order, so a first build waits for one round trip instead of six. When a
 /// statement fails, the ones after it fail or roll back with it, and its own error is returned.
+/// The `CREATE` carries the manifest's query, so it goes through the extended protocol (parse,
+/// bind and execute in one message): PostgreSQL runs exactly one statement there, whatever the
+/// text holds.
 pub async fn create(
     client: &ClientWrapper,
     view: Rel<'_>,
@@ -117,19 +120,13 @@ pub async fn create(
                 None => Ok(()),
             }
         },
-        client.simple_query(&create),
+        client.execute_typed(&create, &[]),
         client.execute(&upsert, &params),
         client.batch_execute("COMMIT"),
     );
     begun?;
     schema_made?;
-    let rows = created?
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::CommandComplete(rows) => Some(*rows),
-            _ => None,
-        })
-        .unwrap_or(0);
+    let rows = created?;
     recorded?;
     committed?;
     Ok(rows)
