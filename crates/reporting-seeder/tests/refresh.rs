@@ -701,9 +701,9 @@ async fn show(session: &reporting_seeder::repositories::PgSession, name: &str) -
         .get(0)
 }
 
-/// A first build is one transaction sent in one flight: the schema, the view and its state row
-/// all land, or none of them does (the failing statement's own error is returned), and either
-/// way the connection is left outside any transaction for the next view.
+/// A first build is one transaction sent in one flight: the view and its state row both land, or
+/// neither does (the failing statement's own error is returned), and either way the connection
+/// is left outside any transaction for the next view. A missing schema is made first, on its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_build_lands_whole_or_not_at_all() {
     use etl_core::db::{ConnectionSettings, PostgresClient};
@@ -754,10 +754,16 @@ async fn a_first_build_lands_whole_or_not_at_all() {
         .unwrap_err();
     assert!(failed.to_string().contains("division by zero"), "{failed}");
     assert!(
-        !schema_exists("fresh").await,
-        "the schema goes with the failed view"
+        schema_exists("fresh").await,
+        "the schema is made in a transaction of its own, before the view's"
     );
     assert_eq!(state("fresh.broken").await, None);
+    let view: Option<String> = c
+        .query_one("SELECT to_regclass('fresh.broken')::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(view, None, "the failed view is not there");
 
     // Validation refuses a second statement long before this; the repository does not rely on
     // it: the manifest's text runs as exactly one statement or not at all.
@@ -784,7 +790,6 @@ async fn a_first_build_lands_whole_or_not_at_all() {
         .unwrap()
         .get(0);
     assert_eq!(leaked, None, "the second statement never ran");
-    assert!(!schema_exists("fresh").await);
 
     // The same connection (the pool holds one) builds the next view outside any leftover
     // transaction: what it creates is visible to others at once.
@@ -824,4 +829,51 @@ async fn a_first_build_lands_whole_or_not_at_all() {
         .unwrap()
         .get(0);
     assert_eq!(open, Some(0), "no session is left inside a transaction");
+}
+
+/// Views of one new schema are built at once: none waits for another's build, and none fails
+/// because another made the schema first; each ends with its own outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_of_one_new_schema_are_built_together() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom(
+        "fresh.slow",
+        "gotham",
+        1,
+        "SELECT pg_sleep(0.5)::text AS s, 1 AS id",
+    )
+    .await;
+    db.custom("fresh.quick", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.custom("fresh.broken", "gotham", 1, "SELECT 1 / 0 AS id")
+        .await;
+    let out = db
+        .run(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "3")])
+        .await;
+    assert_exit(&out, 1);
+    let c = db.client().await;
+    let rows = c
+        .query(
+            "SELECT table_name, status, coalesce(errors, ''),
+                    extract(epoch FROM finish_time - start_time)::float8
+             FROM reporting.seeder_run_history ORDER BY table_name",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, String, String, f64)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let find = |t: &str| got.iter().find(|g| g.0 == t).unwrap().clone();
+    assert_eq!(find("fresh.slow").1, "success", "{got:?}");
+    assert_eq!(find("fresh.quick").1, "success", "{got:?}");
+    let broken = find("fresh.broken");
+    assert_eq!(broken.1, "error", "{got:?}");
+    assert!(broken.2.contains("division by zero"), "{got:?}");
+    assert!(
+        find("fresh.quick").3 < 0.4,
+        "the quick view waited for the slow one: {got:?}"
+    );
 }

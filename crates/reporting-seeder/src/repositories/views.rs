@@ -91,13 +91,13 @@ fn create_sql(target: &str, query: &str) -> String {
     format!("CREATE MATERIALIZED VIEW {target} AS\n{query}")
 }
 
-/// Creates the view and records the query it was built from, in one transaction sent as one
-/// flight: `BEGIN`, the schema when it is missing, the `CREATE`, the state row and `COMMIT` go
-/// together and run in order, so a first build waits for one round trip instead of six. When a
-/// statement fails, the ones after it fail or roll back with it, and its own error is returned.
-/// The `CREATE` carries the manifest's query, so it goes through the extended protocol (parse,
-/// bind and execute in one message): PostgreSQL runs exactly one statement there, whatever the
-/// text holds.
+/// Creates the view's schema when it is missing, then the view, and records the query it was
+/// built from, in one transaction sent as one flight: `BEGIN`, the `CREATE`, the state row and
+/// `COMMIT` go together and run in order, so a first build waits for one round trip instead of
+/// six. When a statement fails, the ones after it fail or roll back with it, and its own error
+/// is returned. The `CREATE` carries the manifest's query, so it goes through the extended
+/// protocol (parse, bind and execute in one message): PostgreSQL runs exactly one statement
+/// there, whatever the text holds.
 pub async fn create(
     client: &ClientWrapper,
     view: Rel<'_>,
@@ -106,30 +106,44 @@ pub async fn create(
     hash: &str,
     run_id: &str,
 ) -> Result<u64, DbError> {
+    if create_schema {
+        ensure_schema(client, view.schema).await?;
+    }
     let upsert = client.prepare_cached(UPSERT_STATE).await?;
-    let schema =
-        create_schema.then(|| format!("CREATE SCHEMA IF NOT EXISTS {}", ident(view.schema)));
     let create = create_sql(&view.quoted(), query);
     let key = view.key();
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&key, &hash, &run_id];
-    let (begun, schema_made, created, recorded, committed) = tokio::join!(
+    let (begun, created, recorded, committed) = tokio::join!(
         client.batch_execute("BEGIN"),
-        async {
-            match &schema {
-                Some(sql) => client.batch_execute(sql).await,
-                None => Ok(()),
-            }
-        },
         client.execute_typed(&create, &[]),
         client.execute(&upsert, &params),
         client.batch_execute("COMMIT"),
     );
     begun?;
-    schema_made?;
     let rows = created?;
     recorded?;
     committed?;
     Ok(rows)
+}
+
+/// Creates `schema` in a transaction of its own, before the view's. Views of one new schema are
+/// built at once: inside their transactions, every `CREATE SCHEMA IF NOT EXISTS` but the first
+/// waited for the first view's whole build, then failed on `pg_namespace`'s unique index once
+/// it committed. Here each waits only for another's short `CREATE SCHEMA`, and finding it made
+/// by someone else is success.
+async fn ensure_schema(client: &Client, schema: &str) -> Result<(), DbError> {
+    match client
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))
+        .await
+    {
+        Err(e)
+            if e.code() == Some(&SqlState::UNIQUE_VIOLATION)
+                || e.code() == Some(&SqlState::DUPLICATE_SCHEMA) =>
+        {
+            Ok(())
+        }
+        other => Ok(other?),
+    }
 }
 
 pub async fn refresh(client: &Client, view: Rel<'_>, concurrently: bool) -> Result<(), DbError> {
