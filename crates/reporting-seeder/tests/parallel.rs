@@ -15,6 +15,20 @@ async fn migrated() -> TestDb {
     db
 }
 
+/// 1 when the database has pg_stat_statements: a run then reads its figures on a connection of
+/// its own, one more than its workers and itself.
+async fn statements_reader(db: &TestDb) -> i64 {
+    db.client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 /// The largest number of this run's history intervals [start_time, finish_time) that contain one
 /// instant (the maximum is always reached at some interval's start).
 async fn max_overlap(db: &TestDb, run_id: &str) -> i64 {
@@ -292,16 +306,7 @@ async fn finished_workers_close_their_connections_once_nothing_is_left_to_start(
     let child = db.spawn(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "4")]);
     let slow = db.wait_active("%pg_sleep(3)%", 1).await;
     let observer = db.client().await;
-    // With pg_stat_statements the run reads its figures on a connection of its own.
-    let probe: i64 = observer
-        .query_one(
-            "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let expected = 2 + probe;
+    let expected = 2 + statements_reader(&db).await;
     // The tool's connections, and whether the slow refresh is still running.
     let mut seen = Vec::new();
     for _ in 0..400 {
@@ -348,15 +353,7 @@ async fn a_run_holds_one_connection_per_worker_besides_its_own() {
         .await;
     }
     let observer = db.client().await;
-    let probe: i64 = observer
-        .query_one(
-            "SELECT count(*) FROM pg_extension WHERE extname = 'pg_stat_statements'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    let budget = 2 + 1 + probe;
+    let budget = 2 + 1 + statements_reader(&db).await;
     let mut child = db.spawn(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "2")]);
     let mut most = 0i64;
     while child.try_wait().unwrap().is_none() {

@@ -726,6 +726,15 @@ async fn a_first_build_lands_whole_or_not_at_all() {
             .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
         }
     };
+    let relation = |name: &'static str| {
+        let c = &c;
+        async move {
+            c.query_one("SELECT to_regclass($1)::text", &[&name])
+                .await
+                .unwrap()
+                .get::<_, Option<String>>(0)
+        }
+    };
     let schema_exists = |name: &'static str| {
         let c = &c;
         async move {
@@ -758,12 +767,11 @@ async fn a_first_build_lands_whole_or_not_at_all() {
         "the schema is made in a transaction of its own, before the view's"
     );
     assert_eq!(state("fresh.broken").await, None);
-    let view: Option<String> = c
-        .query_one("SELECT to_regclass('fresh.broken')::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(view, None, "the failed view is not there");
+    assert_eq!(
+        relation("fresh.broken").await,
+        None,
+        "the failed view is not there"
+    );
 
     // Validation refuses a second statement long before this; the repository does not rely on
     // it: the manifest's text runs as exactly one statement or not at all.
@@ -784,12 +792,11 @@ async fn a_first_build_lands_whole_or_not_at_all() {
         smuggled.to_string().contains("multiple commands"),
         "{smuggled}"
     );
-    let leaked: Option<String> = c
-        .query_one("SELECT to_regclass('public.smuggled')::text", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(leaked, None, "the second statement never ran");
+    assert_eq!(
+        relation("public.smuggled").await,
+        None,
+        "the second statement never ran"
+    );
 
     // The same connection (the pool holds one) builds the next view outside any leftover
     // transaction: what it creates is visible to others at once.
