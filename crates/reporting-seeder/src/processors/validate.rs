@@ -289,10 +289,7 @@ fn check_identifier(raw: &str, part: NamePart, ident: &str) -> Result<(), Invali
             part,
         });
     };
-    if !(first.is_ascii_alphabetic()
-        || first == '_'
-        || (!first.is_ascii() && first.is_alphabetic()))
-    {
+    if !(first.is_alphabetic() || first == '_') {
         return Err(if first.is_ascii_digit() || first == '$' {
             InvalidManifest::InvalidStart {
                 table: echo(raw),
@@ -331,7 +328,8 @@ fn check_identifier(raw: &str, part: NamePart, ident: &str) -> Result<(), Invali
 /// replaces. Non-ASCII spaces, punctuation and invisible characters (a no-break space or a
 /// zero-width space pasted with a name) are refused: PostgreSQL would take them into the name.
 fn identifier_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == '$' || (!c.is_ascii() && c.is_alphanumeric())
+    // For ASCII, `is_alphanumeric` is `is_ascii_alphanumeric`.
+    c.is_alphanumeric() || c == '_' || c == '$'
 }
 
 /// The rejected input as repeated in an error message, cut short so that a
