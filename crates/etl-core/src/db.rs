@@ -2,7 +2,10 @@
 //! and the classification of failures that the circuit breaker relies on.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -266,11 +269,97 @@ pub struct PostgresClient {
     connector: Connector,
 }
 
+/// The tasks that drive open connections, so that [`end_sessions`] can let each one say goodbye.
+/// Each task tells whether its session ended cleanly.
+static CONNECTION_TASKS: Mutex<Vec<tokio::task::JoinHandle<bool>>> = Mutex::new(Vec::new());
+
+type Connected =
+    Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>;
+
+/// Opens the pool's connections. Unlike deadpool's own, it keeps the task that drives each
+/// connection to itself: deadpool aborts the task it is handed as soon as the client is dropped,
+/// which cuts the socket mid-conversation, so that the server logs "could not receive data from
+/// client: Connection reset by peer" for every TLS connection the tool ever opened. A task left
+/// running ends by itself once its client is gone: it sends Terminate, then closes TLS and the
+/// socket.
+struct GracefulConnect {
+    tls: Connector,
+}
+
+impl deadpool_postgres::Connect for GracefulConnect {
+    fn connect(
+        &self,
+        pg_config: &tokio_postgres::Config,
+    ) -> Pin<Box<dyn Future<Output = Connected> + Send + '_>> {
+        let tls = self.tls.clone();
+        let pg_config = pg_config.clone();
+        Box::pin(async move {
+            let (client, connection) = pg_config.connect(tls).await?;
+            let task = tokio::spawn(async move {
+                match connection.await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                        false
+                    }
+                }
+            });
+            let mut tasks = CONNECTION_TASKS.lock().unwrap_or_else(|p| p.into_inner());
+            tasks.retain(|t| !t.is_finished());
+            tasks.push(task);
+            // What deadpool will abort: a task with nothing to do.
+            Ok((client, tokio::spawn(async {})))
+        })
+    }
+}
+
+/// What [`end_sessions`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SessionsEnded {
+    /// Ended with Terminate and a clean close (since the last call).
+    pub clean: usize,
+    /// Ended on an error: the server or the network cut them.
+    pub cut: usize,
+    /// Still open after the limit: in use, or their server does not answer.
+    pub open: usize,
+}
+
+/// Waits, at most `limit`, for every connection whose client has been dropped to end its
+/// session (Terminate, then the TLS and TCP close). Call it once the work is done and the pools
+/// are dropped, before the runtime shuts down: a runtime that shuts down first cuts them off.
+/// Connections still open after `limit` are left to that shutdown.
+pub async fn end_sessions(limit: Duration) -> SessionsEnded {
+    let tasks = std::mem::take(&mut *CONNECTION_TASKS.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut seen = SessionsEnded {
+        open: tasks.len(),
+        ..SessionsEnded::default()
+    };
+    let all = async {
+        for task in tasks {
+            match task.await {
+                Ok(true) => seen.clean += 1,
+                // A task cut off by an earlier runtime's shutdown counts as cut too.
+                Ok(false) | Err(_) => seen.cut += 1,
+            }
+            seen.open -= 1;
+        }
+    };
+    if tokio::time::timeout(limit, all).await.is_err() {
+        tracing::debug!(
+            open = seen.open,
+            "some connections had not ended their sessions at exit"
+        );
+    }
+    seen
+}
+
 impl PostgresClient {
     pub fn new(settings: &ConnectionSettings, max_connections: usize) -> Result<Self, DbError> {
-        let manager = Manager::from_config(
+        let manager = Manager::from_connect(
             settings.config.clone(),
-            settings.connector.clone(),
+            GracefulConnect {
+                tls: settings.connector.clone(),
+            },
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -403,6 +403,8 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
         let watcher = tokio::spawn(watch_signals(interrupt.clone()));
         let outcome = (job.run)(ctx, matches).await;
         watcher.abort();
+        // The job's pools are gone with it: let their connections say goodbye to the server.
+        crate::db::end_sessions(std::time::Duration::from_secs(1)).await;
         outcome
     });
     // In-flight work has been awaited by the job; don't wait for stray blocking tasks.

@@ -37,12 +37,21 @@ impl StatementTotals {
     }
 }
 
-/// Whether pg_stat_statements can be read (installed in this database and loaded).
+/// Whether pg_stat_statements can be read (installed in this database and loaded). The view is
+/// looked up before it is read, so that a database without it (the usual case) does not get an
+/// ERROR in its server log at every run; one where it is installed but not loaded still does,
+/// which is worth a DBA's look.
 pub async fn available(client: &Client) -> bool {
-    client
-        .query_typed_one("SELECT count(*) FROM pg_stat_statements WHERE false", &[])
+    let installed = client
+        .query_typed_one("SELECT to_regclass('pg_stat_statements') IS NOT NULL", &[])
         .await
-        .is_ok()
+        .and_then(|row| row.try_get::<_, bool>(0))
+        .unwrap_or(false);
+    installed
+        && client
+            .query_typed_one("SELECT count(*) FROM pg_stat_statements WHERE false", &[])
+            .await
+            .is_ok()
 }
 
 // The statement is found by the query id the server reports for the session that ran it (idle
