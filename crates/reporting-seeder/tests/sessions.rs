@@ -48,43 +48,44 @@ async fn connections_end_their_sessions_cleanly() {
 
     // And the server let both backends go.
     let admin = db.client().await;
-    let mut left = i64::MAX;
-    for _ in 0..100 {
-        left = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
-                &[&pids],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if left == 0 {
+    let left = count_until_zero(
+        &admin,
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY($1)",
+        &[&pids],
+    )
+    .await;
+    assert_eq!(left, 0, "the server still has the backends {pids:?}");
+}
+
+/// Runs a `count(*)` query until it says 0, for at most ten seconds (a backend leaves a moment
+/// after its client said goodbye); the last count.
+async fn count_until_zero(
+    client: &tokio_postgres::Client,
+    query: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> i64 {
+    let mut count = i64::MAX;
+    for _ in 0..200 {
+        count = client.query_one(query, params).await.unwrap().get(0);
+        if count == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(left, 0, "the server still has the backends {pids:?}");
+    count
 }
 
 /// The database's count of rolled-back transactions, once every backend of the tool is gone
 /// (a backend reports its counts when it exits).
 async fn rollbacks(db: &TestDb) -> i64 {
     let admin = db.client().await;
-    for _ in 0..200 {
-        let tool: i64 = admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND application_name = 'reporting-seeder'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if tool == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    count_until_zero(
+        &admin,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'reporting-seeder'",
+        &[],
+    )
+    .await;
     admin
         .batch_execute("SELECT pg_stat_clear_snapshot()")
         .await
