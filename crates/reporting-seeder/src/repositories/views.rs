@@ -92,7 +92,7 @@ fn create_sql(target: &str, query: &str) -> String {
 }
 
 /// Creates the view's schema when it is missing, then the view, and records the query it was
-/// built from, in one transaction sent as one flight: `BEGIN`, the `CREATE`, the state row and
+/// built from, in one transaction sent as one flight: `BEGIN`, the state row, the `CREATE` and
 /// `COMMIT` go together and run in order, so a first build waits for one round trip instead of
 /// six. When a statement fails, the ones after it fail or roll back with it, and its own error
 /// is returned. The `CREATE` carries the manifest's query, so it goes through the extended
@@ -113,15 +113,18 @@ pub async fn create(
     let create = create_sql(&view.quoted(), query);
     let key = view.key();
     let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&key, &hash, &run_id];
-    let (begun, created, recorded, committed) = tokio::join!(
+    // The state row goes before the CREATE: when the manifest's query fails (its own error, a
+    // cancel), only COMMIT follows, which rolls back quietly. After it, the state row would
+    // fail too, with a second ERROR in the server's log ("current transaction is aborted").
+    let (begun, recorded, created, committed) = tokio::join!(
         client.batch_execute("BEGIN"),
-        client.execute_typed(&create, &[]),
         client.execute(&upsert, &params),
+        client.execute_typed(&create, &[]),
         client.batch_execute("COMMIT"),
     );
     begun?;
-    let rows = created?;
     recorded?;
+    let rows = created?;
     committed?;
     Ok(rows)
 }
