@@ -855,10 +855,14 @@ async fn views_of_one_new_schema_are_built_together() {
         .await;
     db.custom("fresh.broken", "gotham", 1, "SELECT 1 / 0 AS id")
         .await;
+    let before = db.rollbacks().await;
     let out = db
         .run(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "3")])
         .await;
     assert_exit(&out, 1);
+    // The broken view's transaction, and nothing else: the others did not race each other to
+    // the schema (an ERROR on pg_namespace's unique index in the server's log, each time).
+    assert_eq!(db.rollbacks().await - before, 1);
     let c = db.client().await;
     let rows = c
         .query(

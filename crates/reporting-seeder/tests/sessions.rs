@@ -57,61 +57,18 @@ async fn connections_end_their_sessions_cleanly() {
     assert_eq!(left, 0, "the server still has the backends {pids:?}");
 }
 
-/// Runs a `count(*)` query until it says 0, for at most ten seconds (a backend leaves a moment
-/// after its client said goodbye); the last count.
-async fn count_until_zero(
-    client: &tokio_postgres::Client,
-    query: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> i64 {
-    let mut count = i64::MAX;
-    for _ in 0..200 {
-        count = client.query_one(query, params).await.unwrap().get(0);
-        if count == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    count
-}
-
-/// The database's count of rolled-back transactions, once every backend of the tool is gone
-/// (a backend reports its counts when it exits).
-async fn rollbacks(db: &TestDb) -> i64 {
-    let admin = db.client().await;
-    count_until_zero(
-        &admin,
-        "SELECT count(*) FROM pg_stat_activity
-         WHERE datname = current_database() AND application_name = 'reporting-seeder'",
-        &[],
-    )
-    .await;
-    admin
-        .batch_execute("SELECT pg_stat_clear_snapshot()")
-        .await
-        .unwrap();
-    admin
-        .query_one(
-            "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 #[tokio::test]
 async fn a_healthy_run_leaves_no_error_in_the_server_log() {
     let db = TestDb::new().await;
     db.migrate().await;
     db.custom("reporting.quiet", "gotham", 1, "SELECT 1 AS id")
         .await;
-    let before = rollbacks(&db).await;
+    let before = db.rollbacks().await;
     // A first build, then a refresh; the database has no pg_stat_statements, the usual case.
     for _ in 0..2 {
         assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
     }
-    let after = rollbacks(&db).await;
+    let after = db.rollbacks().await;
     assert_eq!(
         after - before,
         0,

@@ -129,12 +129,17 @@ pub async fn create(
     Ok(rows)
 }
 
+/// One schema creation at a time in this process (they are short).
+static SCHEMA_CREATION: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Creates `schema` in a transaction of its own, before the view's. Views of one new schema are
 /// built at once: inside their transactions, every `CREATE SCHEMA IF NOT EXISTS` but the first
 /// waited for the first view's whole build, then failed on `pg_namespace`'s unique index once
-/// it committed. Here each waits only for another's short `CREATE SCHEMA`, and finding it made
-/// by someone else is success.
+/// it committed. Here the run's views take turns, so the second finds the schema made (a
+/// NOTICE) instead of racing the first to that index (an ERROR in the server's log); another
+/// process that wins such a race counts as success too.
 async fn ensure_schema(client: &Client, schema: &str) -> Result<(), DbError> {
+    let _turn = SCHEMA_CREATION.lock().await;
     match client
         .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {}", ident(schema)))
         .await
