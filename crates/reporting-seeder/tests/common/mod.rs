@@ -182,14 +182,8 @@ impl TestDb {
     /// The database's count of rolled-back transactions, once every backend of the tool is gone
     /// (a backend reports its counts when it exits).
     pub async fn rollbacks(&self) -> i64 {
+        self.wait_tool_gone().await;
         let admin = self.client().await;
-        count_until_zero(
-            &admin,
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = 'reporting-seeder'",
-            &[],
-        )
-        .await;
         admin
             .batch_execute("SELECT pg_stat_clear_snapshot()")
             .await
@@ -227,24 +221,6 @@ impl Drop for TestDb {
         })
         .join();
     }
-}
-
-/// Runs a `count(*)` query until it says 0, for at most ten seconds (a backend leaves a moment
-/// after its client said goodbye); the last count.
-pub async fn count_until_zero(
-    client: &tokio_postgres::Client,
-    query: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> i64 {
-    let mut count = i64::MAX;
-    for _ in 0..200 {
-        count = client.query_one(query, params).await.unwrap().get(0);
-        if count == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    count
 }
 
 pub fn url_with_db(url: &str, db: &str) -> String {
