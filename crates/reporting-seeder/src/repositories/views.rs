@@ -45,13 +45,17 @@ const INSPECT: &str = "
     LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = v.name
     LEFT JOIN reporting.seeder_view_state s ON s.table_name = v.schema || '.' || v.name";
 
+/// `views` as two parallel arrays, schemas and names, for `unnest($1::text[], $2::text[])`.
+fn as_arrays<'a>(views: &[Rel<'a>]) -> (Vec<&'a str>, Vec<&'a str>) {
+    views.iter().map(|v| (v.schema, v.name)).unzip()
+}
+
 /// The state of every named view, keyed by `schema.name`, in one round trip.
 pub async fn inspect(
     client: &Client,
     views: &[Rel<'_>],
 ) -> Result<HashMap<String, ViewState>, DbError> {
-    let schemas: Vec<&str> = views.iter().map(|v| v.schema).collect();
-    let names: Vec<&str> = views.iter().map(|v| v.name).collect();
+    let (schemas, names) = as_arrays(views);
     let mut out = HashMap::with_capacity(views.len());
     for r in client
         .query_typed(
@@ -550,8 +554,7 @@ pub async fn dependencies(
     client: &Client,
     readers: &[Rel<'_>],
 ) -> Result<Vec<(String, String)>, DbError> {
-    let schemas: Vec<&str> = readers.iter().map(|v| v.schema).collect();
-    let names: Vec<&str> = readers.iter().map(|v| v.name).collect();
+    let (schemas, names) = as_arrays(readers);
     client
         .query_typed(
             "SELECT DISTINCT dn.nspname || '.' || dc.relname, un.nspname || '.' || uc.relname
