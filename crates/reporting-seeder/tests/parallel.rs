@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::process::Stdio;
 use std::time::Duration;
 
 async fn migrated() -> TestDb {
@@ -27,6 +26,19 @@ async fn statements_reader(db: &TestDb) -> i64 {
         .await
         .unwrap()
         .get(0)
+}
+
+/// The highest count `query` (given the database's name as `$1`) returns while `child` runs,
+/// polled every 5 ms.
+async fn peak_while_running(db: &TestDb, child: &mut tokio::process::Child, query: &str) -> i64 {
+    let observer = db.client().await;
+    let mut peak = 0i64;
+    while child.try_wait().unwrap().is_none() {
+        let n: i64 = observer.query_one(query, &[&db.name]).await.unwrap().get(0);
+        peak = peak.max(n);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    peak
 }
 
 /// The largest number of this run's history intervals [start_time, finish_time) that contain one
@@ -148,31 +160,15 @@ async fn each_refresh_runs_on_its_own_connection() {
         )
         .await;
     }
-    let observer = db.client().await;
-    let mut cmd = db.cmd();
-    cmd.args(["run", "refresh_all"])
-        .env("SEEDER_MAX_WORKERS", "4")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    let mut max_seen = 0i64;
-    for _ in 0..200 {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        let n: i64 = observer
-            .query_one(
-                "SELECT count(DISTINCT pid) FROM pg_stat_activity
-                 WHERE datname = $1 AND application_name = 'reporting-seeder'
-                   AND query ILIKE '%pg_sleep%' AND state = 'active'",
-                &[&db.name],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        max_seen = max_seen.max(n);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut child = db.spawn(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "4")]);
+    let max_seen = peak_while_running(
+        &db,
+        &mut child,
+        "SELECT count(DISTINCT pid) FROM pg_stat_activity
+         WHERE datname = $1 AND application_name = 'reporting-seeder'
+           AND query ILIKE '%pg_sleep%' AND state = 'active'",
+    )
+    .await;
     let out = child.wait_with_output().await.unwrap();
     assert_exit(&out, 0);
     assert!(
@@ -352,23 +348,15 @@ async fn a_run_holds_one_connection_per_worker_besides_its_own() {
         )
         .await;
     }
-    let observer = db.client().await;
     let budget = 2 + 1 + statements_reader(&db).await;
     let mut child = db.spawn(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "2")]);
-    let mut most = 0i64;
-    while child.try_wait().unwrap().is_none() {
-        let n: i64 = observer
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = $1 AND application_name = 'reporting-seeder'",
-                &[&db.name],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        most = most.max(n);
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let most = peak_while_running(
+        &db,
+        &mut child,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = $1 AND application_name = 'reporting-seeder'",
+    )
+    .await;
     let out = child.wait_with_output().await.unwrap();
     assert_exit(&out, 0);
     assert!(
