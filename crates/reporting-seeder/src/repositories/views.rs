@@ -553,7 +553,7 @@ async fn dress_and_swap(
 ///
 /// Each reader is found by its quoted name (`to_regclass`, `NULL` when missing) and its rule by
 /// its reader, rather than by joining `pg_namespace`, `pg_class` and `pg_rewrite` on names: the
-/// planner has four relations to order instead of seven. In a run's start, where nine backends
+/// planner orders a five-way join instead of a seven-way one. In a run's start, where nine backends
 /// start on two cores, planning the seven-way join took 7–11 ms of the run's own connection;
 /// BENCHMARKS.md has what this form saves a whole run.
 pub async fn dependencies(
