@@ -726,15 +726,6 @@ async fn a_first_build_lands_whole_or_not_at_all() {
             .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
         }
     };
-    let relation = |name: &'static str| {
-        let c = &c;
-        async move {
-            c.query_one("SELECT to_regclass($1)::text", &[&name])
-                .await
-                .unwrap()
-                .get::<_, Option<String>>(0)
-        }
-    };
     let schema_exists = |name: &'static str| {
         let c = &c;
         async move {
@@ -768,7 +759,7 @@ async fn a_first_build_lands_whole_or_not_at_all() {
     );
     assert_eq!(state("fresh.broken").await, None);
     assert_eq!(
-        relation("fresh.broken").await,
+        db.oid("fresh.broken").await,
         None,
         "the failed view is not there"
     );
@@ -793,7 +784,7 @@ async fn a_first_build_lands_whole_or_not_at_all() {
         "{smuggled}"
     );
     assert_eq!(
-        relation("public.smuggled").await,
+        db.oid("public.smuggled").await,
         None,
         "the second statement never ran"
     );
