@@ -378,8 +378,8 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
     );
     // One thread drives every connection. The tool's own work per view is a fraction of a
     // millisecond next to the server's; on a small database host, a second runtime thread only
-    // hands wake-ups across threads: the same run took 30 % more of the tool's CPU and 4 % more
-    // wall time for 400 small views with the multi-threaded runtime (BENCHMARKS.md).
+    // hands wake-ups across threads: with the multi-threaded runtime, the same refresh of 400
+    // small views took about 1.5 times the tool's CPU and 4 % more wall time (BENCHMARKS.md).
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
