@@ -551,11 +551,14 @@ async fn dress_and_swap(
 /// readers in `readers` only: a run never uses a pair whose reader it does not build, and a
 /// `refresh_table` on a database of ten thousand views reads one view's pairs instead of all.
 ///
-/// Each reader is found by its quoted name (`to_regclass`, `NULL` when missing) and its rule by
+/// The readers' OIDs are computed once, up front (`to_regclass` of each quoted name, `NULL` when
+/// missing, in an `ARRAY(…)` sub-select the server runs once), and each reader's rule is found by
 /// its reader, rather than by joining `pg_namespace`, `pg_class` and `pg_rewrite` on names: the
-/// planner orders a five-way join instead of a seven-way one. In a run's start, where nine backends
-/// start on two cores, planning the seven-way join took 7–11 ms of the run's own connection;
-/// BENCHMARKS.md has what this form saves a whole run.
+/// planner orders a five-way join instead of a seven-way one (whose plan took 7–11 ms of the run's
+/// connection while nine backends started on two cores). With the names joined as a set instead,
+/// the planner, misled by a stale estimate of how many materialized views `pg_class` holds, ran
+/// `to_regclass` once per (view, name) pair: 4,608 calls for 48 views, 25 ms of a W2 run's start.
+/// BENCHMARKS.md has what each form saved a whole run.
 pub async fn dependencies(
     client: &Client,
     readers: &[Rel<'_>],
@@ -563,17 +566,19 @@ pub async fn dependencies(
     let (schemas, names) = as_arrays(readers);
     client
         .query_typed(
-            "SELECT DISTINCT w.schema_name || '.' || w.view_name, un.nspname || '.' || uc.relname
-             FROM unnest($1::text[], $2::text[]) AS w(schema_name, view_name)
-             JOIN pg_class dc
-               ON dc.oid = to_regclass(quote_ident(w.schema_name) || '.' || quote_ident(w.view_name))
+            "SELECT DISTINCT dn.nspname || '.' || dc.relname, un.nspname || '.' || uc.relname
+             FROM pg_class dc
+             JOIN pg_namespace dn ON dn.oid = dc.relnamespace
              JOIN pg_depend d
                ON d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
               AND d.objid = (SELECT r.oid FROM pg_rewrite r
                              WHERE r.ev_class = dc.oid AND r.rulename = '_RETURN')
              JOIN pg_class uc ON uc.oid = d.refobjid
              JOIN pg_namespace un ON un.oid = uc.relnamespace
-             WHERE dc.relkind = 'm' AND uc.relkind = 'm' AND dc.oid <> uc.oid",
+             WHERE dc.oid = ANY (ARRAY(
+                     SELECT to_regclass(quote_ident(w.schema_name) || '.' || quote_ident(w.view_name))::oid
+                     FROM unnest($1::text[], $2::text[]) AS w(schema_name, view_name)))
+               AND dc.relkind = 'm' AND uc.relkind = 'm' AND dc.oid <> uc.oid",
             &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
         )
         .await?
