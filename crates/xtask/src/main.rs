@@ -628,7 +628,11 @@ async fn workload(ctx: &Ctx, w: &Workload) -> Result<Vec<Row>> {
                     "MISSED"
                 }
             )
-        } else if let (true, Some(b), Some((_, _, target))) = (refresh, bound, &verdict) {
+        } else if let ("w2", true, Some(b), Some((_, _, target))) =
+            (w.name, refresh, bound, &verdict)
+        {
+            // Not W3: there the statements run in manifest order, the long views last, so their
+            // time says nothing of what a client scheduling them well could do.
             floor_note(db8, b, *target)
         } else {
             String::new()
