@@ -7,7 +7,7 @@ use crate::cli::args::OutputFormat;
 use crate::cli::context::{run_error, AppContext};
 use crate::processors::planner::{plan, Selection, ViewName};
 use crate::processors::run::{connect, RunError};
-use crate::processors::snapshot::{capture, CaptureOptions};
+use crate::processors::snapshot::{capture, CaptureOptions, RELEASE_TAG_MAX};
 
 pub const JOB: JobEntry = JobEntry {
     name: "capture_release_snapshot",
@@ -42,32 +42,56 @@ struct Cli {
     top_values_columns: Vec<String>,
     /// Statistics from a sample of this percentage of the view's pages (TABLESAMPLE SYSTEM), for
     /// very large views; recorded in the snapshot.
+    /// Counts are then estimates scaled to the whole view; distinct counts are the sample's.
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
-    sample_percent: Option<f32>,
+    sample_percent: Option<f64>,
     /// What to print.
     #[arg(long, value_enum, default_value = "text")]
     output: OutputFormat,
 }
 
-fn parse_percent(s: &str) -> Result<f32, String> {
-    s.parse::<f32>()
+fn parse_percent(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
         .ok()
-        .filter(|p| *p > 0.0 && *p <= 100.0)
+        .filter(|p| p.is_finite() && *p > 0.0 && *p <= 100.0)
         .ok_or_else(|| format!("{s:?} is not a percentage above 0 and at most 100"))
 }
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
     Box::pin(async move {
         let cli: Cli = super::args(&matches)?;
-        let release_tag = cli
-            .release_tag
-            .or_else(|| ctx.env.get("GIT_SHA").map(str::to_string))
-            .or_else(|| ctx.env.get("CI_COMMIT_SHA").map(str::to_string))
-            .ok_or_else(|| {
-                JobError::usage(
-                    "no release tag: pass --release-tag, or set GIT_SHA or CI_COMMIT_SHA",
-                )
-            })?;
+        let from_env = |name| {
+            ctx.env
+                .get(name)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .map(str::to_string)
+        };
+        let release_tag = match cli.release_tag {
+            Some(tag) if tag.trim().is_empty() => {
+                return Err(JobError::usage(
+                    "--release-tag is empty: give the release's tag",
+                ))
+            }
+            Some(tag) => tag,
+            None => from_env("GIT_SHA")
+                .or_else(|| from_env("CI_COMMIT_SHA"))
+                .ok_or_else(|| {
+                    JobError::usage(
+                        "no release tag: pass --release-tag, or set GIT_SHA or CI_COMMIT_SHA",
+                    )
+                })?,
+        };
+        for (what, value) in [
+            ("release tag", Some(&release_tag)),
+            ("--release-version", cli.release_version.as_ref()),
+        ] {
+            if value.is_some_and(|v| v.chars().count() > RELEASE_TAG_MAX) {
+                return Err(JobError::usage(format!(
+                    "the {what} is longer than the snapshot table holds ({RELEASE_TAG_MAX} characters)"
+                )));
+            }
+        }
         let wanted = match &cli.table_name {
             Some(t) => Some(
                 ViewName::parse(t)
@@ -94,6 +118,15 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                 (None, None) => true,
             })
             .collect();
+        if cli.manifest_id.is_some() && views.len() > 1 {
+            let names: Vec<&str> = views.iter().map(|v| v.key.as_str()).collect();
+            return Err(JobError::usage(format!(
+                "--manifest-id {} names more than one view (a custom manifest and a canned report \
+                 share the id): {}; name the view with --table-name instead",
+                cli.manifest_id.unwrap_or_default(),
+                names.join(", ")
+            )));
+        }
         if views.is_empty() {
             return Err(JobError::usage(match (&wanted, cli.manifest_id) {
                 (Some(key), _) => format!("no enabled manifest names table {key}"),
@@ -114,11 +147,30 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             .map_err(|e| run_error(RunError::Unavailable(e)))?;
         let mut all_ok = true;
         let mut out = Vec::new();
+        let mut seen_columns = std::collections::BTreeSet::new();
         for view in views {
-            let s = capture(repo.as_mut(), view, &options)
-                .await
-                .map_err(db("storing the snapshot"))?;
+            // One view's snapshot that cannot be stored does not stop the others'.
+            let s = match capture(repo.as_mut(), view, &options).await {
+                Ok(s) => s,
+                Err(error) => {
+                    all_ok = false;
+                    let message = format!("storing the snapshot of {}: {error}", view.key);
+                    tracing::error!(view = %view.key, "{message}");
+                    match cli.output {
+                        OutputFormat::Text => println!("no snapshot of {}: {message}", view.key),
+                        OutputFormat::Json => out.push(serde_json::json!({
+                            "table": view.key, "status": "not stored", "error": message,
+                        })),
+                    }
+                    continue;
+                }
+            };
             all_ok &= s.status == "success";
+            for c in s.columns.as_array().into_iter().flatten() {
+                if let Some(name) = c["name"].as_str() {
+                    seen_columns.insert(name.to_string());
+                }
+            }
             match cli.output {
                 OutputFormat::Text => println!(
                     "snapshot {} of {} at {}: {}, {} rows, {} columns, schema {}{}",
@@ -141,6 +193,11 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         }
         if cli.output == OutputFormat::Json {
             println!("{:#}", serde_json::json!({ "snapshots": out }));
+        }
+        for c in &options.top_values_columns {
+            if !seen_columns.is_empty() && !seen_columns.contains(c) {
+                tracing::warn!("--top-values-columns: no captured view has a column {c:?}");
+            }
         }
         Ok::<_, JobError>(if all_ok {
             ExitStatus::Success

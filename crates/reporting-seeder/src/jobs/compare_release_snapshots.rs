@@ -6,7 +6,7 @@ use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
 use crate::cli::args::OutputFormat;
 use crate::cli::context::{run_error, AppContext};
 use crate::processors::run::RunError;
-use crate::processors::snapshot::{compare, render_compare, FailOn, Thresholds};
+use crate::processors::snapshot::{compare, incomparable, render_compare, FailOn, Thresholds};
 
 pub const JOB: JobEntry = JobEntry {
     name: "compare_release_snapshots",
@@ -33,10 +33,10 @@ struct Cli {
     #[arg(long, value_name = "TAG", requires = "table_name")]
     new_tag: Option<String>,
     /// Report a column whose null fraction moved by more than this (0.05 = 5 points).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, value_parser = fraction)]
     null_threshold: f64,
     /// Report a column whose distinct count changed by more than this fraction.
-    #[arg(long, default_value_t = 0.10)]
+    #[arg(long, default_value_t = 0.10, value_parser = fraction)]
     distinct_threshold: f64,
     /// Exit 1 when drift exceeds these: schema, rows:<fraction>, nulls:<fraction>,
     /// distinct:<fraction> (comma-separated).
@@ -45,6 +45,13 @@ struct Cli {
     /// What to print.
     #[arg(long, value_enum, default_value = "text")]
     output: OutputFormat,
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("{s:?} is not a fraction of at least 0, e.g. 0.05"))
 }
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
@@ -70,7 +77,11 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             })
         };
         let missing = |what: String| {
-            JobError::usage(format!("no snapshot {what}; list them with capture_release_snapshot --output json or in the snapshot table"))
+            JobError::usage(format!(
+                "no snapshot {what}; the snapshots' ids and tags are in the snapshot table \
+                 (reporting.seeder_release_snapshot, or public.\"reporting.seeder_release_snapshot\" \
+                 where Django created it)"
+            ))
         };
         let (base, new) = match (&cli.table_name, &cli.base_tag, &cli.new_tag) {
             (Some(table), Some(a), Some(b)) => {
@@ -101,6 +112,14 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                 (base, new)
             }
         };
+        if base.table_name != new.table_name {
+            return Err(JobError::usage(
+                incomparable(&base, &new).unwrap_or_default(),
+            ));
+        }
+        if let Some(why) = incomparable(&base, &new) {
+            return Err(JobError::failed(why));
+        }
         let thresholds = Thresholds {
             null_fraction: cli.null_threshold,
             distinct: cli.distinct_threshold,

@@ -8,7 +8,7 @@ use etl_core::DbError;
 use serde_json::{json, Value};
 
 use super::planner::{hash_query, PlannedView, ViewPlan};
-use crate::repositories::{Rel, Snapshot, Snapshots};
+use crate::repositories::{Rel, Sample, Snapshot, Snapshots};
 
 /// What `capture_release_snapshot` was asked for.
 #[derive(Debug, Clone, Default)]
@@ -18,10 +18,19 @@ pub struct CaptureOptions {
     /// Columns whose most frequent values are recorded.
     pub top_values_columns: Vec<String>,
     /// Statistics from a `TABLESAMPLE SYSTEM` sample of this percentage of the view.
-    pub sample_percent: Option<f32>,
+    pub sample_percent: Option<f64>,
 }
 
 const TOP_VALUES: i64 = 10;
+
+/// Columns counted per statement: each takes two of PostgreSQL's 1,664 target-list entries, so a
+/// wider view is counted in several passes (over the same sample).
+const COLUMNS_PER_PASS: usize = 800;
+
+/// The widths of the snapshot table's text columns (the old tool's table).
+pub const REPORT_NAME_MAX: usize = 255;
+pub const AGENCY_SLUG_MAX: usize = 64;
+pub const RELEASE_TAG_MAX: usize = 128;
 
 /// The schema hash: SHA-256 over the ordered `name type` list.
 pub fn schema_hash(columns: &[(String, String)]) -> String {
@@ -41,9 +50,21 @@ pub async fn capture(
         id: uuid::Uuid::new_v4(),
         manifest_id: view.record.manifest_id,
         table_name: view.key.clone(),
-        report_name: Some(view.record.report_name.clone()),
+        report_name: Some(
+            view.record
+                .report_name
+                .chars()
+                .take(REPORT_NAME_MAX)
+                .collect(),
+        ),
         agency_id: Some(view.record.agency_id),
-        agency_slug: Some(view.record.agency_slug.chars().take(64).collect()),
+        agency_slug: Some(
+            view.record
+                .agency_slug
+                .chars()
+                .take(AGENCY_SLUG_MAX)
+                .collect(),
+        ),
         release_tag: options.release_tag.clone(),
         release_version: options.release_version.clone(),
         status: "success".into(),
@@ -55,7 +76,12 @@ pub async fn capture(
         column_stats: json!({}),
         released_at: String::new(),
     };
-    match gather(repo, view, options).await {
+    // One seed per snapshot: every statement of it reads the same pages.
+    let sample = options.sample_percent.map(|percent| Sample {
+        percent,
+        seed: (snapshot.id.as_u128() % 1_000_000_007) as f64,
+    });
+    match gather(repo, view, options, sample).await {
         Ok((columns, rows, stats)) => {
             snapshot.total_rows = rows;
             snapshot.total_columns = i32::try_from(columns.len()).unwrap_or(i32::MAX);
@@ -76,10 +102,19 @@ pub async fn capture(
     Ok(snapshot)
 }
 
+/// `count` scaled from the sample to the whole view (rounded); unchanged without a sample.
+fn scaled(count: i64, sample: Option<Sample>) -> i64 {
+    match sample {
+        Some(s) => (count as f64 * 100.0 / s.percent).round() as i64,
+        None => count,
+    }
+}
+
 async fn gather(
     repo: &mut dyn Snapshots,
     view: &PlannedView,
     options: &CaptureOptions,
+    sample: Option<Sample>,
 ) -> Result<(Vec<(String, String)>, i64, Value), DbError> {
     let ViewPlan::Valid { name, .. } = &view.plan else {
         return Err(DbError::other(format!(
@@ -98,24 +133,35 @@ async fn gather(
             view.key
         )));
     }
-    let (rows, counts) = repo
-        .snapshot_counts(rel, &columns, options.sample_percent)
-        .await?;
+    let mut read = 0;
+    let mut counts = Vec::with_capacity(columns.len());
+    for pass in columns.chunks(COLUMNS_PER_PASS) {
+        let (rows, c) = repo.snapshot_counts(rel, pass, sample).await?;
+        read = rows;
+        counts.extend(c);
+    }
+    // With a sample, counts are scaled to the whole view (estimates), fractions are the sample's,
+    // and distinct counts are the sample's own (they do not scale).
+    let rows = scaled(read, sample);
     let mut stats = serde_json::Map::new();
     for ((name, _), (non_null, distinct)) in columns.iter().zip(counts) {
-        let nulls = rows - non_null;
+        let null_fraction = if read == 0 {
+            0.0
+        } else {
+            (read - non_null) as f64 / read as f64
+        };
         let mut s = json!({
-            "null_count": nulls,
-            "null_fraction": if rows == 0 { 0.0 } else { nulls as f64 / rows as f64 },
+            "null_count": scaled(read - non_null, sample),
+            "null_fraction": null_fraction,
             "distinct_count": distinct,
         });
         if options.top_values_columns.iter().any(|c| c == name) {
             let top = repo
-                .snapshot_top_values(rel, name, TOP_VALUES, options.sample_percent)
+                .snapshot_top_values(rel, name, TOP_VALUES, sample)
                 .await?;
             s["top_values"] = json!(top
                 .iter()
-                .map(|(v, n)| json!({"value": v, "count": n}))
+                .map(|(v, n)| json!({"value": v, "count": scaled(*n, sample)}))
                 .collect::<Vec<_>>());
         }
         stats.insert(name.clone(), s);
@@ -123,6 +169,11 @@ async fn gather(
     let mut all = serde_json::Map::new();
     all.insert("columns".into(), Value::Object(stats));
     all.insert("sample_percent".into(), json!(options.sample_percent));
+    if let Some(s) = sample {
+        all.insert("sample_rows".into(), json!(read));
+        all.insert("sample_seed".into(), json!(s.seed));
+        all.insert("estimated".into(), json!(true));
+    }
     Ok((columns, rows, Value::Object(all)))
 }
 
@@ -167,7 +218,7 @@ impl std::str::FromStr for FailOn {
                 value
                     .parse::<f64>()
                     .ok()
-                    .filter(|v| *v >= 0.0)
+                    .filter(|v| v.is_finite() && *v >= 0.0)
                     .ok_or_else(|| format!("{part:?}: expected {kind}:<fraction>, e.g. {kind}:0.1"))
             };
             match kind {
@@ -186,39 +237,64 @@ impl std::str::FromStr for FailOn {
     }
 }
 
-fn column_types(s: &Snapshot) -> BTreeMap<String, String> {
+/// A snapshot written by the old tool: its `column_stats` is a list of per-column objects with a
+/// `null_pct` (0–100), its types are `information_schema` names (no modifiers) and its schema
+/// hash is computed differently.
+fn legacy(s: &Snapshot) -> bool {
+    s.column_stats.is_array()
+}
+
+/// A type as the old tool recorded it: without modifiers, and arrays as `ARRAY`.
+fn plain_type(t: &str) -> String {
+    if t.ends_with("[]") || t == "ARRAY" {
+        return "ARRAY".into();
+    }
+    let mut out = String::new();
+    let mut depth = 0;
+    for ch in t.chars() {
+        match ch {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => out.push(ch),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The ordered `(name, type)` list; types without modifiers when `plain`.
+fn ordered_columns(s: &Snapshot, plain: bool) -> Vec<(String, String)> {
     s.columns
         .as_array()
         .map(|cols| {
             cols.iter()
                 .filter_map(|c| {
-                    Some((
-                        c["name"].as_str()?.to_string(),
-                        c["type"].as_str()?.to_string(),
-                    ))
+                    let name = c["name"].as_str()?.to_string();
+                    let t = c["type"].as_str().unwrap_or_default();
+                    Some((name, if plain { plain_type(t) } else { t.to_string() }))
                 })
                 .collect()
         })
         .unwrap_or_default()
 }
 
-fn ordered_columns(s: &Snapshot) -> Vec<String> {
-    s.columns
-        .as_array()
-        .map(|cols| {
-            cols.iter()
-                .filter_map(|c| c["name"].as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
+fn column_stats<'a>(s: &'a Snapshot, column: &str) -> Option<&'a Value> {
+    match s.column_stats.as_array() {
+        Some(list) => list.iter().find(|c| c["name"].as_str() == Some(column)),
+        None => s.column_stats["columns"].get(column),
+    }
 }
 
 fn stat(s: &Snapshot, column: &str, field: &str) -> Option<f64> {
-    s.column_stats["columns"][column][field].as_f64()
+    let c = column_stats(s, column)?;
+    if field == "null_fraction" && legacy(s) {
+        return c["null_pct"].as_f64().map(|p| p / 100.0);
+    }
+    c[field].as_f64()
 }
 
 fn top(s: &Snapshot, column: &str) -> Option<Vec<(Value, i64)>> {
-    s.column_stats["columns"][column]["top_values"]
+    column_stats(s, column)?["top_values"]
         .as_array()
         .map(|values| {
             values
@@ -226,6 +302,45 @@ fn top(s: &Snapshot, column: &str) -> Option<Vec<(Value, i64)>> {
                 .map(|v| (v["value"].clone(), v["count"].as_i64().unwrap_or(0)))
                 .collect()
         })
+}
+
+/// The sampling percentage a snapshot's statistics were taken with (none: the whole view).
+fn sample_percent(s: &Snapshot) -> Option<f64> {
+    s.column_stats["sample_percent"].as_f64()
+}
+
+/// A count as JSON: an integer when it is one.
+fn count_json(v: f64) -> Value {
+    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+        json!(v as i64)
+    } else {
+        json!(v)
+    }
+}
+
+/// Why two snapshots cannot be compared, if they cannot: they are of different views, or one
+/// of them recorded an error instead of statistics.
+pub fn incomparable(base: &Snapshot, new: &Snapshot) -> Option<String> {
+    if base.table_name != new.table_name {
+        return Some(format!(
+            "snapshot {} is of {} and snapshot {} of {}: compare two snapshots of one view",
+            base.id, base.table_name, new.id, new.table_name
+        ));
+    }
+    for (which, s) in [("base", base), ("new", new)] {
+        if s.status != "success" {
+            let why = s.column_stats["error"]
+                .as_str()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            return Some(format!(
+                "the {which} snapshot {} ({} at {}) has status {}{why}; it holds no statistics to \
+                 compare: capture it again once the view can be read",
+                s.id, s.table_name, s.release_tag, s.status
+            ));
+        }
+    }
+    None
 }
 
 /// The drift from `base` to `new`, as a JSON document (also what the text output shows), and
@@ -236,8 +351,48 @@ pub fn compare(
     thresholds: Thresholds,
     fail_on: FailOn,
 ) -> (Value, bool) {
-    let (old_types, new_types) = (column_types(base), column_types(new));
-    let (base_order, new_order) = (ordered_columns(base), ordered_columns(new));
+    // The old tool's snapshots record types without modifiers: compare like with like.
+    let plain = legacy(base) || legacy(new);
+    let (base_cols, new_cols) = (ordered_columns(base, plain), ordered_columns(new, plain));
+    let old_types: BTreeMap<String, String> = base_cols.iter().cloned().collect();
+    let new_types: BTreeMap<String, String> = new_cols.iter().cloned().collect();
+    let base_order: Vec<String> = base_cols.iter().map(|(n, _)| n.clone()).collect();
+    let new_order: Vec<String> = new_cols.iter().map(|(n, _)| n.clone()).collect();
+    // The columns both have, in each one's order.
+    let kept_base: Vec<&String> = base_order
+        .iter()
+        .filter(|c| new_types.contains_key(*c))
+        .collect();
+    let kept_new: Vec<&String> = new_order
+        .iter()
+        .filter(|c| old_types.contains_key(*c))
+        .collect();
+    let reordered = kept_base != kept_new;
+    let mut notes = Vec::new();
+    if plain {
+        notes.push(
+            "one snapshot was written by the old tool: types are compared without modifiers and \
+             the schema is compared column by column (its hash is computed differently)"
+                .to_string(),
+        );
+    }
+    let (base_sample, new_sample) = (sample_percent(base), sample_percent(new));
+    let distinct_comparable = base_sample == new_sample;
+    match (base_sample, new_sample) {
+        (None, None) => {}
+        (a, b) if a == b => notes.push(format!(
+            "both snapshots are of a {}% sample: row and null figures are estimates",
+            a.unwrap_or(100.0)
+        )),
+        (a, b) => notes.push(format!(
+            "the snapshots were sampled differently (base: {}, new: {}): row and null figures \
+             are estimates, and distinct counts are not comparable, so they are not compared",
+            a.map(|p| format!("{p}%"))
+                .unwrap_or_else(|| "whole view".into()),
+            b.map(|p| format!("{p}%"))
+                .unwrap_or_else(|| "whole view".into()),
+        )),
+    }
     let added: Vec<&String> = new_order
         .iter()
         .filter(|c| !old_types.contains_key(*c))
@@ -278,7 +433,8 @@ pub fn compare(
                 nulls.push(json!({"column": c, "from": a, "to": b, "delta": d}));
             }
         }
-        if let (Some(a), Some(b)) = (
+        if let (true, Some(a), Some(b)) = (
+            distinct_comparable,
             stat(base, c, "distinct_count"),
             stat(new, c, "distinct_count"),
         ) {
@@ -293,7 +449,7 @@ pub fn compare(
             };
             worst_distinct = worst_distinct.max(rel.abs());
             if rel.abs() > thresholds.distinct {
-                distinct.push(json!({"column": c, "from": a, "to": b, "delta_fraction": if rel.is_finite() { json!(rel) } else { Value::Null }}));
+                distinct.push(json!({"column": c, "from": count_json(a), "to": count_json(b), "delta_fraction": if rel.is_finite() { json!(rel) } else { Value::Null }}));
             }
         }
         if let (Some(a), Some(b)) = (top(base, c), top(new, c)) {
@@ -306,7 +462,13 @@ pub fn compare(
             }
         }
     }
-    let schema_changed = !added.is_empty() || !removed.is_empty() || !retyped.is_empty();
+    let schema_changed =
+        !added.is_empty() || !removed.is_empty() || !retyped.is_empty() || reordered;
+    let schema_hash_equal = if plain {
+        base_cols == new_cols
+    } else {
+        base.schema_hash == new.schema_hash
+    };
     let mut failures = Vec::new();
     if fail_on.schema && schema_changed {
         failures.push("schema changed".to_string());
@@ -330,14 +492,16 @@ pub fn compare(
         "table": new.table_name,
         "base": {"id": base.id.to_string(), "release_tag": base.release_tag, "released_at": base.released_at},
         "new": {"id": new.id.to_string(), "release_tag": new.release_tag, "released_at": new.released_at},
-        "schema_hash_equal": base.schema_hash == new.schema_hash,
+        "schema_hash_equal": schema_hash_equal,
         "columns_added": added,
         "columns_removed": removed,
         "columns_retyped": retyped,
+        "columns_reordered": if reordered { json!({"from": kept_base, "to": kept_new}) } else { Value::Null },
         "rows": {"from": base.total_rows, "to": new.total_rows, "delta": row_delta, "delta_fraction": row_pct},
         "null_fraction_changes": nulls,
         "distinct_count_changes": distinct,
         "top_value_changes": tops,
+        "notes": notes,
         "failures": failures,
     });
     let failed = !doc["failures"].as_array().is_none_or(Vec::is_empty);
@@ -355,6 +519,18 @@ pub fn render_compare(doc: &Value) -> String {
                             .map(str::to_string)
                             .unwrap_or_else(|| x.to_string())
                     })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "none".into())
+    };
+    // Values as JSON, so that a NULL and the text 'null' read differently.
+    let values = |v: &Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(Value::to_string)
                     .collect::<Vec<_>>()
                     .join(", ")
             })
@@ -402,6 +578,13 @@ pub fn render_compare(doc: &Value) -> String {
             retyped.join(", ")
         }
     );
+    if let Some(order) = doc["columns_reordered"].as_object() {
+        out += &format!(
+            "column order changed: {} -> {}\n",
+            list(&order["from"]),
+            list(&order["to"])
+        );
+    }
     let rows = &doc["rows"];
     let pct = rows["delta_fraction"]
         .as_f64()
@@ -441,9 +624,12 @@ pub fn render_compare(doc: &Value) -> String {
         out += &format!(
             "top values of {}: entered {}, left {}\n",
             t["column"].as_str().unwrap_or_default(),
-            list(&t["entered"]),
-            list(&t["left"])
+            values(&t["entered"]),
+            values(&t["left"])
         );
+    }
+    for n in doc["notes"].as_array().into_iter().flatten() {
+        out += &format!("note: {}\n", n.as_str().unwrap_or_default());
     }
     for f in doc["failures"].as_array().into_iter().flatten() {
         out += &format!("FAIL: {}\n", f.as_str().unwrap_or_default());
@@ -550,6 +736,122 @@ mod tests {
     }
 
     #[test]
+    fn a_reorder_is_a_schema_change() {
+        let a = snap("r1", 1, &[("a", "integer"), ("b", "text")], json!({}));
+        let b = snap("r2", 1, &[("b", "text"), ("a", "integer")], json!({}));
+        let (doc, failed) = compare(&a, &b, Thresholds::default(), "schema".parse().unwrap());
+        assert!(failed, "{doc}");
+        assert_eq!(
+            doc["columns_reordered"],
+            json!({"from": ["a", "b"], "to": ["b", "a"]})
+        );
+        assert!(render_compare(&doc).contains("column order changed: a, b -> b, a"));
+        let (doc, failed) = compare(&a, &a, Thresholds::default(), "schema".parse().unwrap());
+        assert!(!failed);
+        assert_eq!(doc["columns_reordered"], Value::Null);
+    }
+
+    #[test]
+    fn the_old_tools_snapshots_are_read() {
+        let mut old = snap(
+            "r1",
+            10,
+            &[("id", "integer"), ("name", "character varying")],
+            json!({}),
+        );
+        old.column_stats = json!([
+            {"name": "id", "type": "integer", "null_count": 9, "null_pct": 90.0, "distinct_count": 5},
+            {"name": "name", "type": "character varying", "null_pct": 0.0, "distinct_count": 1,
+             "top_values": [{"value": "x", "count": 10, "pct": 100.0}]},
+        ]);
+        old.schema_hash = "something else".into();
+        let new = snap(
+            "r2",
+            10,
+            &[("id", "integer"), ("name", "character varying(20)")],
+            json!({
+                "id": {"null_fraction": 0.24, "distinct_count": 50},
+                "name": {"null_fraction": 0.0, "distinct_count": 1, "top_values": [{"value": "y", "count": 10}]},
+            }),
+        );
+        let (doc, failed) = compare(
+            &old,
+            &new,
+            Thresholds::default(),
+            "nulls:0.05,distinct:0.1,schema".parse().unwrap(),
+        );
+        assert!(failed, "{doc}");
+        assert_eq!(doc["schema_hash_equal"], true, "the same columns: {doc}");
+        assert_eq!(doc["columns_retyped"], json!([]));
+        assert_eq!(doc["null_fraction_changes"][0]["column"], "id");
+        assert_eq!(doc["distinct_count_changes"][0]["from"], 5);
+        assert_eq!(doc["top_value_changes"][0]["entered"], json!(["y"]));
+        assert!(doc["notes"][0].as_str().unwrap().contains("old tool"));
+    }
+
+    #[test]
+    fn differently_sampled_snapshots_do_not_compare_distinct_counts() {
+        let a = snap(
+            "r1",
+            100,
+            &[("id", "integer")],
+            json!({"id": {"null_fraction": 0.0, "distinct_count": 100}}),
+        );
+        let mut b = snap(
+            "r2",
+            100,
+            &[("id", "integer")],
+            json!({"id": {"null_fraction": 0.0, "distinct_count": 9}}),
+        );
+        b.column_stats["sample_percent"] = json!(10.0);
+        let (doc, failed) = compare(
+            &a,
+            &b,
+            Thresholds::default(),
+            "distinct:0.1".parse().unwrap(),
+        );
+        assert!(!failed, "{doc}");
+        assert_eq!(doc["distinct_count_changes"], json!([]));
+        assert!(doc["notes"][0]
+            .as_str()
+            .unwrap()
+            .contains("sampled differently"));
+        b.column_stats["sample_percent"] = Value::Null;
+        let (_, failed) = compare(
+            &a,
+            &b,
+            Thresholds::default(),
+            "distinct:0.1".parse().unwrap(),
+        );
+        assert!(failed);
+    }
+
+    #[test]
+    fn error_snapshots_and_other_views_are_not_compared() {
+        let a = snap("r1", 10, &[("id", "integer")], json!({}));
+        let mut b = snap("r2", 0, &[], json!({}));
+        assert_eq!(incomparable(&a, &a), None);
+        b.status = "error".into();
+        b.column_stats = json!({"error": "gone"});
+        let why = incomparable(&a, &b).unwrap();
+        assert!(why.contains("status error: gone"), "{why}");
+        let mut c = snap("r2", 10, &[("id", "integer")], json!({}));
+        c.table_name = "reporting.other".into();
+        assert!(incomparable(&a, &c).unwrap().contains("reporting.other"));
+    }
+
+    #[test]
+    fn plain_types_drop_modifiers() {
+        assert_eq!(plain_type("numeric(10,2)"), "numeric");
+        assert_eq!(
+            plain_type("timestamp(3) without time zone"),
+            "timestamp without time zone"
+        );
+        assert_eq!(plain_type("integer[]"), "ARRAY");
+        assert_eq!(plain_type("text"), "text");
+    }
+
+    #[test]
     fn fail_on_parses() {
         assert_eq!(
             "schema,rows:0.1".parse::<FailOn>(),
@@ -562,5 +864,6 @@ mod tests {
         assert!("rows".parse::<FailOn>().is_err());
         assert!("colour:1".parse::<FailOn>().is_err());
         assert!("nulls:-1".parse::<FailOn>().is_err());
+        assert!("nulls:NaN".parse::<FailOn>().is_err());
     }
 }

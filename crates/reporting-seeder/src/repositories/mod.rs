@@ -28,7 +28,7 @@ pub use history::{
 pub use locks::{Recovery, ViewLock};
 pub use manifests::{ManifestRow, ReportType};
 pub use reports::{RunRow, StatusRow, ViewRunRow};
-pub use snapshots::{Snapshot, Snapshots};
+pub use snapshots::{Sample, Snapshot, Snapshots};
 pub use statements::StatementTotals;
 pub use views::{Rebuilt, ViewState, ViewStats};
 

@@ -41,13 +41,32 @@ pub async fn columns(client: &Client, view: Rel<'_>) -> Result<Vec<(String, Stri
         .collect()
 }
 
+/// A `TABLESAMPLE SYSTEM` sample: the percentage of the view's pages, and the seed that makes
+/// every statement of one snapshot read the same pages (`REPEATABLE`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub percent: f64,
+    pub seed: f64,
+}
+
+/// The `FROM` clause's sampling, its parameters numbered from `first`.
+fn sample_clause(sample: Option<Sample>, first: usize) -> String {
+    match sample {
+        Some(_) => format!(
+            " TABLESAMPLE SYSTEM (CAST(${first} AS float8)::float4) REPEATABLE (${})",
+            first + 1
+        ),
+        None => String::new(),
+    }
+}
+
 /// Rows, and per column the non-null and distinct counts, in one pass over the view (or a
 /// `TABLESAMPLE SYSTEM` sample of it).
 pub async fn counts(
     client: &Client,
     view: Rel<'_>,
     columns: &[(String, String)],
-    sample_percent: Option<f32>,
+    sample: Option<Sample>,
 ) -> Result<(i64, Vec<(i64, i64)>), DbError> {
     let mut select = vec!["count(*)".to_string()];
     for (name, _) in columns {
@@ -56,18 +75,14 @@ pub async fn counts(
         select.push(format!("count({c})"));
         select.push(format!("count(DISTINCT {c}::text)"));
     }
-    let sample = if sample_percent.is_some() {
-        " TABLESAMPLE SYSTEM ($1)"
-    } else {
-        ""
-    };
     let sql = format!(
-        "SELECT {} FROM {}{sample}",
+        "SELECT {} FROM {}{}",
         select.join(", "),
-        view.quoted()
+        view.quoted(),
+        sample_clause(sample, 1)
     );
-    let row = match sample_percent {
-        Some(p) => client.query_one(&sql, &[&p]).await?,
+    let row = match sample {
+        Some(s) => client.query_one(&sql, &[&s.percent, &s.seed]).await?,
         None => client.query_one(&sql, &[]).await?,
     };
     let total: i64 = row.try_get(0)?;
@@ -84,20 +99,16 @@ pub async fn top_values(
     view: Rel<'_>,
     column: &str,
     limit: i64,
-    sample_percent: Option<f32>,
+    sample: Option<Sample>,
 ) -> Result<Vec<(Option<String>, i64)>, DbError> {
-    let sample = if sample_percent.is_some() {
-        " TABLESAMPLE SYSTEM ($2)"
-    } else {
-        ""
-    };
     let sql = format!(
         "SELECT {c}::text, count(*) FROM {v}{sample} GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT $1",
         c = ident(column),
-        v = view.quoted()
+        v = view.quoted(),
+        sample = sample_clause(sample, 2)
     );
-    let rows = match sample_percent {
-        Some(p) => client.query(&sql, &[&limit, &p]).await?,
+    let rows = match sample {
+        Some(s) => client.query(&sql, &[&limit, &s.percent, &s.seed]).await?,
         None => client.query(&sql, &[&limit]).await?,
     };
     rows.iter()
@@ -228,14 +239,14 @@ pub trait Snapshots: Send {
         &mut self,
         view: Rel<'_>,
         columns: &[(String, String)],
-        sample_percent: Option<f32>,
+        sample: Option<Sample>,
     ) -> Result<(i64, Vec<(i64, i64)>), DbError>;
     async fn snapshot_top_values(
         &mut self,
         view: Rel<'_>,
         column: &str,
         limit: i64,
-        sample_percent: Option<f32>,
+        sample: Option<Sample>,
     ) -> Result<Vec<(Option<String>, i64)>, DbError>;
     async fn insert_snapshot(&mut self, s: &Snapshot) -> Result<(), DbError>;
     async fn snapshot_by_id(&mut self, id: uuid::Uuid) -> Result<Option<Snapshot>, DbError>;
@@ -252,18 +263,18 @@ impl Snapshots for super::PgSession {
         &mut self,
         view: Rel<'_>,
         cols: &[(String, String)],
-        sample_percent: Option<f32>,
+        sample: Option<Sample>,
     ) -> Result<(i64, Vec<(i64, i64)>), DbError> {
-        counts(self.client(), view, cols, sample_percent).await
+        counts(self.client(), view, cols, sample).await
     }
     async fn snapshot_top_values(
         &mut self,
         view: Rel<'_>,
         column: &str,
         limit: i64,
-        sample_percent: Option<f32>,
+        sample: Option<Sample>,
     ) -> Result<Vec<(Option<String>, i64)>, DbError> {
-        top_values(self.client(), view, column, limit, sample_percent).await
+        top_values(self.client(), view, column, limit, sample).await
     }
     async fn insert_snapshot(&mut self, s: &Snapshot) -> Result<(), DbError> {
         insert(self.client(), s).await
