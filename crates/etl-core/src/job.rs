@@ -120,6 +120,7 @@ impl Interrupt {
 
 #[cfg(unix)]
 async fn watch_signals(interrupt: Interrupt) {
+    use std::io::Write;
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -136,11 +137,13 @@ async fn watch_signals(interrupt: Interrupt) {
             _ = term.recv() => ExitStatus::Terminated,
         };
         if interrupt.is_interrupted() {
-            eprintln!("second signal: exiting now");
+            let _ = writeln!(std::io::stderr(), "second signal: exiting now");
             std::process::exit(status as i32);
         }
         interrupt.trigger(status);
-        eprintln!(
+        // Not `eprintln!`: it panics when stderr is a closed pipe.
+        let _ = writeln!(
+            std::io::stderr(),
             "{}: stopping; no new view starts and the running ones are cancelled on the server (a second signal exits at once)",
             interrupt.signal_name()
         );

@@ -38,7 +38,11 @@ pub fn init(env: &Env, options: LogOptions) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_target(false)
+        // When stderr is gone (a closed pipe), drop the event: by default tracing-subscriber
+        // reports the failure with `eprintln!`, which panics on the same closed pipe, inside
+        // whichever task was logging (a view's refresh, recorded as an internal error).
+        .log_internal_errors(false);
     // A second init (tests) is harmless: keep the first subscriber.
     let _ = if json {
         builder

@@ -518,3 +518,26 @@ async fn statement_figures_come_from_pg_stat_statements_when_installed() {
     drop(admin);
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stderr_pipe_does_not_turn_refreshes_into_errors() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.good", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let mut c = db.cmd();
+    // Debug logs: every view logs while its reader is gone.
+    c.args(["run", "refresh_all"])
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    drop(child.stderr.take());
+    let status = child.wait().await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    let run = db.last_run_id().await;
+    assert_eq!(
+        db.history(&run).await,
+        [("reporting.good".to_string(), "success".to_string(), None)]
+    );
+}
