@@ -5,6 +5,7 @@
 
 use std::ffi::OsString;
 use std::future::Future;
+use std::io::Write;
 use std::pin::Pin;
 use std::process::ExitCode;
 
@@ -120,7 +121,6 @@ impl Interrupt {
 
 #[cfg(unix)]
 async fn watch_signals(interrupt: Interrupt) {
-    use std::io::Write;
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -362,11 +362,25 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
         .flatten()
         .copied()
         .unwrap_or(false);
-    let json = matches
-        .try_get_one::<String>("log_format")
-        .ok()
-        .flatten()
-        .is_some_and(|f| f == "json");
+    // `--log-format` wins over SEEDER_LOG_FORMAT; a value that is neither is a usage error.
+    let format = match matches.try_get_one::<String>("log_format").ok().flatten() {
+        Some(flag) => flag.clone(),
+        None => env
+            .get("SEEDER_LOG_FORMAT")
+            .map(|f| f.trim().to_ascii_lowercase())
+            .unwrap_or_else(|| "text".into()),
+    };
+    let json = match format.as_str() {
+        "json" => true,
+        "text" | "" => false,
+        other => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: configuration error: SEEDER_LOG_FORMAT={other:?}: expected text or json"
+            );
+            return ExitStatus::Usage.into();
+        }
+    };
     let progress = !quiet
         && !json
         && std::io::IsTerminal::is_terminal(&std::io::stderr())

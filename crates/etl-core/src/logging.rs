@@ -7,7 +7,7 @@ use crate::config::Env;
 /// How a job asked to log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LogOptions {
-    /// One JSON object per line (`--log-format json` or `SEEDER_LOG_FORMAT=json`).
+    /// One JSON object per line (`--log-format json`, or `SEEDER_LOG_FORMAT=json` without the flag).
     pub json: bool,
     /// Only errors (`--quiet`).
     pub quiet: bool,
@@ -31,10 +31,7 @@ pub fn init(env: &Env, options: LogOptions) {
         .filter(|_| !options.quiet)
         .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
-    let json = options.json
-        || env
-            .get("SEEDER_LOG_FORMAT")
-            .is_some_and(|f| f.eq_ignore_ascii_case("json"));
+    let json = options.json;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -234,3 +234,78 @@ fn cargo_run_at_the_root_runs_the_tool() {
         .collect();
     assert_eq!(bins, ["reporting-seeder"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_format_comes_from_the_flag_over_the_environment_and_a_bad_one_exits_2() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.bad", "gotham", 1, "SELECT 1 / 0 AS id")
+        .await;
+    let out = db
+        .run(&["run", "refresh_all"], &[("SEEDER_LOG_FORMAT", "xml")])
+        .await;
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("SEEDER_LOG_FORMAT"),
+        "{}",
+        stderr(&out)
+    );
+    // The flag wins; at RUST_LOG=warn the warning still names its run and view.
+    let out = db
+        .run(
+            &["run", "refresh_all", "--", "--log-format", "text"],
+            &[("SEEDER_LOG_FORMAT", "json")],
+        )
+        .await;
+    let err = stderr(&out);
+    let warning = err.lines().find(|l| l.contains("WARN")).unwrap_or_default();
+    assert!(!warning.starts_with('{'), "{err}");
+    assert!(
+        warning.contains("run{run_id=") && warning.contains("view=reporting.bad"),
+        "{err}"
+    );
+    let out = db
+        .run(&["run", "refresh_all"], &[("SEEDER_LOG_FORMAT", "json")])
+        .await;
+    let warning = stderr(&out)
+        .lines()
+        .find(|l| l.contains("\"WARN\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .unwrap();
+    assert_eq!(warning["spans"][1]["view"], "reporting.bad");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_selectors_may_share_one_argument() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.a", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.custom("reporting.b", "metropolis", 2, "SELECT 1 AS id")
+        .await;
+    db.custom("reporting.c", "star", 3, "SELECT 1 AS id").await;
+    let out = db
+        .run(
+            &[
+                "run",
+                "plan",
+                "--",
+                "--select",
+                "agency:gotham  agency:star",
+                "--output",
+                "json",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    let plan: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let mut views: Vec<&str> = plan["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["table"].as_str().unwrap())
+        .collect();
+    views.sort();
+    assert_eq!(views, ["reporting.a", "reporting.c"]);
+}

@@ -11,16 +11,37 @@ use crate::processors::select::Selector;
 pub struct SelectArgs {
     /// Only these views: agency:<slug>, type:custom|canned, table:<schema.table> (glob * allowed);
     /// +X adds everything X reads, X+ everything that reads X. Repeat or separate with spaces.
-    #[arg(long, value_name = "SELECTOR", num_args = 1.., value_parser = parse_selector)]
-    pub select: Vec<Selector>,
+    #[arg(long, value_name = "SELECTOR", num_args = 1.., value_parser = parse_selectors)]
+    select: Vec<Vec<Selector>>,
     /// Leave out these views (same forms as --select).
-    #[arg(long, value_name = "SELECTOR", num_args = 1.., value_parser = parse_selector)]
-    pub exclude: Vec<Selector>,
+    #[arg(long, value_name = "SELECTOR", num_args = 1.., value_parser = parse_selectors)]
+    exclude: Vec<Vec<Selector>>,
 }
 
-fn parse_selector(s: &str) -> Result<Selector, String> {
-    s.parse()
-        .map_err(|e: crate::processors::select::SelectError| e.to_string())
+impl SelectArgs {
+    /// The `--select` selectors, however they were separated.
+    pub fn select(&self) -> Vec<Selector> {
+        self.select.iter().flatten().cloned().collect()
+    }
+    /// The `--exclude` selectors.
+    pub fn exclude(&self) -> Vec<Selector> {
+        self.exclude.iter().flatten().cloned().collect()
+    }
+}
+
+/// One argument may hold several selectors separated by spaces (`--select "a b"`, as dbt takes).
+fn parse_selectors(s: &str) -> Result<Vec<Selector>, String> {
+    let selectors: Vec<Selector> = s
+        .split_whitespace()
+        .map(|one| {
+            one.parse()
+                .map_err(|e: crate::processors::select::SelectError| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    if selectors.is_empty() {
+        return Err("an empty selector: give e.g. agency:gotham or table:reporting.*".into());
+    }
+    Ok(selectors)
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -61,10 +82,10 @@ pub struct UiArgs {
     /// No progress bar and no log lines but errors; the summary (or JSON) is still printed.
     #[arg(long, short = 'q')]
     pub quiet: bool,
-    /// `json`: one JSON object per log line on stderr, with the run id, view and agency
-    /// (also SEEDER_LOG_FORMAT=json).
-    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"], default_value = "text")]
-    pub log_format: String,
+    /// `json`: one JSON object per log line on stderr, with the run id, view and agency;
+    /// `text` (the default). Overrides SEEDER_LOG_FORMAT.
+    #[arg(long, value_name = "FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
 }
 
 /// Everything a refresh job takes besides what it selects.

@@ -50,8 +50,8 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let selection = Selection {
             report_type: cli.report_type.report_type,
             scope,
-            select: cli.select.select,
-            exclude: cli.select.exclude,
+            select: cli.select.select(),
+            exclude: cli.select.exclude(),
         };
         let app = AppContext::from_env(&ctx.env)?;
         let mut session = connect(app.store.as_ref()).await.map_err(run_error)?;

@@ -42,8 +42,8 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let selection = Selection {
             report_type: cli.report_type.report_type,
             scope: Scope::All,
-            select: cli.select.select,
-            exclude: cli.select.exclude,
+            select: cli.select.select(),
+            exclude: cli.select.exclude(),
         };
         context::refresh(&ctx, selection, &cli.refresh).await
     })

@@ -34,8 +34,8 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let cli: Cli = super::args(&matches)?;
         let selection = Selection {
             scope: Scope::Retry(cli.run_id),
-            select: cli.select.select,
-            exclude: cli.select.exclude,
+            select: cli.select.select(),
+            exclude: cli.select.exclude(),
             ..Default::default()
         };
         context::refresh(&ctx, selection, &cli.refresh).await

@@ -692,7 +692,9 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             &shared.prepared.expected_ms,
             self.settings.max_workers.get(),
         );
-        let run_span = tracing::info_span!("run", run_id = %run_id);
+        // At the error level so that the span is there whatever RUST_LOG lets through: a warning
+        // at RUST_LOG=warn still carries its run id (and, below, its view and agency).
+        let run_span = tracing::error_span!("run", run_id = %run_id);
         let finished = run_graph(
             &graph,
             priority,
@@ -973,7 +975,7 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
     };
     let shared = shared.clone();
     shared.progress.started(i);
-    let span = tracing::info_span!("view", view = %view.key, agency = %view.record.agency_slug);
+    let span = tracing::error_span!("view", view = %view.key, agency = %view.record.agency_slug);
     Start::Run(Box::pin(async move {
         let view = &shared.prepared.views[i];
         let mut guard = TicketGuard {
