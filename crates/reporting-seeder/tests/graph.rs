@@ -561,6 +561,61 @@ async fn retry_runs_again_what_failed_or_was_skipped_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_takes_cancelled_and_unfinished_views_and_refuses_an_unknown_run() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    for t in ["reporting.a", "reporting.b", "reporting.c", "reporting.d"] {
+        db.custom(t, "gotham", 1, "SELECT 1 AS id").await;
+    }
+    db.custom("reporting.bad", "gotham", 1, "SELECT 1 / 0 AS id")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 1);
+    let run = db.last_run_id().await;
+    // As a signal leaves them (cancelled) and as a crash does (running, then abandoned).
+    let c = db.client().await;
+    c.batch_execute(&format!(
+        "UPDATE reporting.seeder_view_run SET status = 'cancelled'
+           WHERE run_id = '{run}' AND table_name = 'reporting.a';
+         DELETE FROM reporting.seeder_view_run WHERE run_id = '{run}'
+           AND table_name IN ('reporting.b', 'reporting.c');
+         UPDATE reporting.seeder_run_history SET status = 'running'
+           WHERE run_id = '{run}' AND table_name = 'reporting.b';
+         UPDATE reporting.seeder_run_history SET status = 'abandoned'
+           WHERE run_id = '{run}' AND table_name = 'reporting.c';"
+    ))
+    .await
+    .unwrap();
+    // A retry that selects nothing left to retry records an empty run; it does not hide the
+    // failures from the next plain retry.
+    let out = db
+        .run(
+            &["run", "retry", "--", "--select", "table:reporting.d"],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    assert!(ran(&db).await.is_empty());
+    let out = db.run(&["run", "retry"], &[]).await;
+    assert_exit(&out, 1);
+    assert_eq!(
+        ran(&db).await,
+        ["reporting.a", "reporting.b", "reporting.bad", "reporting.c"]
+    );
+    for bad in ["00000000-0000-0000-0000-000000000000", "notauuid"] {
+        let out = db.run(&["run", "retry", "--", "--run-id", bad], &[]).await;
+        assert_exit(&out, 2);
+    }
+    // Run ids are taken in either case.
+    let out = db
+        .run(
+            &["run", "retry", "--", "--run-id", &run.to_uppercase()],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_output_and_results_file() {
     let db = TestDb::new().await;
     chain(&db).await;

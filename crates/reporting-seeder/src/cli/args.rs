@@ -44,6 +44,15 @@ fn parse_selectors(s: &str) -> Result<Vec<Selector>, String> {
     Ok(selectors)
 }
 
+/// A run id as the runs are recorded: a UUID, written in lower case.
+pub fn parse_run_id(s: &str) -> Result<String, String> {
+    uuid::Uuid::parse_str(s.trim())
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| {
+            format!("{s:?} is not a run id (a UUID, as `reporting-seeder run history` lists them)")
+        })
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     /// A table for people.

@@ -143,7 +143,8 @@ pub fn run_error(e: RunError) -> JobError {
         RunError::Configuration(_)
         | RunError::Selection(_)
         | RunError::Select(_)
-        | RunError::NoRunToRetry => JobError::usage(e.to_string()),
+        | RunError::NoRunToRetry
+        | RunError::UnknownRun(_) => JobError::usage(e.to_string()),
         RunError::Database { .. } => JobError::failed(e.to_string()),
     }
 }

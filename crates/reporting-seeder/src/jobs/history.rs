@@ -18,7 +18,7 @@ pub const JOB: JobEntry = JobEntry {
 #[derive(Debug, Parser)]
 struct Cli {
     /// The per-view rows of this run.
-    #[arg(long, value_name = "RUN_ID", conflicts_with = "table")]
+    #[arg(long, value_parser = crate::cli::args::parse_run_id, value_name = "RUN_ID", conflicts_with = "table")]
     run_id: Option<String>,
     /// The rows of this view across runs, newest first.
     #[arg(long, value_name = "SCHEMA.TABLE")]

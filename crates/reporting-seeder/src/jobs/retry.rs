@@ -9,7 +9,7 @@ use crate::processors::planner::{Scope, Selection};
 
 pub const JOB: JobEntry = JobEntry {
     name: "retry",
-    description: "Run again the views that failed or were skipped in the last run (or --run-id)",
+    description: "Run again the views that did not succeed in the last run (or --run-id): failed, skipped, cancelled or never finished",
     command: Cli::command,
     run,
 };
@@ -21,7 +21,7 @@ has since been disabled or removed is left out."
 )]
 struct Cli {
     /// The run to retry; default the newest.
-    #[arg(long, value_name = "RUN_ID")]
+    #[arg(long, value_parser = crate::cli::args::parse_run_id, value_name = "RUN_ID")]
     run_id: Option<String>,
     #[command(flatten)]
     select: SelectArgs,

@@ -167,8 +167,8 @@ impl Session for FakeStore {
     async fn last_run_id(&mut self) -> Result<Option<String>, DbError> {
         Ok(self.state().last_run.clone())
     }
-    async fn unfinished_views(&mut self, _: &str) -> Result<Vec<String>, DbError> {
-        Ok(self.state().unfinished.clone())
+    async fn unfinished_views(&mut self, _: &str) -> Result<Option<Vec<String>>, DbError> {
+        Ok(Some(self.state().unfinished.clone()))
     }
     async fn begin_run(&mut self, _: &str, _: &str, _: &str) -> Result<(), DbError> {
         Ok(())

@@ -105,6 +105,8 @@ pub enum RunError {
     Select(#[from] SelectError),
     #[error("no run is recorded yet: nothing to retry")]
     NoRunToRetry,
+    #[error("no run {0} is recorded; `reporting-seeder run history` lists the runs")]
+    UnknownRun(String),
     #[error("{context}: {error}")]
     Database {
         context: &'static str,
@@ -187,7 +189,8 @@ pub async fn prepare(
         let keys = session
             .unfinished_views(&run_id)
             .await
-            .map_err(at("reading the run to retry"))?;
+            .map_err(at("reading the run to retry"))?
+            .ok_or_else(|| RunError::UnknownRun(run_id.clone()))?;
         retried_run = Some(run_id);
         selection.scope = Scope::Tables(keys);
     }

@@ -90,7 +90,10 @@ pub fn render(report: &RunReport, colour: bool) -> String {
     }
     out.push('\n');
     if report.results.is_empty() {
-        let _ = writeln!(out, "no enabled manifest selected: nothing to do");
+        let _ = writeln!(
+            out,
+            "no view to run: nothing selected, or (for retry) nothing left that did not succeed"
+        );
     }
     let mut by_time: Vec<&ViewResult> = report
         .results

@@ -402,10 +402,16 @@ pub async fn recent_durations(
     Ok(out)
 }
 
+/// The newest run that had views (one that selected none has nothing to retry).
 pub async fn last_run_id(client: &Client) -> Result<Option<String>, DbError> {
     Ok(client
         .query_opt(
-            "SELECT run_id FROM reporting.seeder_run ORDER BY started_at DESC LIMIT 1",
+            "SELECT r.run_id FROM reporting.seeder_run r
+             WHERE EXISTS (SELECT 1 FROM reporting.seeder_view_run v WHERE v.run_id = r.run_id)
+                OR EXISTS (SELECT 1 FROM reporting.seeder_run_history h WHERE h.run_id = r.run_id)
+                OR EXISTS (SELECT 1 FROM reporting.seeder_canned_run_history h
+                           WHERE h.run_id = r.run_id)
+             ORDER BY r.started_at DESC LIMIT 1",
             &[],
         )
         .await?
@@ -413,18 +419,41 @@ pub async fn last_run_id(client: &Client) -> Result<Option<String>, DbError> {
         .transpose()?)
 }
 
-pub async fn unfinished_views(client: &Client, run_id: &str) -> Result<Vec<String>, DbError> {
+/// The views of a run that did not end in success: `error`, `skipped` or `cancelled`, and those
+/// it never finished (its history row still `running`, or `abandoned` by a later run's
+/// recovery). `None` when no such run is recorded.
+pub async fn unfinished_views(
+    client: &Client,
+    run_id: &str,
+) -> Result<Option<Vec<String>>, DbError> {
+    let known = client
+        .query_opt(
+            "SELECT 1 FROM reporting.seeder_run WHERE run_id = $1",
+            &[&run_id],
+        )
+        .await?
+        .is_some();
+    if !known {
+        return Ok(None);
+    }
     client
         .query(
             "SELECT table_name FROM reporting.seeder_view_run
-             WHERE run_id = $1 AND status IN ('error', 'skipped')
-             ORDER BY table_name",
+             WHERE run_id = $1 AND status IN ('error', 'skipped', 'cancelled', 'abandoned')
+             UNION
+             (SELECT h.table_name::text FROM reporting.seeder_run_history h
+              WHERE h.run_id = $1 AND h.status::text IN ('running', 'abandoned')
+              UNION
+              SELECT h.table_name::text FROM reporting.seeder_canned_run_history h
+              WHERE h.run_id = $1 AND h.status::text IN ('running', 'abandoned'))
+             ORDER BY 1",
             &[&run_id],
         )
         .await?
         .iter()
         .map(|r| Ok(r.try_get(0)?))
-        .collect()
+        .collect::<Result<Vec<String>, DbError>>()
+        .map(Some)
 }
 
 const LAST_SUCCESSES: &str = "
