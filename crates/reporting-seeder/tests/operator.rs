@@ -541,3 +541,17 @@ async fn a_closed_stderr_pipe_does_not_turn_refreshes_into_errors() {
         [("reporting.good".to_string(), "success".to_string(), None)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_and_history_work_on_an_untouched_database_and_never_refreshed_is_stale() {
+    let db = TestDb::new().await;
+    // No `migrate` first: like the refresh jobs, these create the control tables.
+    assert_exit(&db.run(&["run", "status"], &[]).await, 0);
+    assert_exit(&db.run(&["run", "history"], &[]).await, 0);
+    db.custom("reporting.never", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    // Without --stale-after, a view that never succeeded is still stale.
+    let out = db.run(&["run", "status"], &[]).await;
+    assert_exit(&out, 1);
+    assert!(stdout(&out).contains("stale"), "{}", stdout(&out));
+}

@@ -42,6 +42,13 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                 error,
             })
         };
+        // Like every job but `plan` (an untouched database then has an empty history).
+        session.migrate().await.map_err(|error| {
+            run_error(RunError::Database {
+                context: "applying migrations",
+                error,
+            })
+        })?;
         let json = cli.output == OutputFormat::Json;
         let text = match (&cli.run_id, &cli.table) {
             (Some(run_id), _) => {

@@ -37,6 +37,8 @@ pub fn assess(row: &StatusRow, stale_after: Option<Duration>) -> State {
             Some(age) if age <= limit.as_secs_f64() => State::Ok,
             _ => State::Stale,
         },
+        // Without a limit, only a view that never succeeded is stale.
+        None if row.age_seconds.is_none() => State::Stale,
         None => State::Ok,
     }
 }
@@ -240,6 +242,11 @@ mod tests {
         assert_eq!(assess(&row(Some("error"), Some(60.0)), day), State::Failing);
         assert_eq!(assess(&row(Some("skipped"), Some(1e9)), None), State::Ok);
         assert_eq!(assess(&row(Some("error"), None), None), State::Failing);
+        assert_eq!(
+            assess(&row(Some("skipped"), None), None),
+            State::Stale,
+            "never succeeded, whatever the limit"
+        );
     }
 
     #[test]
