@@ -616,6 +616,36 @@ async fn retry_takes_cancelled_and_unfinished_views_and_refuses_an_unknown_run()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_reading_an_invalid_manifest_is_skipped_not_refreshed_from_stale_data() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let up = db
+        .custom("reporting.up", "gotham", 1, "SELECT 1 AS x")
+        .await;
+    db.custom("reporting.down", "gotham", 1, "SELECT x FROM reporting.up")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    db.set_query(up, "SELECT 3 AS x; SELECT 4").await;
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 1);
+    let rows = db.history(&db.last_run_id().await).await;
+    assert_eq!(rows[0].0, "reporting.down");
+    assert_eq!(rows[0].1, "skipped", "{rows:?}");
+    assert!(
+        rows[0]
+            .2
+            .as_deref()
+            .unwrap_or_default()
+            .contains("reporting.up"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        (rows[1].0.as_str(), rows[1].1.as_str()),
+        ("reporting.up", "error")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_output_and_results_file() {
     let db = TestDb::new().await;
     chain(&db).await;

@@ -8,7 +8,7 @@ use etl_core::executor::Graph;
 use petgraph::algo::tarjan_scc;
 use petgraph::graph::DiGraph;
 
-use super::planner::{PlannedView, ViewPlan};
+use super::planner::PlannedView;
 use super::validate::RelationRef;
 
 /// Dependencies among the planned views (indices into the plan).
@@ -84,10 +84,11 @@ pub fn build(
     catalog: &[(String, String)],
     search_path: &[String],
 ) -> Dependencies {
+    // Invalid manifests are nodes too: a view reading one whose query no longer validates
+    // must wait for it, and be skipped when it fails, not refreshed from its stale contents.
     let index: HashMap<&str, usize> = views
         .iter()
         .enumerate()
-        .filter(|(_, v)| matches!(v.plan, ViewPlan::Valid { .. }))
         .map(|(i, v)| (v.key.as_str(), i))
         .collect();
     let mut upstream: Vec<Vec<usize>> = vec![Vec::new(); views.len()];
