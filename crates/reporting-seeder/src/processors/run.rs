@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::num::{NonZeroU32, NonZeroUsize};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -419,6 +419,8 @@ struct Shared<C: Clock> {
     store: Arc<dyn Store>,
     breaker: Mutex<CircuitBreaker<C>>,
     last_trouble: Mutex<Option<String>>,
+    /// A probe the breaker let through failed as well: views still waiting are skipped.
+    probe_failed: AtomicBool,
     routes: HistoryRoutes,
     run_id: String,
     settings: RunSettings,
@@ -669,6 +671,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 self.clock.clone(),
             )),
             last_trouble: Mutex::new(None),
+            probe_failed: AtomicBool::new(false),
             routes,
             run_id: run_id.clone(),
             settings: self.settings.clone(),
@@ -965,22 +968,45 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
     if lock(&shared.rebuilt_with_upstream).contains(&view.key) {
         action = Action::RebuiltWithUpstream;
     }
-    let ticket = match lock(&shared.breaker).admit() {
-        Admission::Admitted(t) => t,
-        Admission::Denied { retry_after } => {
-            let last = lock(&shared.last_trouble).clone().unwrap_or_default();
-            return done(skipped(format!(
-                "circuit breaker open after {} consecutive database failures (last: {last}); not started, the breaker allows a probe in {}s",
-                shared.settings.max_failures,
-                retry_after.as_secs()
-            )));
+    // While the breaker is open the view waits (on its slot, holding no connection) for the
+    // breaker to let it start: as the probe once the reset time has passed, or as any view once
+    // a probe closed it. A probe that fails too ends the waiting: the run's other views are
+    // skipped, rather than each waiting out another reset time against a database still down.
+    let admitted = match lock(&shared.breaker).admit() {
+        Admission::Admitted(t) => Some(t),
+        Admission::Denied { .. } if shared.probe_failed.load(Ordering::SeqCst) => {
+            return done(skipped(breaker_gave_up(shared)));
         }
+        Admission::Denied { .. } => None,
     };
     let shared = shared.clone();
-    shared.progress.started(i);
+    if admitted.is_some() {
+        shared.progress.started(i);
+    }
     let span = tracing::error_span!("view", view = %view.key, agency = %view.record.agency_slug);
     Start::Run(Box::pin(async move {
         let view = &shared.prepared.views[i];
+        let ticket = match admitted {
+            Some(t) => t,
+            None => match wait_for_breaker(&shared).await {
+                Ok(t) => {
+                    shared.progress.started(i);
+                    t
+                }
+                Err(outcome) => {
+                    shared.progress.finished(i, outcome.status);
+                    return TaskResult {
+                        result: ViewResult {
+                            key: view.key.clone(),
+                            record: view.record.clone(),
+                            outcome,
+                        },
+                        history: None,
+                        recorded: false,
+                    };
+                }
+            },
+        };
         let mut guard = TicketGuard {
             shared: &shared,
             ticket: Some(ticket),
@@ -1033,6 +1059,44 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
             recorded,
         }
     }.instrument(span)))
+}
+
+/// Why a view is skipped once the breaker's probe failed as well.
+fn breaker_gave_up<C: Clock>(shared: &Shared<C>) -> String {
+    let last = lock(&shared.last_trouble).clone().unwrap_or_default();
+    format!(
+        "circuit breaker open after {} consecutive database failures (last: {last}), and the probe \
+         after {}s failed too: not started",
+        shared.settings.max_failures,
+        shared.settings.reset_after.as_secs()
+    )
+}
+
+/// Waits until the breaker admits this view, checking it at least every 200 ms (a probe's
+/// outcome, or the reset time passing), or until the run is interrupted or a probe fails.
+async fn wait_for_breaker<C: Clock>(shared: &Shared<C>) -> Result<Ticket, Outcome> {
+    let mut logged = false;
+    loop {
+        if shared.probe_failed.load(Ordering::SeqCst) {
+            return Err(skipped(breaker_gave_up(shared)));
+        }
+        let wait = match lock(&shared.breaker).admit() {
+            Admission::Admitted(t) => return Ok(t),
+            Admission::Denied { retry_after } => retry_after,
+        };
+        if !logged {
+            logged = true;
+            tracing::info!(
+                probe_in_s = wait.as_secs(),
+                "circuit breaker open: waiting for it to allow a probe"
+            );
+        }
+        let nap = wait.clamp(Duration::from_millis(10), Duration::from_millis(200));
+        tokio::select! {
+            _ = tokio::time::sleep(nap) => {}
+            _ = shared.interrupt.cancelled() => return Err(not_started(&shared.interrupt)),
+        }
+    }
 }
 
 /// Gets a fresh session ready for a view: its `running` row first (whoever holds a view's lock
@@ -1315,6 +1379,9 @@ struct TicketGuard<'a, C: Clock> {
 impl<C: Clock> TicketGuard<'_, C> {
     fn record(&mut self, outcome: BreakerOutcome) {
         if let Some(t) = self.ticket.take() {
+            if t.is_probe() && outcome == BreakerOutcome::DatabaseTrouble {
+                self.shared.probe_failed.store(true, Ordering::SeqCst);
+            }
             lock(&self.shared.breaker).record(t, outcome);
         }
     }
@@ -1569,8 +1636,31 @@ mod tests {
         assert_eq!(d.outcome.action, Some("create"));
     }
 
+    /// Runs with one worker and a breaker that opens after two failures; once `calls` views have
+    /// been tried, moves the test clock past the reset time.
+    async fn run_then_pass_the_reset(s: &FakeStore, calls: usize) -> RunReport {
+        let clock = TestClock::default();
+        let hand = clock.clone();
+        let watched = s.clone();
+        let mover = tokio::spawn(async move {
+            while watched.state().calls.len() < calls {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // Nothing more starts while the breaker is open, however long the clock stands.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(watched.state().calls.len(), calls, "started while open");
+            hand.0.fetch_add(300_000, Ordering::SeqCst);
+        });
+        let r = RunProcessor::new(Arc::new(s.clone()), settings(1, 2), clock)
+            .run("test", "", &Selection::default())
+            .await
+            .unwrap();
+        mover.await.unwrap();
+        r
+    }
+
     #[tokio::test]
-    async fn breaker_opens_on_database_trouble_and_skips_the_rest() {
+    async fn breaker_opens_on_database_trouble_then_one_probe_closes_it() {
         let rows: Vec<_> = (1..=6)
             .map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1"))
             .collect();
@@ -1581,31 +1671,62 @@ mod tests {
                 trouble("terminating connection due to administrator command"),
             );
         }
-        let r = run(&s, 1, 2).await;
+        // Each failing view is tried three times (admin shutdown is transient).
+        let r = run_then_pass_the_reset(&s, 6).await;
         assert_eq!(
             statuses(&r),
             [
                 ("s.v1", "error"),
                 ("s.v2", "error"),
-                ("s.v3", "skipped"),
+                ("s.v3", "success"),
+                ("s.v4", "success"),
+                ("s.v5", "success"),
+                ("s.v6", "success")
+            ]
+        );
+        let calls: Vec<String> = s.state().calls.iter().map(|(_, k)| k.clone()).collect();
+        assert_eq!(
+            calls,
+            ["s.v1", "s.v1", "s.v1", "s.v2", "s.v2", "s.v2", "s.v3", "s.v4", "s.v5", "s.v6"],
+            "after the reset time, the probe (s.v3) first, then the rest"
+        );
+        assert_eq!(s.state().finished.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_failed_probe_skips_the_rest() {
+        let rows: Vec<_> = (1..=6)
+            .map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1"))
+            .collect();
+        let s = store(rows);
+        for k in ["s.v1", "s.v2", "s.v3"] {
+            s.state().failures.insert(
+                k.into(),
+                trouble("terminating connection due to administrator command"),
+            );
+        }
+        let r = run_then_pass_the_reset(&s, 6).await;
+        assert_eq!(
+            statuses(&r),
+            [
+                ("s.v1", "error"),
+                ("s.v2", "error"),
+                ("s.v3", "error"),
                 ("s.v4", "skipped"),
                 ("s.v5", "skipped"),
                 ("s.v6", "skipped")
             ]
         );
-        let reason = r.results[2].outcome.error.clone().unwrap();
+        let reason = r.results[3].outcome.error.clone().unwrap();
         assert!(
-            reason.contains("circuit breaker open") && reason.contains("administrator command"),
+            reason.contains("circuit breaker open")
+                && reason.contains("administrator command")
+                && reason.contains("probe"),
             "{reason}"
         );
+        // The probe is one attempt: it is not retried against a database still in trouble.
         let calls: Vec<String> = s.state().calls.iter().map(|(_, k)| k.clone()).collect();
-        // Each failing view was tried three times (admin shutdown is transient); nothing else
-        // started once the breaker opened.
-        assert_eq!(
-            calls,
-            ["s.v1", "s.v1", "s.v1", "s.v2", "s.v2", "s.v2"],
-            "nothing starts while the breaker is open"
-        );
+        assert_eq!(calls.len(), 7, "{calls:?}");
         assert_eq!(s.state().finished.len(), 6);
     }
 
