@@ -409,3 +409,100 @@ async fn a_manifest_that_times_out_is_not_retried_and_names_the_timeout() {
     assert_eq!(db.view_run("reporting.own_budget").await.0, "success");
     assert!(db.oid("reporting.too_slow").await.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_run_that_lost_its_own_connection_is_not_taken_for_dead() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom(
+        "reporting.slow",
+        "gotham",
+        1,
+        "SELECT pg_sleep(2)::text AS s, 1 AS id",
+    )
+    .await;
+    db.custom("reporting.quick", "star", 2, "SELECT 1 AS id")
+        .await;
+    let child = db.spawn(
+        &[
+            "run",
+            "refresh_all",
+            "--",
+            "--select",
+            "table:reporting.slow",
+        ],
+        &[],
+    );
+    let worker = db.wait_active("%pg_sleep(2)%", 1).await;
+    let c = db.client().await;
+    let first: String = c
+        .query_one(
+            "SELECT run_id FROM reporting.seeder_run ORDER BY started_at LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    // The run's own connection (every other backend of the tool) is terminated.
+    let killed: i64 = c
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE datname = $1 AND application_name = 'reporting-seeder' AND pid <> ALL($2)",
+            &[&db.name, &worker],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1);
+    // Another run starts meanwhile; its recovery must leave the live run alone.
+    let out = db
+        .run(
+            &[
+                "run",
+                "refresh_all",
+                "--",
+                "--select",
+                "table:reporting.quick",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    assert!(
+        !stderr(&out).contains("earlier runs ended"),
+        "{}",
+        stderr(&out)
+    );
+    let status: String = c
+        .query_one(
+            "SELECT status FROM reporting.seeder_run WHERE run_id = $1",
+            &[&first],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status, "running");
+    let slow: String = c
+        .query_one(
+            "SELECT status FROM reporting.seeder_run_history WHERE run_id = $1",
+            &[&first],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slow, "running", "the live run's view was marked abandoned");
+    let out = child.wait_with_output().await.unwrap();
+    assert_exit(&out, 0);
+    let (run, view): (String, String) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT status FROM reporting.seeder_run WHERE run_id = $1),
+                        (SELECT status FROM reporting.seeder_view_run WHERE run_id = $1)",
+                &[&first],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((run.as_str(), view.as_str()), ("success", "success"));
+}

@@ -1,8 +1,8 @@
 //! Advisory locks that keep runs from overlapping, and the recovery of what a killed run left.
 //!
-//! Every run holds a session lock on its run id for its whole life, and every refresh a session
-//! lock on its view. A run whose lock can be taken is dead; a view whose lock is held is being
-//! refreshed by someone else.
+//! Every run holds a session lock on its run id for its whole life (shared by its own connection
+//! and its workers'), and every refresh a session lock on its view. A run whose lock can be taken
+//! is dead; a view whose lock is held is being refreshed by someone else.
 
 use deadpool_postgres::ClientWrapper;
 use etl_core::DbError;
@@ -13,7 +13,10 @@ use tokio_postgres::Client;
 const RUN_CLASS: i32 = 0x5253_0001;
 const VIEW_CLASS: i32 = 0x5253_0002;
 
-const LOCK_RUN: &str = "SELECT pg_advisory_lock($1, hashtext($2))";
+// Shared: the run's own connection and each of its workers' hold it, and another run's
+// recovery, which takes it exclusively and only without waiting, finds it free only when every
+// one of them is gone.
+const LOCK_RUN: &str = "SELECT pg_advisory_lock_shared($1, hashtext($2))";
 
 /// Held by a run for its whole life, on its own connection. Taken once per run (again only when
 /// the run's connection was lost), so it is sent with its parameter types in one round trip
@@ -22,6 +25,14 @@ pub async fn lock_run(client: &Client, run_id: &str) -> Result<(), DbError> {
     client
         .execute_typed(LOCK_RUN, &[(&RUN_CLASS, Type::INT4), (&run_id, Type::TEXT)])
         .await?;
+    Ok(())
+}
+
+/// The run's lock, shared by a worker's connection with its first view (prepared: it goes in
+/// the same flight as the view's first statements).
+pub async fn share_run(client: &ClientWrapper, run_id: &str) -> Result<(), DbError> {
+    let st = client.prepare_cached(LOCK_RUN).await?;
+    client.execute(&st, &[&RUN_CLASS, &run_id]).await?;
     Ok(())
 }
 
@@ -147,11 +158,14 @@ const ABANDON: &str = "
         WHERE run_id = $1 AND status = 'running' AND (SELECT got FROM l)
         RETURNING 1
     ), r AS (
+        -- Still running: a run that recorded its end (and then let its lock go) since the list
+        -- of running runs was read is left as it ended.
         UPDATE reporting.seeder_run SET status = 'abandoned', finished_at = now()
-        WHERE run_id = $1 AND (SELECT got FROM l)
+        WHERE run_id = $1 AND status = 'running' AND (SELECT got FROM l)
         RETURNING 1
     )
-    SELECT (SELECT got FROM l), (SELECT count(*) FROM h1) + (SELECT count(*) FROM h2)";
+    SELECT (SELECT got FROM l), (SELECT count(*) FROM h1) + (SELECT count(*) FROM h2),
+           EXISTS (SELECT 1 FROM r)";
 
 // Temporary views of interrupted rebuilds, with the view each was for (when it still exists).
 const TEMPORARIES: &str = "
@@ -189,7 +203,9 @@ pub async fn recover(client: &ClientWrapper, own_run: Option<&str>) -> Result<Re
                 )
                 .await?;
             out.abandoned_views += r.try_get::<_, i64>(1)?;
-            out.abandoned_runs.push(run.clone());
+            if r.try_get::<_, bool>(2)? {
+                out.abandoned_runs.push(run.clone());
+            }
         }
     }
     for r in temporaries {

@@ -390,12 +390,14 @@ impl<C: DatabaseClient + 'static> Store for PgStore<C> {
         Ok(Box::new(PgSession {
             conn: self.client.connection().await?,
             tls: Some(self.client.tls()),
+            holds_run: None,
         }))
     }
     async fn snapshots(&self) -> Result<Box<dyn Snapshots>, DbError> {
         Ok(Box::new(PgSession {
             conn: self.client.connection().await?,
             tls: Some(self.client.tls()),
+            holds_run: None,
         }))
     }
     fn close_idle(&self) {
@@ -407,6 +409,8 @@ pub struct PgSession {
     conn: Connection,
     /// For cancel requests, which open a connection of their own.
     tls: Option<etl_core::tls::Connector>,
+    /// The run whose lock this session shares (taken with its first view).
+    holds_run: Option<String>,
 }
 
 /// Cancels a session's running statement through PostgreSQL's cancel protocol.
@@ -428,8 +432,27 @@ impl Canceller {
 }
 
 impl PgSession {
+    /// Takes the run's shared lock on this connection (once).
+    async fn share_run(&mut self, run_id: &str) {
+        let taken = locks::share_run(&self.conn, run_id).await;
+        self.note_shared(run_id, Some(taken));
+    }
+
+    fn note_shared(&mut self, run_id: &str, taken: Option<Result<(), DbError>>) {
+        match taken {
+            Some(Ok(())) => self.holds_run = Some(run_id.to_string()),
+            // The view's own statements, sent with it, report what is wrong with the connection.
+            Some(Err(e)) => tracing::debug!(error = %e, "could not share the run's lock"),
+            None => {}
+        }
+    }
+
     pub fn from_connection(conn: Connection) -> PgSession {
-        PgSession { conn, tls: None }
+        PgSession {
+            conn,
+            tls: None,
+            holds_run: None,
+        }
     }
 
     /// For repository functions outside the [`Session`] trait (the demo's).
@@ -640,7 +663,14 @@ impl Session for PgSession {
         key: &str,
         wait: bool,
     ) -> Result<ViewLock, BeginError> {
+        // Every connection doing the run's work shares the run's lock, so that another run's
+        // recovery never takes this one for dead while any of them is alive (the run's own
+        // connection may be lost, to a terminated backend say, while its workers go on).
+        let share = self.holds_run.as_deref() != Some(run_id);
         if wait || history.is_some() {
+            if share {
+                self.share_run(run_id).await;
+            }
             // Waiting takes several statements; a known row needs none.
             return begin_view_in_turn(self, routes, run_id, view, history, key, wait).await;
         }
@@ -652,10 +682,18 @@ impl Session for PgSession {
             history::prepare_view_pair(&self.conn, routes, view.report_type, true),
             locks::prepare_view_statements(&self.conn)
         );
-        let (started, locked) = tokio::join!(
+        let (shared, started, locked) = tokio::join!(
+            async {
+                if share {
+                    Some(locks::share_run(&self.conn, run_id).await)
+                } else {
+                    None
+                }
+            },
             history::record_start(&self.conn, routes, run_id, view),
             locks::try_lock_view(&self.conn, key, run_id)
         );
+        self.note_shared(run_id, shared);
         match started {
             Ok(id) => {
                 *history = Some(id);
