@@ -506,3 +506,52 @@ async fn a_live_run_that_lost_its_own_connection_is_not_taken_for_dead() {
     };
     assert_eq!((run.as_str(), view.as_str()), ("success", "success"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_wait_for_another_runs_lock_at_once() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom(
+        "reporting.slow",
+        "gotham",
+        1,
+        "SELECT pg_sleep(3)::text AS s, 1 AS id",
+    )
+    .await;
+    let first = db.spawn(&["run", "refresh_all"], &[]);
+    db.wait_active("%pg_sleep(3)%", 1).await;
+    let waiting = db.spawn(&["run", "refresh_all", "--", "--wait-for-locks"], &[]);
+    db.wait_active("%pg_advisory_lock(%", 1).await;
+    let sent = std::time::Instant::now();
+    signal(&waiting, "TERM");
+    let out = waiting.wait_with_output().await.unwrap();
+    assert_exit(&out, 143);
+    assert!(
+        sent.elapsed() < std::time::Duration::from_secs(2),
+        "it waited for the other run: {:?}",
+        sent.elapsed()
+    );
+    let (status, _, reason) = db.view_run("reporting.slow").await;
+    assert_eq!(status, "cancelled", "{reason:?}");
+    // Nothing of the waiting run is left waiting on the server.
+    let c = db.client().await;
+    let mut waiting_backends = -1i64;
+    for _ in 0..40 {
+        waiting_backends = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = $1 AND application_name = 'reporting-seeder'
+                   AND state = 'active' AND wait_event_type = 'Lock'",
+                &[&db.name],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting_backends == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(waiting_backends, 0);
+    assert_exit(&first.wait_with_output().await.unwrap(), 0);
+}

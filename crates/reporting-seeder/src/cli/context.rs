@@ -145,7 +145,7 @@ pub fn run_error(e: RunError) -> JobError {
         | RunError::Select(_)
         | RunError::NoRunToRetry
         | RunError::UnknownRun(_) => JobError::usage(e.to_string()),
-        RunError::Database { .. } => JobError::failed(e.to_string()),
+        RunError::Database { .. } | RunError::Interrupted(_) => JobError::failed(e.to_string()),
     }
 }
 

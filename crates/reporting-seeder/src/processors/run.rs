@@ -105,6 +105,8 @@ pub enum RunError {
     Select(#[from] SelectError),
     #[error("no run is recorded yet: nothing to retry")]
     NoRunToRetry,
+    #[error("interrupted by {0} before any view started: nothing was changed")]
+    Interrupted(&'static str),
     #[error("no run {0} is recorded; `reporting-seeder run history` lists the runs")]
     UnknownRun(String),
     #[error("{context}: {error}")]
@@ -601,37 +603,56 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
         let mut main = connect(self.store.as_ref()).await?;
-        main.migrate().await.map_err(at("applying migrations"))?;
-        let recovery = main
-            .recover(None)
-            .await
-            .map_err(at("recovering from interrupted runs"))?;
-        if !recovery.abandoned_runs.is_empty() || !recovery.dropped_temporary.is_empty() {
-            tracing::warn!(
-                runs = ?recovery.abandoned_runs,
-                views = recovery.abandoned_views,
-                temporary_views_dropped = ?recovery.dropped_temporary,
-                "earlier runs ended without recording their outcome: their running views are marked abandoned"
-            );
-        }
-        let routes = main
-            .history_routes()
-            .await
-            .map_err(at("inspecting the history tables"))?;
-        // The workers' connections open (and prepare their statements) while the catalog is
-        // read and the run recorded, rather than one after another as the first views start;
-        // each goes back to the pool ready, where the next worker to ask takes it.
         let mut warming = Vec::new();
         let workers = self.settings.max_workers.get();
         let (ready, ready_count) = tokio::sync::watch::channel(0usize);
         let ready = Arc::new(ready);
-        let prepared = prepare(
-            main.as_mut(),
-            selection,
-            self.settings.refresh_concurrently,
-            |views| warming = self.warm(routes, views.min(workers), &ready),
-        )
-        .await?;
+        // The start can wait on the server (the migrations' lock, a manifest table locked by
+        // someone else): a signal cancels that on the server too, and the run ends before any
+        // view started.
+        let canceller = main.canceller();
+        let (routes, prepared) = {
+            let start = async {
+                main.migrate().await.map_err(at("applying migrations"))?;
+                let recovery = main
+                    .recover(None)
+                    .await
+                    .map_err(at("recovering from interrupted runs"))?;
+                if !recovery.abandoned_runs.is_empty() || !recovery.dropped_temporary.is_empty() {
+                    tracing::warn!(
+                        runs = ?recovery.abandoned_runs,
+                        views = recovery.abandoned_views,
+                        temporary_views_dropped = ?recovery.dropped_temporary,
+                        "earlier runs ended without recording their outcome: their running views are marked abandoned"
+                    );
+                }
+                let routes = main
+                    .history_routes()
+                    .await
+                    .map_err(at("inspecting the history tables"))?;
+                // The workers' connections open (and prepare their statements) while the catalog
+                // is read and the run recorded, rather than one after another as the first views
+                // start; each goes back to the pool ready, where the next worker to ask takes it.
+                let prepared = prepare(
+                    main.as_mut(),
+                    selection,
+                    self.settings.refresh_concurrently,
+                    |views| warming = self.warm(routes, views.min(workers), &ready),
+                )
+                .await?;
+                Ok::<_, RunError>((routes, prepared))
+            };
+            tokio::pin!(start);
+            tokio::select! {
+                r = &mut start => r?,
+                _ = self.interrupt.cancelled() => {
+                    if let Some(c) = &canceller {
+                        c.cancel().await;
+                    }
+                    return Err(RunError::Interrupted(self.interrupt.signal_name()));
+                }
+            }
+        };
         // Only the warming tasks count from now on: once they are all done, the channel closes
         // and no view waits for it any more.
         drop(ready);
@@ -1227,9 +1248,38 @@ async fn refresh_with_retries<C: Clock>(
                     return done;
                 }
             };
-            match ready(shared, view, session.as_mut(), &mut done.history, guard).await {
+            // `--wait-for-locks` can wait long for another run's refresh: a signal cancels that
+            // wait on the server too.
+            let canceller = session.canceller();
+            let readied = {
+                let wait = ready(shared, view, session.as_mut(), &mut done.history, guard);
+                tokio::pin!(wait);
+                tokio::select! {
+                    r = &mut wait => r,
+                    _ = shared.interrupt.cancelled() => {
+                        if let Some(c) = &canceller {
+                            c.cancel().await;
+                        }
+                        // Taken just before the cancel arrived: end_view gives it back.
+                        if wait.await.is_ok() {
+                            done.locked = true;
+                        }
+                        Err(Outcome {
+                            status: "cancelled",
+                            ..skipped(format!(
+                                "cancelled by {} while waiting for the view's lock",
+                                shared.interrupt.signal_name()
+                            ))
+                        })
+                    }
+                }
+            };
+            match readied {
                 Ok(()) => done.locked = true,
                 Err(mut failure) => {
+                    if failure.status == "cancelled" {
+                        guard.record(BreakerOutcome::OwnError);
+                    }
                     if failure.status == "error" {
                         failure.duration_ms = ms(began);
                     }
