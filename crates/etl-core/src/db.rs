@@ -238,7 +238,14 @@ fn parse_database_url(raw: &str) -> Result<ParsedUrl, ConfigError> {
     if kept.is_empty() {
         url.set_query(None);
     } else {
-        url.query_pairs_mut().clear().extend_pairs(kept);
+        // Form encoding writes a space as `+`, which the connection-URL parser keeps as a plus
+        // (`options=-c%20work_mem%3D8MB` became `-c+work_mem=8MB`). A literal plus is encoded
+        // as `%2B` there, so every `+` left is a space.
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(kept)
+            .finish()
+            .replace('+', "%20");
+        url.set_query(Some(&query));
     }
     let config = tokio_postgres::Config::from_str(url.as_str()).map_err(|_| {
         invalid("could not be parsed as a PostgreSQL connection URL; expected postgres://user:password@host:port/dbname".to_string())
@@ -521,11 +528,16 @@ impl DbError {
         }
     }
 
-    /// A connection failure the operator must fix (credentials, database name) rather than retry.
+    /// A connection failure the operator must fix (credentials, database name, a setting in the
+    /// URL's `options` the server refuses) rather than retry.
     pub fn is_configuration(&self) -> bool {
-        self.code
-            .as_deref()
-            .is_some_and(|c| c.starts_with("28") || c == SqlState::INVALID_CATALOG_NAME.code())
+        self.code.as_deref().is_some_and(|c| {
+            c.starts_with("28")
+                || c == SqlState::INVALID_CATALOG_NAME.code()
+                || c == SqlState::UNDEFINED_OBJECT.code()
+                || c == SqlState::INVALID_PARAMETER_VALUE.code()
+                || c == SqlState::CANT_CHANGE_RUNTIME_PARAM.code()
+        })
     }
 }
 
@@ -616,6 +628,18 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    #[test]
+    fn url_options_keep_their_spaces_and_pluses() {
+        let (config, _, _) = parse_database_url(
+            "postgres://u@h/d?options=-c%20work_mem%3D8MB%20-c%20search_path%3Da%2Bb&sslmode=disable",
+        )
+        .unwrap();
+        assert_eq!(
+            config.get_options(),
+            Some("-c work_mem=8MB -c search_path=a+b")
+        );
     }
 
     #[test]
