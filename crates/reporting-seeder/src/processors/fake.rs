@@ -40,6 +40,8 @@ pub struct FakeState {
     pub fail_once: HashMap<String, DbError>,
     /// The views each catalog inspection asked for, by `schema.name`.
     pub inspected: Vec<Vec<String>>,
+    /// How many times the throttle asked for the server's active queries.
+    pub active_checks: usize,
 }
 
 #[derive(Clone, Default)]
@@ -262,6 +264,7 @@ impl Session for FakeStore {
         Ok(())
     }
     async fn active_queries(&mut self) -> Result<i64, DbError> {
+        self.state().active_checks += 1;
         Ok(0)
     }
     async fn statements_available(&mut self) -> bool {

@@ -39,8 +39,9 @@ pub struct RunSettings {
     pub retry_base: Duration,
     /// Wait for a view another run is refreshing instead of skipping it.
     pub wait_for_locks: bool,
-    /// The old tool's throttle: after every `batch_size` starts, wait `start_delay`, then while
-    /// the server has at least `max_db_active_queries` active queries (0 off).
+    /// The old tool's throttle: between batches of `batch_size` starts wait `start_delay`, and
+    /// before every batch wait while the server has at least `max_db_active_queries` active
+    /// queries (0 off).
     pub batch_size: NonZeroUsize,
     pub start_delay: Duration,
     pub max_db_active_queries: u64,
@@ -499,14 +500,15 @@ impl super::refresh::StatementProbe for SessionProbe {
     }
 }
 
-/// The old tool's throttle, before start number `started`: every `batch_size` starts, wait
-/// `start_delay`, then while the server is busier than `max_db_active_queries`.
+/// The old tool's throttle, before start number `started`: before every batch of `batch_size`
+/// starts (the first too), wait while the server is busier than `max_db_active_queries`, and
+/// between batches wait `start_delay` first.
 async fn throttle<C: Clock>(shared: Arc<Shared<C>>, started: usize) {
     let s = &shared.settings;
-    if started == 0 || started % s.batch_size.get() != 0 || shared.interrupt.is_interrupted() {
+    if started % s.batch_size.get() != 0 || shared.interrupt.is_interrupted() {
         return;
     }
-    if !s.start_delay.is_zero() {
+    if started > 0 && !s.start_delay.is_zero() {
         tokio::select! {
             _ = tokio::time::sleep(s.start_delay) => {}
             _ = shared.interrupt.cancelled() => return,
@@ -1784,6 +1786,24 @@ mod tests {
             "{calls:?}"
         );
         assert_eq!(s.state().finished.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn the_active_queries_throttle_checks_before_every_batch_the_first_too() {
+        let rows: Vec<_> = (1..=5)
+            .map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1"))
+            .collect();
+        let s = store(rows);
+        let mut config = settings(1, 5);
+        config.batch_size = NonZeroUsize::new(2).unwrap();
+        config.max_db_active_queries = 3;
+        let r = RunProcessor::new(Arc::new(s.clone()), config, TestClock::default())
+            .run("test", "", &Selection::default())
+            .await
+            .unwrap();
+        assert!(r.all_succeeded());
+        // Batches of 2, 2 and 1: three checks.
+        assert_eq!(s.state().active_checks, 3);
     }
 
     #[tokio::test]
