@@ -336,8 +336,7 @@ pub async fn record_finish(
     o: &Outcome,
 ) -> Result<(), DbError> {
     let sql = finish_sql(routes, v.report_type, history_id.is_some());
-    // Whole seconds, rounded to nearest; milliseconds are in seeder_view_run.
-    let seconds = i32::try_from(o.duration_ms.saturating_add(500) / 1000).unwrap_or(i32::MAX);
+    let seconds = whole_seconds(o.duration_ms);
     let ms = i64::try_from(o.duration_ms).unwrap_or(i64::MAX);
     let statement = client.prepare_cached(&sql).await?;
     client
@@ -400,6 +399,12 @@ pub async fn recent_durations(
         }
     }
     Ok(out)
+}
+
+/// The old columns' whole seconds, rounded up (a 300 ms refresh took 1 s, not none);
+/// milliseconds are in seeder_view_run.
+fn whole_seconds(ms: u64) -> i32 {
+    i32::try_from(ms.div_ceil(1000)).unwrap_or(i32::MAX)
 }
 
 /// The newest run that had views (one that selected none has nothing to retry).
@@ -478,4 +483,17 @@ pub async fn last_successes(
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_seconds;
+
+    #[test]
+    fn seconds_are_rounded_up() {
+        let cases = [(0, 0), (1, 1), (318, 1), (999, 1), (1000, 1), (1210, 2), (3510, 4)];
+        for (ms, s) in cases {
+            assert_eq!(whole_seconds(ms), s, "{ms} ms");
+        }
+    }
 }
