@@ -646,6 +646,46 @@ async fn a_view_reading_an_invalid_manifest_is_skipped_not_refreshed_from_stale_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_failing_in_a_dependent_or_an_index_copy_says_which() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let up = db
+        .custom("reporting.up", "gotham", 1, "SELECT 1 AS x")
+        .await;
+    let down = db
+        .custom("reporting.down", "gotham", 1, "SELECT x FROM reporting.up")
+        .await;
+    let ix = db
+        .custom("reporting.ix", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let c = db.client().await;
+    c.batch_execute("CREATE UNIQUE INDEX ix_id ON reporting.ix (id)")
+        .await
+        .unwrap();
+    db.set_query(up, "SELECT 2 AS x").await;
+    db.set_query(down, "SELECT x / 0 AS x FROM reporting.up")
+        .await;
+    db.set_query(ix, "SELECT 1 AS other").await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 1);
+    let rows = db.history(&db.last_run_id().await).await;
+    let error = |t: &str| {
+        rows.iter()
+            .find(|r| r.0 == t)
+            .and_then(|r| r.2.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        error("reporting.up").contains("recreating reporting.down, which reads reporting.up"),
+        "{rows:?}"
+    );
+    assert!(
+        error("reporting.ix").contains("copying index ix_id"),
+        "{rows:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_output_and_results_file() {
     let db = TestDb::new().await;
     chain(&db).await;

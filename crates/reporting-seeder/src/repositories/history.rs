@@ -491,7 +491,15 @@ mod tests {
 
     #[test]
     fn seconds_are_rounded_up() {
-        let cases = [(0, 0), (1, 1), (318, 1), (999, 1), (1000, 1), (1210, 2), (3510, 4)];
+        let cases = [
+            (0, 0),
+            (1, 1),
+            (318, 1),
+            (999, 1),
+            (1000, 1),
+            (1210, 2),
+            (3510, 4),
+        ];
         for (ms, s) in cases {
             assert_eq!(whole_seconds(ms), s, "{ms} ms");
         }

@@ -304,6 +304,15 @@ async fn capture(client: &impl GenericClient, view: Rel<'_>) -> Result<(u32, Dre
     Ok((oid, dress))
 }
 
+/// The server's error, saying which step of a rebuild it came from and what to do.
+fn in_context(e: tokio_postgres::Error, step: String, then: &str) -> DbError {
+    let e = DbError::from(&e);
+    DbError {
+        message: format!("{step}: {}; {then}", e.message),
+        ..e
+    }
+}
+
 /// Gives `target` what `dress` describes; index `n` is named `index_name(n, original)`.
 async fn put_on(
     client: &impl GenericClient,
@@ -319,7 +328,15 @@ async fn put_on(
                 ident(&index_name(n, name)),
                 target.quoted()
             ))
-            .await?;
+            .await
+            .map_err(|e| {
+                in_context(
+                    e,
+                    format!("copying index {name} (USING {tail}) to the rebuilt view"),
+                    "the view keeps its old definition; drop or change that index if the new \
+                     query no longer has what it needs",
+                )
+            })?;
     }
     if dress.foreign_owner {
         client
@@ -538,7 +555,18 @@ async fn dress_and_swap(
             continue;
         };
         let rel = Rel { schema: s, name: n };
-        tx.execute(&create_sql(&rel.quoted(), query), &[]).await?;
+        tx.execute(&create_sql(&rel.quoted(), query), &[])
+            .await
+            .map_err(|e| {
+                in_context(
+                    e,
+                    format!(
+                        "recreating {key}, which reads {}, from its manifest's query",
+                        view.key()
+                    ),
+                    "both keep their old definitions; fix that manifest's query",
+                )
+            })?;
         put_on(&tx, rel, d, |_, original| original.to_string()).await?;
         tx.execute(UPSERT_STATE, &[&key, dep_hash, &run_id]).await?;
         recreated.push(key);
