@@ -18,6 +18,7 @@ struct State {
     running: Vec<bool>,
     done: Vec<bool>,
     failures: usize,
+    skipped: usize,
     workers: usize,
 }
 
@@ -53,8 +54,9 @@ impl Bar {
             .sum();
         let eta = left / s.workers.max(1) as u64;
         self.bar.set_message(format!(
-            "running {running}, failed {}, ETA ~{}",
+            "running {running}, failed {}, skipped {}, ETA ~{}",
             s.failures,
+            s.skipped,
             indicatif::HumanDuration(Duration::from_millis(eta))
         ));
     }
@@ -91,8 +93,11 @@ impl Progress for Bar {
         if let Some(d) = s.done.get_mut(view) {
             *d = true;
         }
-        if status != "success" {
-            s.failures += 1;
+        // As the summary counts them: errors are failures; skipped and cancelled views are not.
+        match status {
+            "success" => {}
+            "error" => s.failures += 1,
+            _ => s.skipped += 1,
         }
         self.bar.inc(1);
         self.update(&s);

@@ -14,7 +14,7 @@ use etl_core::{DbError, FailureKind};
 use tracing::Instrument;
 
 use super::graph;
-use super::planner::{plan, PlanError, PlannedView, Scope, Selection, ViewPlan};
+use super::planner::{plan, PlanError, PlannedView, Scope, Selection, Timeouts, ViewPlan};
 use super::refresh::{decide, perform, Action};
 use super::select::{self, SelectError};
 use crate::repositories::{
@@ -919,16 +919,22 @@ fn not_started(interrupt: &Interrupt) -> Outcome {
 
 /// Says which timeout fired, and where it was set.
 fn name_timeout(e: &mut DbError, view: &PlannedView, settings: &RunSettings) {
+    name_timeout_of(e, view.timeouts, settings)
+}
+
+/// [`name_timeout`] with the manifest's own timeouts given (none before they are set).
+fn name_timeout_of(e: &mut DbError, own: Timeouts, settings: &RunSettings) {
+    let timeouts = own;
     let (which, ms, from_manifest) =
         if e.code.as_deref() == Some("57014") && e.message.contains("statement timeout") {
-            let own = view.timeouts.statement_ms;
+            let own = timeouts.statement_ms;
             (
                 "statement_timeout",
                 own.unwrap_or(settings.statement_timeout_ms),
                 own.is_some(),
             )
         } else if e.code.as_deref() == Some("55P03") && e.message.contains("lock timeout") {
-            let own = view.timeouts.lock_ms;
+            let own = timeouts.lock_ms;
             (
                 "lock_timeout",
                 own.unwrap_or(settings.lock_timeout_ms),
@@ -1132,7 +1138,10 @@ async fn ready<C: Clock>(
     history: &mut Option<HistoryId>,
     guard: &mut TicketGuard<'_, C>,
 ) -> Result<(), Outcome> {
-    let mut fail = |what: &str, e: DbError| {
+    let mut fail = |what: &str, mut e: DbError| {
+        // A wait for the view's lock (--wait-for-locks) can end in a timeout: say which (the
+        // manifest's own timeouts are set only once the lock is taken).
+        name_timeout_of(&mut e, Timeouts::default(), &shared.settings);
         guard.finish(&e);
         failed(0, format!("could not {what}: {}", e.message))
     };

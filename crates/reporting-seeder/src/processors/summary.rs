@@ -77,10 +77,10 @@ pub fn render(report: &RunReport, colour: bool) -> String {
         .count();
     let _ = write!(
         out,
-        "run {} finished in {:.2}s: {} views, {} success, {} error, {} skipped",
+        "run {} finished in {:.2}s: {}, {} success, {} error, {} skipped",
         report.run_id,
         report.wall.as_secs_f64(),
-        c.views,
+        views(c.views as usize),
         c.succeeded,
         c.failed,
         c.skipped
@@ -290,13 +290,22 @@ fn human_ms(ms: u64) -> String {
     }
 }
 
+/// "1 view", "2 views".
+fn views(n: usize) -> String {
+    if n == 1 {
+        "1 view".into()
+    } else {
+        format!("{n} views")
+    }
+}
+
 /// `plan` for people.
 pub fn render_plan(p: &super::run::Prepared, workers: std::num::NonZeroUsize) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "plan: {} views, expected wall time {} with {} workers (nothing has been changed)",
-        p.views.len(),
+        "plan: {}, expected wall time {} with {} workers (nothing has been changed)",
+        views(p.views.len()),
         human_ms(p.expected_wall_ms(workers)),
         workers
     );
