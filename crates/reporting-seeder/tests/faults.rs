@@ -211,6 +211,17 @@ async fn after_sigkill_the_next_run_recovers() {
         .unwrap()
         .get(0);
     assert_eq!(status, "abandoned");
+    // `history --run-id` shows the abandoned view too.
+    let out = db
+        .run(&["run", "history", "--", "--run-id", &killed_run], &[])
+        .await;
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    assert!(
+        text.lines()
+            .any(|l| l.contains("reporting.rebuilt") && l.contains("abandoned")),
+        "{text}"
+    );
     assert_eq!(temporaries(&db).await, 0, "recovery drops the leftover");
     assert_eq!(
         statuses(&db).await,

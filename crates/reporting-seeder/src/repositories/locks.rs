@@ -150,17 +150,33 @@ const ABANDON: &str = "
         SET status = 'abandoned', finish_time = now(), updated_at = now(),
             errors = 'abandoned: run ' || $1 || ' ended without recording an outcome (killed, or its connection was lost)'
         WHERE run_id = $1 AND status = 'running' AND (SELECT got FROM l)
-        RETURNING 1
+        RETURNING id, table_name::text AS table_name, start_time, errors::text AS errors,
+                  report_type::text AS report_type
     ), h2 AS (
         UPDATE reporting.seeder_canned_run_history
         SET status = 'abandoned', finish_time = now(), updated_at = now(),
             errors = 'abandoned: run ' || $1 || ' ended without recording an outcome (killed, or its connection was lost)'
         WHERE run_id = $1 AND status = 'running' AND (SELECT got FROM l)
+        RETURNING id, table_name::text AS table_name, start_time, errors::text AS errors,
+                  report_type::text AS report_type
+    ), v AS (
+        -- The per-view rows `history` and `retry` read, which the dead run never wrote.
+        INSERT INTO reporting.seeder_view_run (run_id, table_name, history_table, history_id,
+            report_type, status, duration_ms, error, finished_at, attempts)
+        SELECT $1, h.table_name, h.history_table, h.id, h.report_type, 'abandoned',
+               greatest(0, (extract(epoch FROM now() - h.start_time) * 1000)::bigint),
+               h.errors, now(), 1
+        FROM (SELECT *, 'reporting.seeder_run_history' AS history_table FROM h1
+              UNION ALL
+              SELECT *, 'reporting.seeder_canned_run_history' FROM h2) h
+        ON CONFLICT (run_id, table_name) DO NOTHING
         RETURNING 1
     ), r AS (
         -- Still running: a run that recorded its end (and then let its lock go) since the list
         -- of running runs was read is left as it ended.
-        UPDATE reporting.seeder_run SET status = 'abandoned', finished_at = now()
+        UPDATE reporting.seeder_run SET status = 'abandoned', finished_at = now(),
+            views = (SELECT count(*) FROM reporting.seeder_view_run WHERE run_id = $1)
+                    + (SELECT count(*) FROM v)
         WHERE run_id = $1 AND status = 'running' AND (SELECT got FROM l)
         RETURNING 1
     )
