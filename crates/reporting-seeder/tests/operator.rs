@@ -555,3 +555,30 @@ async fn status_and_history_work_on_an_untouched_database_and_never_refreshed_is
     assert_exit(&out, 1);
     assert!(stdout(&out).contains("stale"), "{}", stdout(&out));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logs_name_views_that_never_started_and_the_end_of_the_run() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.up", "gotham", 1, "SELECT 1 AS x; SELECT 2")
+        .await;
+    db.custom("reporting.down", "gotham", 1, "SELECT x FROM reporting.up")
+        .await;
+    let out = db
+        .run(&["run", "refresh_all"], &[("RUST_LOG", "info")])
+        .await;
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    let line = |needle: &str, view: &str| {
+        err.lines()
+            .any(|l| l.contains(needle) && l.contains(view) && l.contains("run_id="))
+    };
+    assert!(line("not refreshed", "view=reporting.up"), "{err}");
+    assert!(line("skipped", "view=reporting.down"), "{err}");
+    assert!(
+        err.lines().any(|l| l.contains("run finished")
+            && l.contains("failed=1")
+            && l.contains("skipped=1")),
+        "{err}"
+    );
+}

@@ -680,7 +680,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             }
         } else {
             tracing::debug!(
-                "pg_stat_statements is not installed in this database: no per-statement figures"
+                "pg_stat_statements is not installed in this database, or not loaded (shared_preload_libraries): no per-statement figures"
             );
             None
         };
@@ -744,10 +744,12 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                             not_started(&shared.interrupt)
                         } else {
                             shared.progress.finished(i, "skipped");
-                            skipped(format!(
+                            let reason = format!(
                                 "upstream {} failed",
                                 shared.prepared.views[failed].key
-                            ))
+                            );
+                            tracing::warn!(view = %shared.prepared.views[i].key, %reason, "skipped");
+                            skipped(reason)
                         },
                     },
                     history: None,
@@ -852,6 +854,23 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 .bookkeeping_errors
                 .push(format!("could not record the end of the run: {e}"));
         }
+        let c = report.counts();
+        let cancelled = report
+            .results
+            .iter()
+            .filter(|r| r.outcome.status == "cancelled")
+            .count();
+        tracing::info!(
+            run_id = %report.run_id,
+            status,
+            views = c.views,
+            succeeded = c.succeeded,
+            failed = c.failed,
+            skipped = c.skipped,
+            cancelled,
+            wall_ms = u64::try_from(report.wall.as_millis()).unwrap_or(u64::MAX),
+            "run finished"
+        );
         Ok(report)
     }
 }
@@ -970,6 +989,13 @@ type Task = std::pin::Pin<Box<dyn std::future::Future<Output = TaskResult> + Sen
 fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Task, TaskResult> {
     let view = &shared.prepared.views[i];
     let done = |outcome: Outcome| {
+        // Settled without starting: the logs say so, as they do for every view that ran.
+        let reason = outcome.error.as_deref().unwrap_or_default();
+        match outcome.status {
+            "error" => tracing::warn!(view = %view.key, error = %reason, "not refreshed"),
+            "skipped" => tracing::warn!(view = %view.key, %reason, "skipped"),
+            _ => tracing::info!(view = %view.key, %reason, status = outcome.status, "not started"),
+        }
         shared.progress.finished(i, outcome.status);
         Start::Done(TaskResult {
             result: ViewResult {
@@ -1023,6 +1049,12 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
                     t
                 }
                 Err(outcome) => {
+                    tracing::warn!(
+                        view = %view.key,
+                        reason = outcome.error.as_deref().unwrap_or_default(),
+                        status = outcome.status,
+                        "not started"
+                    );
                     shared.progress.finished(i, outcome.status);
                     return TaskResult {
                         result: ViewResult {
