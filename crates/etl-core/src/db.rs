@@ -493,6 +493,16 @@ impl DbError {
     fn connect(err: &tokio_postgres::Error, target: &str) -> DbError {
         let mut e = DbError::from(err);
         e.connect = true;
+        if certificate_rejected(err) {
+            // Not the database being down: retrying will not help, the settings must change.
+            e.code = Some(CERTIFICATE_REJECTED.to_string());
+            e.message = format!(
+                "could not connect to {target}: {}; check sslmode, sslrootcert (DB_SSLROOTCERT) \
+                 and the host name the certificate is for",
+                e.message
+            );
+            return e;
+        }
         e.message = format!("could not connect to {target}: {}", e.message);
         e
     }
@@ -532,13 +542,45 @@ impl DbError {
     /// URL's `options` the server refuses) rather than retry.
     pub fn is_configuration(&self) -> bool {
         self.code.as_deref().is_some_and(|c| {
-            c.starts_with("28")
+            c == CERTIFICATE_REJECTED
+                || c.starts_with("28")
                 || c == SqlState::INVALID_CATALOG_NAME.code()
                 || c == SqlState::UNDEFINED_OBJECT.code()
                 || c == SqlState::INVALID_PARAMETER_VALUE.code()
                 || c == SqlState::CANT_CHANGE_RUNTIME_PARAM.code()
         })
     }
+}
+
+/// The code a [`DbError`] carries when the server's TLS certificate was refused (not a
+/// SQLSTATE: PostgreSQL never saw the session).
+pub const CERTIFICATE_REJECTED: &str = "tls-certificate";
+
+/// Whether connecting failed because the server's certificate did not verify.
+fn certificate_rejected(err: &tokio_postgres::Error) -> bool {
+    let refused = |e: &rustls::Error| {
+        matches!(
+            e,
+            rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+        )
+    };
+    let mut source = std::error::Error::source(err);
+    while let Some(s) = source {
+        if s.downcast_ref::<rustls::Error>().is_some_and(refused) {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(refused)
+            {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
 }
 
 impl From<&tokio_postgres::Error> for DbError {

@@ -65,10 +65,10 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                 }
             }
             (None, Some(table)) => {
-                let rows = session
-                    .table_history(&table.to_ascii_lowercase(), cli.limit)
-                    .await
-                    .map_err(db)?;
+                let table = crate::processors::planner::ViewName::parse(table)
+                    .map_err(|e| JobError::usage(format!("--table: {e}")))?
+                    .to_string();
+                let rows = session.table_history(&table, cli.limit).await.map_err(db)?;
                 if json {
                     format!("{:#}\n", view_runs_json(&rows))
                 } else {
