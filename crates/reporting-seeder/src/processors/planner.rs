@@ -172,19 +172,26 @@ pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Plan, PlanErr
         }
     };
 
-    let mut order: Vec<String> = Vec::new();
+    // Manifests naming one view are one view. A table name that is not a valid schema.name
+    // names no view: each such manifest stays on its own, so each gets its own error row.
+    let mut order: Vec<(String, String)> = Vec::new();
     let mut groups: HashMap<String, Vec<&ManifestRow>> = HashMap::new();
     for r in rows.into_iter().filter(|r| r.enabled) {
         let key = key_of(&r.table_name);
-        let group = groups.entry(key.clone()).or_default();
+        let group_key = if ViewName::parse(&r.table_name).is_ok() {
+            key.clone()
+        } else {
+            format!("\u{0}{:?}\u{0}{}", r.report_type, r.manifest_id)
+        };
+        let group = groups.entry(group_key.clone()).or_default();
         if group.is_empty() {
-            order.push(key);
+            order.push((group_key, key));
         }
         group.push(r);
     }
     let views: Vec<PlannedView> = order
         .into_iter()
-        .filter_map(|key| groups.remove(&key).map(|g| plan_view(key, &g)))
+        .filter_map(|(group_key, key)| groups.remove(&group_key).map(|g| plan_view(key, &g)))
         .collect();
     let in_scope = views
         .iter()
@@ -366,6 +373,21 @@ mod tests {
         assert_eq!(shared.record.agency_slug, "gotham,metropolis");
         assert_eq!(shared.record.agency_id, 5);
         assert!(matches!(shared.plan, ViewPlan::Valid { .. }));
+    }
+
+    #[test]
+    fn manifests_with_the_same_invalid_table_name_each_stay_a_view_of_their_own() {
+        let rows = vec![
+            custom(1, "", "gotham", true),
+            custom(2, "", "gotham", true),
+            custom(3, "no_schema", "gotham", true),
+            custom(4, "reporting.ok", "gotham", true),
+        ];
+        let p = plan(&rows, &Selection::default()).unwrap();
+        assert_eq!(keys(&p), ["", "", "no_schema", "reporting.ok"]);
+        let ids: Vec<i64> = p.views.iter().map(|v| v.record.manifest_id).collect();
+        assert_eq!(ids, [1, 2, 3, 4]);
+        assert!(matches!(p.views[0].plan, ViewPlan::Invalid(_)));
     }
 
     #[test]
