@@ -645,14 +645,34 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 Ok::<_, RunError>((routes, prepared))
             };
             tokio::pin!(start);
-            tokio::select! {
-                r = &mut start => r?,
-                _ = self.interrupt.cancelled() => {
-                    if let Some(c) = &canceller {
-                        c.cancel().await;
+            // On a signal the statement waiting is cancelled on the server (again every 200 ms,
+            // in case the start was between statements) and the start is awaited: it either
+            // fails, and the run ends saying nothing was changed, or completes, and the run
+            // records every view `cancelled`.
+            let mut interrupted = false;
+            let started = loop {
+                tokio::select! {
+                    biased;
+                    r = &mut start => break r,
+                    _ = self.interrupt.cancelled(), if !interrupted => {
+                        interrupted = true;
+                        if let Some(c) = &canceller {
+                            c.cancel().await;
+                        }
                     }
-                    return Err(RunError::Interrupted(self.interrupt.signal_name()));
+                    _ = tokio::time::sleep(Duration::from_millis(200)), if interrupted => {
+                        if let Some(c) = &canceller {
+                            c.cancel().await;
+                        }
+                    }
                 }
+            };
+            match started {
+                Ok(started) => started,
+                Err(_) if interrupted => {
+                    return Err(RunError::Interrupted(self.interrupt.signal_name()))
+                }
+                Err(e) => return Err(e),
             }
         };
         // Only the warming tasks count from now on: once they are all done, the channel closes
