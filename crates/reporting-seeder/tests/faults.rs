@@ -531,7 +531,17 @@ async fn sigterm_ends_a_wait_for_another_runs_lock_at_once() {
     .await;
     let first = db.spawn(&["run", "refresh_all"], &[]);
     db.wait_active("%pg_sleep(3)%", 1).await;
-    let waiting = db.spawn(&["run", "refresh_all", "--", "--wait-for-locks"], &[]);
+    let waiting = db.spawn(
+        &[
+            "run",
+            "refresh_all",
+            "--",
+            "--wait-for-locks",
+            "--output",
+            "json",
+        ],
+        &[],
+    );
     db.wait_active("%pg_advisory_lock(%", 1).await;
     let sent = std::time::Instant::now();
     signal(&waiting, "TERM");
@@ -544,6 +554,8 @@ async fn sigterm_ends_a_wait_for_another_runs_lock_at_once() {
     );
     let (status, _, reason) = db.view_run("reporting.slow").await;
     assert_eq!(status, "cancelled", "{reason:?}");
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["counts"]["cancelled"], 1, "{json}");
     // Nothing of the waiting run is left waiting on the server.
     let c = db.client().await;
     let mut waiting_backends = -1i64;

@@ -255,6 +255,7 @@ pub fn to_json(report: &RunReport, job: &str) -> serde_json::Value {
             "success": c.succeeded,
             "error": c.failed,
             "skipped": c.skipped,
+            "cancelled": report.results.iter().filter(|r| r.outcome.status == "cancelled").count(),
         },
         "views": report.results.iter().map(|r| serde_json::json!({
             "table": r.key,
