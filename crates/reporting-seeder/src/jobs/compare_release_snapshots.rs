@@ -6,7 +6,9 @@ use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
 use crate::cli::args::OutputFormat;
 use crate::cli::context::{run_error, AppContext};
 use crate::processors::run::RunError;
-use crate::processors::snapshot::{compare, incomparable, render_compare, FailOn, Thresholds};
+use crate::processors::snapshot::{
+    compare, fraction, incomparable, render_compare, FailOn, Thresholds,
+};
 
 pub const JOB: JobEntry = JobEntry {
     name: "compare_release_snapshots",
@@ -33,10 +35,10 @@ struct Cli {
     #[arg(long, value_name = "TAG", requires = "table_name")]
     new_tag: Option<String>,
     /// Report a column whose null fraction moved by more than this (0.05 = 5 points).
-    #[arg(long, default_value_t = 0.05, value_parser = fraction)]
+    #[arg(long, default_value_t = 0.05, value_parser = threshold)]
     null_threshold: f64,
     /// Report a column whose distinct count changed by more than this fraction.
-    #[arg(long, default_value_t = 0.10, value_parser = fraction)]
+    #[arg(long, default_value_t = 0.10, value_parser = threshold)]
     distinct_threshold: f64,
     /// Exit 1 when drift exceeds these: schema, rows:<fraction>, nulls:<fraction>,
     /// distinct:<fraction> (comma-separated).
@@ -47,11 +49,8 @@ struct Cli {
     output: OutputFormat,
 }
 
-fn fraction(s: &str) -> Result<f64, String> {
-    s.parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0)
-        .ok_or_else(|| format!("{s:?} is not a fraction of at least 0, e.g. 0.05"))
+fn threshold(s: &str) -> Result<f64, String> {
+    fraction(s).ok_or_else(|| format!("{s:?} is not a fraction of at least 0, e.g. 0.05"))
 }
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {

@@ -84,6 +84,14 @@ impl RunReport {
         }
     }
 
+    /// Views stopped by a signal (not among `counts`: the old run table has no column for them).
+    pub fn cancelled(&self) -> usize {
+        self.results
+            .iter()
+            .filter(|r| r.outcome.status == "cancelled")
+            .count()
+    }
+
     /// Every selected view is up to date and recorded.
     pub fn all_succeeded(&self) -> bool {
         self.bookkeeping_errors.is_empty()
@@ -755,26 +763,15 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             |t: &TaskResult| t.result.outcome.status == "success",
             |i, failed| {
                 shared.settle();
-                TaskResult {
-                    result: ViewResult {
-                        key: shared.prepared.views[i].key.clone(),
-                        record: shared.prepared.views[i].record.clone(),
-                        outcome: if shared.interrupt.is_interrupted() {
-                            shared.progress.finished(i, "cancelled");
-                            not_started(&shared.interrupt)
-                        } else {
-                            shared.progress.finished(i, "skipped");
-                            let reason = format!(
-                                "upstream {} failed",
-                                shared.prepared.views[failed].key
-                            );
-                            tracing::warn!(view = %shared.prepared.views[i].key, %reason, "skipped");
-                            skipped(reason)
-                        },
-                    },
-                    history: None,
-                    recorded: false,
-                }
+                let outcome = if shared.interrupt.is_interrupted() {
+                    not_started(&shared.interrupt)
+                } else {
+                    skipped(format!(
+                        "upstream {} failed",
+                        shared.prepared.views[failed].key
+                    ))
+                };
+                never_ran(&shared, i, outcome)
             },
             |started| throttle(shared.clone(), started),
         )
@@ -875,11 +872,6 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 .push(format!("could not record the end of the run: {e}"));
         }
         let c = report.counts();
-        let cancelled = report
-            .results
-            .iter()
-            .filter(|r| r.outcome.status == "cancelled")
-            .count();
         tracing::info!(
             run_id = %report.run_id,
             status,
@@ -887,7 +879,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             succeeded = c.succeeded,
             failed = c.failed,
             skipped = c.skipped,
-            cancelled,
+            cancelled = report.cancelled(),
             wall_ms = u64::try_from(report.wall.as_millis()).unwrap_or(u64::MAX),
             "run finished"
         );
@@ -962,8 +954,7 @@ fn name_timeout(e: &mut DbError, view: &PlannedView, settings: &RunSettings) {
 }
 
 /// [`name_timeout`] with the manifest's own timeouts given (none before they are set).
-fn name_timeout_of(e: &mut DbError, own: Timeouts, settings: &RunSettings) {
-    let timeouts = own;
+fn name_timeout_of(e: &mut DbError, timeouts: Timeouts, settings: &RunSettings) {
     let (which, ms, from_manifest) =
         if e.code.as_deref() == Some("57014") && e.message.contains("statement timeout") {
             let own = timeouts.statement_ms;
@@ -1008,25 +999,7 @@ type Task = std::pin::Pin<Box<dyn std::future::Future<Output = TaskResult> + Sen
 /// Called when view `i`'s upstreams are done and a worker slot is free: decides whether it runs.
 fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Task, TaskResult> {
     let view = &shared.prepared.views[i];
-    let done = |outcome: Outcome| {
-        // Settled without starting: the logs say so, as they do for every view that ran.
-        let reason = outcome.error.as_deref().unwrap_or_default();
-        match outcome.status {
-            "error" => tracing::warn!(view = %view.key, error = %reason, "not refreshed"),
-            "skipped" => tracing::warn!(view = %view.key, %reason, "skipped"),
-            _ => tracing::info!(view = %view.key, %reason, status = outcome.status, "not started"),
-        }
-        shared.progress.finished(i, outcome.status);
-        Start::Done(TaskResult {
-            result: ViewResult {
-                key: view.key.clone(),
-                record: view.record.clone(),
-                outcome,
-            },
-            history: None,
-            recorded: false,
-        })
-    };
+    let done = |outcome: Outcome| Start::Done(never_ran(shared, i, outcome));
     let (name, query, hash) = match &view.plan {
         ViewPlan::Invalid(reason) => return done(failed(0, reason.clone())),
         ViewPlan::Valid {
@@ -1068,24 +1041,7 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
                     shared.progress.started(i);
                     t
                 }
-                Err(outcome) => {
-                    tracing::warn!(
-                        view = %view.key,
-                        reason = outcome.error.as_deref().unwrap_or_default(),
-                        status = outcome.status,
-                        "not started"
-                    );
-                    shared.progress.finished(i, outcome.status);
-                    return TaskResult {
-                        result: ViewResult {
-                            key: view.key.clone(),
-                            record: view.record.clone(),
-                            outcome,
-                        },
-                        history: None,
-                        recorded: false,
-                    };
-                }
+                Err(outcome) => return never_ran(&shared, i, outcome),
             },
         };
         let mut guard = TicketGuard {
@@ -1140,6 +1096,28 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
             recorded,
         }
     }.instrument(span)))
+}
+
+/// View `i` settled without running (invalid, skipped, stopped while it waited): the logs say
+/// so, as they do for every view that ran, and so does the progress display.
+fn never_ran<C: Clock>(shared: &Shared<C>, i: usize, outcome: Outcome) -> TaskResult {
+    let view = &shared.prepared.views[i];
+    let reason = outcome.error.as_deref().unwrap_or_default();
+    match outcome.status {
+        "error" => tracing::warn!(view = %view.key, error = %reason, "not refreshed"),
+        "skipped" => tracing::warn!(view = %view.key, %reason, "skipped"),
+        _ => tracing::info!(view = %view.key, %reason, status = outcome.status, "not started"),
+    }
+    shared.progress.finished(i, outcome.status);
+    TaskResult {
+        result: ViewResult {
+            key: view.key.clone(),
+            record: view.record.clone(),
+            outcome,
+        },
+        history: None,
+        recorded: false,
+    }
 }
 
 /// Why a view is skipped once the breaker's probe failed as well.
@@ -1749,6 +1727,21 @@ mod tests {
         assert_eq!(d.outcome.action, Some("create"));
     }
 
+    /// Six views `s.v1`…`s.v6`; those in `failing` fail as the database in trouble does.
+    fn six_views_in_trouble(failing: &[&str]) -> FakeStore {
+        let rows: Vec<_> = (1..=6)
+            .map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1"))
+            .collect();
+        let s = store(rows);
+        for k in failing {
+            s.state().failures.insert(
+                (*k).into(),
+                trouble("terminating connection due to administrator command"),
+            );
+        }
+        s
+    }
+
     /// Runs with one worker and a breaker that opens after two failures; once `calls` views have
     /// been tried, moves the test clock past the reset time.
     async fn run_then_pass_the_reset(s: &FakeStore, calls: usize) -> RunReport {
@@ -1774,16 +1767,7 @@ mod tests {
 
     #[tokio::test]
     async fn breaker_opens_on_database_trouble_then_one_probe_closes_it() {
-        let rows: Vec<_> = (1..=6)
-            .map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1"))
-            .collect();
-        let s = store(rows);
-        for k in ["s.v1", "s.v2"] {
-            s.state().failures.insert(
-                k.into(),
-                trouble("terminating connection due to administrator command"),
-            );
-        }
+        let s = six_views_in_trouble(&["s.v1", "s.v2"]);
         // Each failing view is tried three times (admin shutdown is transient).
         let r = run_then_pass_the_reset(&s, 6).await;
         assert_eq!(
@@ -1808,16 +1792,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_probe_skips_the_rest() {
-        let rows: Vec<_> = (1..=6)
-            .map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1"))
-            .collect();
-        let s = store(rows);
-        for k in ["s.v1", "s.v2", "s.v3"] {
-            s.state().failures.insert(
-                k.into(),
-                trouble("terminating connection due to administrator command"),
-            );
-        }
+        let s = six_views_in_trouble(&["s.v1", "s.v2", "s.v3"]);
         let r = run_then_pass_the_reset(&s, 6).await;
         assert_eq!(
             statuses(&r),

@@ -195,6 +195,11 @@ impl Default for Thresholds {
     }
 }
 
+/// A threshold: a finite number, at least 0.
+pub fn fraction(s: &str) -> Option<f64> {
+    s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0)
+}
+
 /// What `--fail-on` makes a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct FailOn {
@@ -215,10 +220,7 @@ impl std::str::FromStr for FailOn {
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (kind, value) = part.split_once(':').unwrap_or((part, ""));
             let number = || {
-                value
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite() && *v >= 0.0)
+                fraction(value)
                     .ok_or_else(|| format!("{part:?}: expected {kind}:<fraction>, e.g. {kind}:0.1"))
             };
             match kind {

@@ -70,11 +70,7 @@ fn view_table(rows: &[&ViewResult], colour: bool) -> String {
 pub fn render(report: &RunReport, colour: bool) -> String {
     let c = report.counts();
     let mut out = String::new();
-    let cancelled = report
-        .results
-        .iter()
-        .filter(|r| r.outcome.status == "cancelled")
-        .count();
+    let cancelled = report.cancelled();
     let _ = write!(
         out,
         "run {} finished in {:.2}s: {}, {} success, {} error, {} skipped",
@@ -255,7 +251,7 @@ pub fn to_json(report: &RunReport, job: &str) -> serde_json::Value {
             "success": c.succeeded,
             "error": c.failed,
             "skipped": c.skipped,
-            "cancelled": report.results.iter().filter(|r| r.outcome.status == "cancelled").count(),
+            "cancelled": report.cancelled(),
         },
         "views": report.results.iter().map(|r| serde_json::json!({
             "table": r.key,

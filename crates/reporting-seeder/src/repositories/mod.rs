@@ -435,15 +435,14 @@ impl PgSession {
     /// Takes the run's shared lock on this connection (once).
     async fn share_run(&mut self, run_id: &str) {
         let taken = locks::share_run(&self.conn, run_id).await;
-        self.note_shared(run_id, Some(taken));
+        self.note_shared(run_id, taken);
     }
 
-    fn note_shared(&mut self, run_id: &str, taken: Option<Result<(), DbError>>) {
+    fn note_shared(&mut self, run_id: &str, taken: Result<(), DbError>) {
         match taken {
-            Some(Ok(())) => self.holds_run = Some(run_id.to_string()),
+            Ok(()) => self.holds_run = Some(run_id.to_string()),
             // The view's own statements, sent with it, report what is wrong with the connection.
-            Some(Err(e)) => tracing::debug!(error = %e, "could not share the run's lock"),
-            None => {}
+            Err(e) => tracing::debug!(error = %e, "could not share the run's lock"),
         }
     }
 
@@ -693,7 +692,9 @@ impl Session for PgSession {
             history::record_start(&self.conn, routes, run_id, view),
             locks::try_lock_view(&self.conn, key, run_id)
         );
-        self.note_shared(run_id, shared);
+        if let Some(taken) = shared {
+            self.note_shared(run_id, taken);
+        }
         match started {
             Ok(id) => {
                 *history = Some(id);
