@@ -189,6 +189,38 @@ async fn a_changed_upstream_is_rebuilt_with_its_dependents_without_reader_errors
     .unwrap();
     let old_stg = db.oid("reporting.stg").await.unwrap();
 
+    // plan says so: the views reading stg, directly or not, are recreated by its rebuild.
+    let out = db
+        .run(&["run", "plan", "--", "--output", "json"], &[])
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let planned = |t: &str| {
+        let v = json["views"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["table"] == t)
+            .unwrap_or_else(|| panic!("{t}: {json}"));
+        (v["action"].clone(), v["reason"].clone())
+    };
+    assert_eq!(planned("reporting.stg").0, "rebuild");
+    assert_eq!(
+        planned("reporting.alone"),
+        ("refresh".into(), serde_json::Value::Null)
+    );
+    for t in ["reporting.rollup", "reporting.top"] {
+        let (action, reason) = planned(t);
+        assert_eq!(action, "rebuild", "{t}: {json}");
+        assert!(
+            reason
+                .as_str()
+                .unwrap()
+                .contains("rebuild of reporting.stg"),
+            "{t}: {reason}"
+        );
+    }
+
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicUsize::new(0));
     let reader = {

@@ -173,6 +173,53 @@ impl Prepared {
     pub fn priority(&self) -> Vec<u64> {
         self.graph.remaining_path(&self.expected_ms)
     }
+
+    /// For each view that would be refreshed in place: the selected upstream whose rebuild will
+    /// recreate it first (a rebuild recreates the managed views reading the rebuilt one, however
+    /// indirectly), if any. `None` for every other view.
+    pub fn rebuilt_with(&self) -> Vec<Option<String>> {
+        let index: HashMap<&str, usize> = self
+            .views
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.key.as_str(), i))
+            .collect();
+        // The rebuild each view causes or undergoes: Some(root) when it is rebuilt, by its own
+        // action (root is itself) or with an upstream (root is that upstream's root).
+        let mut root: Vec<Option<Option<String>>> = vec![None; self.views.len()];
+        fn visit(
+            p: &Prepared,
+            index: &HashMap<&str, usize>,
+            root: &mut [Option<Option<String>>],
+            on_path: &mut HashSet<usize>,
+            i: usize,
+        ) -> Option<String> {
+            if let Some(known) = &root[i] {
+                return known.clone();
+            }
+            let found = match &p.actions[i] {
+                Ok(Action::Rebuild { .. }) => Some(p.views[i].key.clone()),
+                Ok(Action::Refresh { .. }) if on_path.insert(i) => {
+                    let found = p.upstream[i].iter().find_map(|u| {
+                        let &j = index.get(u.as_str())?;
+                        visit(p, index, root, on_path, j)
+                    });
+                    on_path.remove(&i);
+                    found
+                }
+                _ => None,
+            };
+            root[i] = Some(found.clone());
+            found
+        }
+        let mut on_path = HashSet::new();
+        (0..self.views.len())
+            .map(|i| match self.actions[i] {
+                Ok(Action::Refresh { .. }) => visit(self, &index, &mut root, &mut on_path, i),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 /// Reads manifests and catalog, builds the dependency graph, applies the selection and decides

@@ -270,12 +270,27 @@ pub fn to_json(report: &RunReport, job: &str) -> serde_json::Value {
 }
 
 /// What `plan` shows for one view's action.
-fn plan_action(a: &Result<super::refresh::Action, String>) -> &'static str {
+fn plan_action(a: &Result<super::refresh::Action, String>, with: &Option<String>) -> &'static str {
     use super::refresh::Action;
     match a {
         Err(_) => "skip-invalid",
         Ok(Action::Rebuild { .. }) => "rebuild",
+        Ok(_) if with.is_some() => "rebuild",
         Ok(other) => other.label(),
+    }
+}
+
+/// Why a view gets its planned action, where that is not obvious.
+fn plan_reason(
+    a: &Result<super::refresh::Action, String>,
+    with: &Option<String>,
+) -> Option<String> {
+    match (a, with) {
+        (Err(reason), _) => Some(reason.clone()),
+        (Ok(_), Some(upstream)) => Some(format!(
+            "recreated by the rebuild of {upstream}, which it reads"
+        )),
+        (Ok(_), None) => None,
     }
 }
 
@@ -320,6 +335,7 @@ pub fn render_plan(p: &super::run::Prepared, workers: std::num::NonZeroUsize) ->
         "  {:<20} {:<40} {:>10}  upstream",
         "action", "view", "expected"
     );
+    let rebuilt_with = p.rebuilt_with();
     for (i, v) in p.views.iter().enumerate() {
         let expected = if p.expected_known[i] {
             human_ms(p.expected_ms[i])
@@ -334,12 +350,12 @@ pub fn render_plan(p: &super::run::Prepared, workers: std::num::NonZeroUsize) ->
         let _ = write!(
             out,
             "  {:<20} {:<40} {:>10}  {}",
-            plan_action(&p.actions[i]),
+            plan_action(&p.actions[i], &rebuilt_with[i]),
             v.key,
             expected,
             upstream
         );
-        if let Err(reason) = &p.actions[i] {
+        if let Some(reason) = plan_reason(&p.actions[i], &rebuilt_with[i]) {
             let _ = write!(out, "  ({})", reason.lines().next().unwrap_or_default());
         }
         out.push('\n');
@@ -349,6 +365,7 @@ pub fn render_plan(p: &super::run::Prepared, workers: std::num::NonZeroUsize) ->
 
 /// `plan --output json`.
 pub fn plan_json(p: &super::run::Prepared, workers: std::num::NonZeroUsize) -> serde_json::Value {
+    let rebuilt_with = p.rebuilt_with();
     serde_json::json!({
         "workers": workers.get(),
         "expected_wall_ms": p.expected_wall_ms(workers),
@@ -358,8 +375,8 @@ pub fn plan_json(p: &super::run::Prepared, workers: std::num::NonZeroUsize) -> s
             "table": v.key,
             "report_type": v.record.report_type.as_str(),
             "agencies": v.agencies,
-            "action": plan_action(&p.actions[i]),
-            "reason": p.actions[i].as_ref().err(),
+            "action": plan_action(&p.actions[i], &rebuilt_with[i]),
+            "reason": plan_reason(&p.actions[i], &rebuilt_with[i]),
             "upstream": p.upstream[i],
             "expected_ms": p.expected_ms[i],
             "expected_from_history": p.expected_known[i],
