@@ -294,6 +294,19 @@ async fn sigterm_cancels_running_statements_on_the_server() {
         db.oid("reporting.later0").await.is_none(),
         "nothing new started"
     );
+    // The run itself is recorded as cancelled, not failed, and history counts its views so.
+    let out = db
+        .run(
+            &["run", "history", "--", "--limit", "1", "--output", "json"],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let run = &json["runs"][0];
+    assert_eq!(run["status"], "cancelled", "{json}");
+    assert_eq!(run["counts"]["cancelled"], 5, "{json}");
+    assert_eq!(run["counts"]["error"], 0, "{json}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -895,6 +895,8 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         };
         let status = if report.all_succeeded() {
             "success"
+        } else if self.interrupt.is_interrupted() {
+            "cancelled"
         } else {
             "failed"
         };

@@ -135,6 +135,7 @@ pub fn render_runs(runs: &[RunRow]) -> String {
         "success",
         "error",
         "skipped",
+        "cancelled",
     ]);
     for r in runs {
         t.add_row(vec![
@@ -149,6 +150,7 @@ pub fn render_runs(runs: &[RunRow]) -> String {
             r.succeeded.to_string(),
             r.failed.to_string(),
             r.skipped.to_string(),
+            r.cancelled().to_string(),
         ]);
     }
     if runs.is_empty() {
@@ -162,7 +164,7 @@ pub fn runs_json(runs: &[RunRow]) -> serde_json::Value {
         "runs": runs.iter().map(|r| serde_json::json!({
             "run_id": r.run_id, "job": r.job, "arguments": r.arguments, "started_at": r.started_at,
             "wall_seconds": r.wall_seconds, "status": r.status,
-            "counts": { "views": r.views, "success": r.succeeded, "error": r.failed, "skipped": r.skipped },
+            "counts": { "views": r.views, "success": r.succeeded, "error": r.failed, "skipped": r.skipped, "cancelled": r.cancelled() },
         })).collect::<Vec<_>>(),
     })
 }

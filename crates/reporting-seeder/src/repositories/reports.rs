@@ -72,6 +72,14 @@ pub struct RunRow {
     pub skipped: i32,
 }
 
+impl RunRow {
+    /// Views the run counted but did not finish: stopped by a signal (the table has no column
+    /// for them).
+    pub fn cancelled(&self) -> i32 {
+        (self.views - self.succeeded - self.failed - self.skipped).max(0)
+    }
+}
+
 const ISO: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
 
 pub async fn runs(client: &Client, limit: i64) -> Result<Vec<RunRow>, DbError> {
