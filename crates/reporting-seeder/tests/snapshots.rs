@@ -342,3 +342,39 @@ async fn bad_arguments_exit_2() {
         stdout(&out)
     );
 }
+
+/// On a database the tool has never touched, compare applies the migrations like every job but
+/// plan, then says there is no such snapshot (a usage error), not that a table is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compare_on_an_untouched_database_migrates_and_finds_no_snapshot() {
+    let db = TestDb::new().await;
+    let out = db
+        .run(
+            &[
+                "run",
+                "compare_release_snapshots",
+                "--",
+                "--table-name",
+                "reporting.v",
+                "--base-tag",
+                "a",
+                "--new-tag",
+                "b",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("no snapshot"), "{}", stderr(&out));
+    let table: Option<String> = db
+        .client()
+        .await
+        .query_one(
+            "SELECT to_regclass('reporting.seeder_release_snapshot')::text",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(table.as_deref(), Some("reporting.seeder_release_snapshot"));
+}

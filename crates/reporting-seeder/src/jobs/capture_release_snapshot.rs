@@ -37,11 +37,12 @@ struct Cli {
     release_tag: Option<String>,
     #[arg(long, value_name = "VERSION")]
     release_version: Option<String>,
-    /// Columns whose most frequent values are recorded (comma-separated).
-    #[arg(long, value_name = "A,B", value_delimiter = ',')]
-    top_values_columns: Vec<String>,
+    /// Columns whose most frequent values are recorded (comma-separated; a name containing a
+    /// comma goes in double quotes, as in SQL: '"a,b",status').
+    #[arg(long, value_name = "A,B", value_parser = column_list)]
+    top_values_columns: Vec<Vec<String>>,
     /// Statistics from a sample of this percentage of the view's pages (TABLESAMPLE SYSTEM), for
-    /// very large views; recorded in the snapshot.
+    /// very large views; recorded in the snapshot. From 0.000001 to 100.
     /// Counts are then estimates scaled to the whole view; distinct counts are the sample's.
     #[arg(long, value_name = "PERCENT", value_parser = parse_percent)]
     sample_percent: Option<f64>,
@@ -50,11 +51,55 @@ struct Cli {
     output: OutputFormat,
 }
 
+/// The smallest sample: PostgreSQL takes the percentage as a `real`, and the statements scale
+/// counts by its inverse.
+const MIN_PERCENT: f64 = 0.000_001;
+
 fn parse_percent(s: &str) -> Result<f64, String> {
-    s.parse::<f64>()
+    s.trim()
+        .parse::<f64>()
         .ok()
-        .filter(|p| p.is_finite() && *p > 0.0 && *p <= 100.0)
-        .ok_or_else(|| format!("{s:?} is not a percentage above 0 and at most 100"))
+        .filter(|p| p.is_finite() && (MIN_PERCENT..=100.0).contains(p))
+        .ok_or_else(|| format!("{s:?} is not a percentage from {MIN_PERCENT} to 100"))
+}
+
+/// Column names, comma-separated; a name in double quotes may hold commas (and `""` for a
+/// quote), others are trimmed; empty entries are ignored.
+fn column_list(s: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    let mut chars = s.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut name = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            loop {
+                match chars.next() {
+                    Some('"') if chars.next_if_eq(&'"').is_some() => name.push('"'),
+                    Some('"') => break,
+                    Some(c) => name.push(c),
+                    None => return Err(format!("{s:?}: a double quote is not closed")),
+                }
+            }
+            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+            if chars.peek().is_some_and(|c| *c != ',') {
+                return Err(format!(
+                    "{s:?}: expected a comma after the quoted name \"{name}\""
+                ));
+            }
+            names.push(name);
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',') {
+                name.push(c);
+            }
+            let name = name.trim();
+            if !name.is_empty() {
+                names.push(name.to_string());
+            }
+        }
+        if chars.next().is_none() {
+            return Ok(names);
+        }
+    }
 }
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
@@ -67,13 +112,15 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                 .filter(|v| !v.is_empty())
                 .map(str::to_string)
         };
-        let release_tag = match cli.release_tag {
-            Some(tag) if tag.trim().is_empty() => {
+        // Tags and versions are stored trimmed, as the ones taken from the environment are, so
+        // `compare --base-tag v1` finds what `--release-tag ' v1 '` stored.
+        let release_tag = match cli.release_tag.as_deref().map(str::trim) {
+            Some("") => {
                 return Err(JobError::usage(
                     "--release-tag is empty: give the release's tag",
                 ))
             }
-            Some(tag) => tag,
+            Some(tag) => tag.to_string(),
             None => from_env("GIT_SHA")
                 .or_else(|| from_env("CI_COMMIT_SHA"))
                 .ok_or_else(|| {
@@ -82,9 +129,15 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                     )
                 })?,
         };
+        let release_version = cli
+            .release_version
+            .as_deref()
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string);
         for (what, value) in [
             ("release tag", Some(&release_tag)),
-            ("--release-version", cli.release_version.as_ref()),
+            ("--release-version", release_version.as_ref()),
         ] {
             if value.is_some_and(|v| v.chars().count() > RELEASE_TAG_MAX) {
                 return Err(JobError::usage(format!(
@@ -136,8 +189,8 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         }
         let options = CaptureOptions {
             release_tag,
-            release_version: cli.release_version,
-            top_values_columns: cli.top_values_columns,
+            release_version,
+            top_values_columns: cli.top_values_columns.into_iter().flatten().collect(),
             sample_percent: cli.sample_percent,
         };
         let mut repo = app
@@ -205,4 +258,29 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             ExitStatus::Failed
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_lists_are_trimmed_and_quoted_names_keep_their_commas() {
+        let ok = |s: &str| column_list(s).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ok("status, m"), ["status", "m"]);
+        assert_eq!(ok(r#""a,b",status"#), ["a,b", "status"]);
+        assert_eq!(ok(r#" "say ""hi""" , x"#), [r#"say "hi""#, "x"]);
+        assert!(ok("").is_empty() && ok(" , ").is_empty());
+        assert!(column_list(r#""a,b"#).is_err());
+        assert!(column_list(r#""a"b"#).is_err());
+    }
+
+    #[test]
+    fn sample_percentages_postgres_can_take() {
+        assert!(parse_percent("1e-300").is_err());
+        assert!(parse_percent("0").is_err());
+        assert!(parse_percent("100.5").is_err());
+        assert_eq!(parse_percent(" 0.5 "), Ok(0.5));
+        assert_eq!(parse_percent("0.000001"), Ok(MIN_PERCENT));
+    }
 }

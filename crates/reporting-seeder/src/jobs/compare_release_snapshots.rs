@@ -5,7 +5,7 @@ use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
 
 use crate::cli::args::OutputFormat;
 use crate::cli::context::{run_error, AppContext};
-use crate::processors::run::RunError;
+use crate::processors::run::{connect, RunError};
 use crate::processors::snapshot::{
     compare, fraction, incomparable, render_compare, FailOn, Thresholds,
 };
@@ -62,6 +62,16 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             ));
         }
         let app = AppContext::from_env(&ctx.env)?;
+        // Like every job but plan: pending migrations first (they create the snapshot table).
+        {
+            let mut session = connect(app.store.as_ref()).await.map_err(run_error)?;
+            session.migrate().await.map_err(|error| {
+                run_error(RunError::Database {
+                    context: "applying migrations",
+                    error,
+                })
+            })?;
+        }
         let mut repo = app.store.snapshots().await.map_err(|e| {
             if e.is_configuration() {
                 run_error(RunError::Configuration(e))

@@ -58,13 +58,7 @@ pub async fn capture(
                 .collect(),
         ),
         agency_id: Some(view.record.agency_id),
-        agency_slug: Some(
-            view.record
-                .agency_slug
-                .chars()
-                .take(AGENCY_SLUG_MAX)
-                .collect(),
-        ),
+        agency_slug: Some(slugs_that_fit(&view.record.agency_slug)),
         release_tag: options.release_tag.clone(),
         release_version: options.release_version.clone(),
         status: "success".into(),
@@ -81,7 +75,18 @@ pub async fn capture(
         percent,
         seed: (snapshot.id.as_u128() % 1_000_000_007) as f64,
     });
-    match gather(repo, view, options, sample).await {
+    // Every statement of the snapshot reads one database snapshot, and the view's read lock,
+    // taken by the first count, is held to the end: a refresh committing between two passes over
+    // a wide view, or between the counts and the top values, cannot mix two contents.
+    let gathered = match repo.snapshot_read_begin().await {
+        Ok(()) => {
+            let gathered = gather(repo, view, options, sample).await;
+            let ended = repo.snapshot_read_end().await;
+            gathered.and_then(|g| ended.map(|()| g))
+        }
+        Err(e) => Err(e),
+    };
+    match gathered {
         Ok((columns, rows, stats)) => {
             snapshot.total_rows = rows;
             snapshot.total_columns = i32::try_from(columns.len()).unwrap_or(i32::MAX);
@@ -100,6 +105,33 @@ pub async fn capture(
     snapshot.execution_duration_ms = i32::try_from(began.elapsed().as_millis()).unwrap_or(i32::MAX);
     repo.insert_snapshot(&snapshot).await?;
     Ok(snapshot)
+}
+
+/// A shared canned view's comma-separated agency slugs, cut to the column's width at a comma, so
+/// no slug is stored cut in the middle (a single slug too long for the column is cut).
+fn slugs_that_fit(slugs: &str) -> String {
+    if slugs.chars().count() <= AGENCY_SLUG_MAX {
+        return slugs.to_string();
+    }
+    let mut out = String::new();
+    for slug in slugs.split(',') {
+        let wanted = if out.is_empty() {
+            slug.chars().count()
+        } else {
+            out.chars().count() + 1 + slug.chars().count()
+        };
+        if wanted > AGENCY_SLUG_MAX {
+            break;
+        }
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(slug);
+    }
+    if out.is_empty() {
+        out = slugs.chars().take(AGENCY_SLUG_MAX).collect();
+    }
+    out
 }
 
 /// `count` scaled from the sample to the whole view (rounded); unchanged without a sample.
@@ -200,6 +232,13 @@ pub fn fraction(s: &str) -> Option<f64> {
     s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0)
 }
 
+/// Whether a change is more than a threshold. Changes are differences of binary fractions
+/// (0.65 − 0.60 is 0.05000000000000004), so a change equal to the threshold up to rounding is
+/// not more than it, whichever way it goes.
+fn exceeds(change: f64, limit: f64) -> bool {
+    change.abs() > limit + 1e-9
+}
+
 /// What `--fail-on` makes a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct FailOn {
@@ -217,8 +256,13 @@ impl std::str::FromStr for FailOn {
     type Err = String;
     fn from_str(s: &str) -> Result<FailOn, String> {
         let mut f = FailOn::default();
+        let mut seen = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (kind, value) = part.split_once(':').unwrap_or((part, ""));
+            if seen.contains(&kind) {
+                return Err(format!("{kind} is given twice: give each check once"));
+            }
+            seen.push(kind);
             let number = || {
                 fraction(value)
                     .ok_or_else(|| format!("{part:?}: expected {kind}:<fraction>, e.g. {kind}:0.1"))
@@ -235,6 +279,13 @@ impl std::str::FromStr for FailOn {
                 }
             }
         }
+        if seen.is_empty() {
+            // An empty list (an unset variable in a CI script) would quietly gate nothing.
+            return Err(
+                "no check given: expected schema, rows:<fraction>, nulls:<fraction> or distinct:<fraction>, comma-separated"
+                    .into(),
+            );
+        }
         Ok(f)
     }
 }
@@ -245,6 +296,9 @@ impl std::str::FromStr for FailOn {
 fn legacy(s: &Snapshot) -> bool {
     s.column_stats.is_array()
 }
+
+/// The old tool's (`information_schema`'s) name for enums, domains and composite types.
+const USER_DEFINED: &str = "USER-DEFINED";
 
 /// A type as the old tool recorded it: without modifiers, and arrays as `ARRAY`.
 fn plain_type(t: &str) -> String {
@@ -373,8 +427,10 @@ pub fn compare(
     let mut notes = Vec::new();
     if plain {
         notes.push(
-            "one snapshot was written by the old tool: types are compared without modifiers and \
-             the schema is compared column by column (its hash is computed differently)"
+            "one snapshot was written by the old tool: types are compared without modifiers \
+             (USER-DEFINED, its name for enums and domains, matches any type), the schema is \
+             compared column by column (its hash is computed differently), and top values are \
+             not compared (it kept five, typed, without NULL)"
                 .to_string(),
         );
     }
@@ -406,6 +462,9 @@ pub fn compare(
     let retyped: Vec<Value> = new_order
         .iter()
         .filter_map(|c| match (old_types.get(c), new_types.get(c)) {
+            // The old tool recorded enums, domains and composite types as `USER-DEFINED`: it
+            // names no type, so it is not a retype.
+            (Some(a), Some(b)) if plain && (a == USER_DEFINED || b == USER_DEFINED) => None,
             (Some(a), Some(b)) if a != b => Some(json!({"column": c, "from": a, "to": b})),
             _ => None,
         })
@@ -431,7 +490,7 @@ pub fn compare(
         ) {
             let d = b - a;
             worst_null = worst_null.max(d.abs());
-            if d.abs() > thresholds.null_fraction {
+            if exceeds(d, thresholds.null_fraction) {
                 nulls.push(json!({"column": c, "from": a, "to": b, "delta": d}));
             }
         }
@@ -450,11 +509,13 @@ pub fn compare(
                 (b - a) / a
             };
             worst_distinct = worst_distinct.max(rel.abs());
-            if rel.abs() > thresholds.distinct {
+            if exceeds(rel, thresholds.distinct) {
                 distinct.push(json!({"column": c, "from": count_json(a), "to": count_json(b), "delta_fraction": if rel.is_finite() { json!(rel) } else { Value::Null }}));
             }
         }
-        if let (Some(a), Some(b)) = (top(base, c), top(new, c)) {
+        // The old tool kept five top values, without NULL, as typed JSON values: its lists are not
+        // comparable with ten text values, so they are not compared (a note says so).
+        if let (false, Some(a), Some(b)) = (plain, top(base, c), top(new, c)) {
             let values = |t: &[(Value, i64)]| t.iter().map(|(v, _)| v.clone()).collect::<Vec<_>>();
             let (va, vb) = (values(&a), values(&b));
             let entered: Vec<&Value> = vb.iter().filter(|v| !va.contains(v)).collect();
@@ -467,7 +528,7 @@ pub fn compare(
     let schema_changed =
         !added.is_empty() || !removed.is_empty() || !retyped.is_empty() || reordered;
     let schema_hash_equal = if plain {
-        base_cols == new_cols
+        !schema_changed
     } else {
         base.schema_hash == new.schema_hash
     };
@@ -476,17 +537,17 @@ pub fn compare(
         failures.push("schema changed".to_string());
     }
     if let Some(limit) = fail_on.rows {
-        if row_pct.is_none_or(|p| p.abs() > limit) {
+        if row_pct.is_none_or(|p| exceeds(p, limit)) {
             failures.push(format!("row count changed by more than {limit}"));
         }
     }
     if let Some(limit) = fail_on.nulls {
-        if worst_null > limit {
+        if exceeds(worst_null, limit) {
             failures.push(format!("a null fraction changed by more than {limit}"));
         }
     }
     if let Some(limit) = fail_on.distinct {
-        if worst_distinct > limit {
+        if exceeds(worst_distinct, limit) {
             failures.push(format!("a distinct count changed by more than {limit}"));
         }
     }
@@ -643,6 +704,172 @@ pub fn render_compare(doc: &Value) -> String {
 mod tests {
     use super::*;
 
+    /// Records the calls a capture makes; `fail_counts` makes the counts fail.
+    #[derive(Default)]
+    struct Recorder {
+        calls: Vec<String>,
+        width: usize,
+        fail_counts: bool,
+        stored: Vec<Snapshot>,
+    }
+
+    #[async_trait::async_trait]
+    impl Snapshots for Recorder {
+        async fn snapshot_read_begin(&mut self) -> Result<(), DbError> {
+            self.calls.push("begin".into());
+            Ok(())
+        }
+        async fn snapshot_read_end(&mut self) -> Result<(), DbError> {
+            self.calls.push("end".into());
+            Ok(())
+        }
+        async fn snapshot_columns(&mut self, _: Rel<'_>) -> Result<Vec<(String, String)>, DbError> {
+            self.calls.push("columns".into());
+            Ok((0..self.width)
+                .map(|i| (format!("c{i}"), "integer".to_string()))
+                .collect())
+        }
+        async fn snapshot_counts(
+            &mut self,
+            _: Rel<'_>,
+            columns: &[(String, String)],
+            _: Option<Sample>,
+        ) -> Result<(i64, Vec<(i64, i64)>), DbError> {
+            self.calls.push(format!("counts {}", columns.len()));
+            if self.fail_counts {
+                return Err(DbError::other(
+                    "canceling statement due to statement timeout".into(),
+                ));
+            }
+            Ok((10, columns.iter().map(|_| (10, 3)).collect()))
+        }
+        async fn snapshot_top_values(
+            &mut self,
+            _: Rel<'_>,
+            column: &str,
+            _: i64,
+            _: Option<Sample>,
+        ) -> Result<Vec<(Option<String>, i64)>, DbError> {
+            self.calls.push(format!("top {column}"));
+            Ok(vec![(Some("1".into()), 10)])
+        }
+        async fn insert_snapshot(&mut self, s: &Snapshot) -> Result<(), DbError> {
+            self.calls.push("insert".into());
+            self.stored.push(s.clone());
+            Ok(())
+        }
+        async fn snapshot_by_id(&mut self, _: uuid::Uuid) -> Result<Option<Snapshot>, DbError> {
+            Ok(None)
+        }
+        async fn snapshot_by_tag(&mut self, _: &str, _: &str) -> Result<Option<Snapshot>, DbError> {
+            Ok(None)
+        }
+    }
+
+    fn one_view(slug: &str) -> PlannedView {
+        let row = crate::repositories::ManifestRow {
+            report_type: crate::repositories::ReportType::Custom,
+            manifest_id: 7,
+            report_id: None,
+            table_name: "reporting.wide".into(),
+            report_name: "wide".into(),
+            agency_id: 1,
+            agency_slug: slug.into(),
+            query: "SELECT 1 AS c0".into(),
+            enabled: true,
+            statement_timeout: None,
+            lock_timeout: None,
+        };
+        let planned = super::super::planner::plan(&[row], &Default::default());
+        match planned {
+            Ok(mut p) => p.views.remove(0),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn every_read_of_a_capture_is_in_one_transaction_ended_before_the_insert() {
+        let options = CaptureOptions {
+            release_tag: "r1".into(),
+            top_values_columns: vec!["c1".into()],
+            ..Default::default()
+        };
+        let mut repo = Recorder {
+            width: COLUMNS_PER_PASS + 1,
+            ..Default::default()
+        };
+        let s = capture(&mut repo, &one_view("gotham"), &options)
+            .await
+            .unwrap();
+        assert_eq!(s.status, "success");
+        assert_eq!(
+            repo.calls,
+            [
+                "begin",
+                "columns",
+                &format!("counts {COLUMNS_PER_PASS}"),
+                "counts 1",
+                "top c1",
+                "end",
+                "insert"
+            ]
+        );
+
+        // A failed read still ends the transaction before the error snapshot is stored.
+        let mut repo = Recorder {
+            width: 3,
+            fail_counts: true,
+            ..Default::default()
+        };
+        let s = capture(&mut repo, &one_view("gotham"), &options)
+            .await
+            .unwrap();
+        assert_eq!(s.status, "error");
+        assert_eq!(
+            repo.calls,
+            ["begin", "columns", "counts 3", "end", "insert"]
+        );
+    }
+
+    #[test]
+    fn shared_views_slugs_are_cut_at_a_comma() {
+        let many: Vec<String> = (0..8).map(|i| format!("police_department_{i}")).collect();
+        let cut = slugs_that_fit(&many.join(","));
+        assert!(cut.chars().count() <= AGENCY_SLUG_MAX, "{cut}");
+        assert_eq!(cut, many[..3].join(","));
+        assert_eq!(slugs_that_fit("gotham,metropolis"), "gotham,metropolis");
+        let long = "x".repeat(AGENCY_SLUG_MAX + 5);
+        assert_eq!(slugs_that_fit(&long).chars().count(), AGENCY_SLUG_MAX);
+    }
+
+    #[test]
+    fn a_change_equal_to_the_threshold_is_not_more_than_it() {
+        let stats =
+            |x: f64| json!({"x": {"null_fraction": x, "null_count": 0, "distinct_count": 1}});
+        let a = snap("a", 20, &[("x", "text")], stats(0.60));
+        for to in [0.65, 0.55] {
+            let b = snap("b", 20, &[("x", "text")], stats(to));
+            let fail_on = FailOn {
+                nulls: Some(0.05),
+                ..Default::default()
+            };
+            let (doc, failed) = compare(&a, &b, Thresholds::default(), fail_on);
+            assert!(!failed, "{to}: {doc}");
+            assert_eq!(doc["null_fraction_changes"], json!([]), "{to}");
+        }
+        let b = snap("b", 20, &[("x", "text")], stats(0.66));
+        let (_, failed) = compare(
+            &a,
+            &b,
+            Thresholds::default(),
+            FailOn {
+                nulls: Some(0.05),
+                ..Default::default()
+            },
+        );
+        assert!(failed);
+    }
+
     fn snap(tag: &str, rows: i64, cols: &[(&str, &str)], stats: Value) -> Snapshot {
         Snapshot {
             id: uuid::Uuid::new_v4(),
@@ -758,7 +985,11 @@ mod tests {
         let mut old = snap(
             "r1",
             10,
-            &[("id", "integer"), ("name", "character varying")],
+            &[
+                ("id", "integer"),
+                ("name", "character varying"),
+                ("m", "USER-DEFINED"),
+            ],
             json!({}),
         );
         old.column_stats = json!([
@@ -770,7 +1001,11 @@ mod tests {
         let new = snap(
             "r2",
             10,
-            &[("id", "integer"), ("name", "character varying(20)")],
+            &[
+                ("id", "integer"),
+                ("name", "character varying(20)"),
+                ("m", "mood"),
+            ],
             json!({
                 "id": {"null_fraction": 0.24, "distinct_count": 50},
                 "name": {"null_fraction": 0.0, "distinct_count": 1, "top_values": [{"value": "y", "count": 10}]},
@@ -787,8 +1022,13 @@ mod tests {
         assert_eq!(doc["columns_retyped"], json!([]));
         assert_eq!(doc["null_fraction_changes"][0]["column"], "id");
         assert_eq!(doc["distinct_count_changes"][0]["from"], 5);
-        assert_eq!(doc["top_value_changes"][0]["entered"], json!(["y"]));
-        assert!(doc["notes"][0].as_str().unwrap().contains("old tool"));
+        // The old tool's top values (five, typed, no NULL) are not compared with ten text ones.
+        assert_eq!(doc["top_value_changes"], json!([]));
+        let note = doc["notes"][0].as_str().unwrap();
+        assert!(
+            note.contains("old tool") && note.contains("top values are not compared"),
+            "{note}"
+        );
     }
 
     #[test]
@@ -867,5 +1107,12 @@ mod tests {
         assert!("colour:1".parse::<FailOn>().is_err());
         assert!("nulls:-1".parse::<FailOn>().is_err());
         assert!("nulls:NaN".parse::<FailOn>().is_err());
+        for gates_nothing in ["", " ", ","] {
+            assert!(
+                gates_nothing.parse::<FailOn>().is_err(),
+                "{gates_nothing:?}"
+            );
+        }
+        assert!("rows:0.1,rows:0.5".parse::<FailOn>().is_err());
     }
 }

@@ -231,9 +231,16 @@ pub async fn by_tag(client: &Client, view: &str, tag: &str) -> Result<Option<Sna
         .transpose()
 }
 
+const BEGIN_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+
 /// What the snapshot jobs need from the database.
 #[async_trait::async_trait]
 pub trait Snapshots: Send {
+    /// Starts the read-only transaction one snapshot's statistics are read in: one database
+    /// snapshot for all of them, and the view's read lock held from the first read to the end.
+    async fn snapshot_read_begin(&mut self) -> Result<(), DbError>;
+    /// Ends it (it changed nothing: rolled back).
+    async fn snapshot_read_end(&mut self) -> Result<(), DbError>;
     async fn snapshot_columns(&mut self, view: Rel<'_>) -> Result<Vec<(String, String)>, DbError>;
     async fn snapshot_counts(
         &mut self,
@@ -256,6 +263,18 @@ pub trait Snapshots: Send {
 
 #[async_trait::async_trait]
 impl Snapshots for super::PgSession {
+    async fn snapshot_read_begin(&mut self) -> Result<(), DbError> {
+        self.client()
+            .batch_execute(BEGIN_READ)
+            .await
+            .map_err(DbError::from)
+    }
+    async fn snapshot_read_end(&mut self) -> Result<(), DbError> {
+        self.client()
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(DbError::from)
+    }
     async fn snapshot_columns(&mut self, view: Rel<'_>) -> Result<Vec<(String, String)>, DbError> {
         columns(self.client(), view).await
     }
