@@ -240,6 +240,67 @@ async fn after_sigkill_the_next_run_recovers() {
     assert_eq!(v, 3);
 }
 
+/// A run killed before it reached most of its views left no row for them: `retry` of it still
+/// reruns them (the run recorded its selection when it started), and the killed run's record
+/// counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_sigkill_reruns_the_views_the_dead_run_never_reached() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    for i in 0..3 {
+        db.custom(
+            &format!("reporting.slow{i}"),
+            "gotham",
+            1,
+            "SELECT 1 AS id FROM (SELECT pg_sleep(0.5)) s",
+        )
+        .await;
+    }
+    let mut child = db.spawn(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "1")]);
+    db.wait_active("%pg_sleep(0.5)%", 1).await;
+    let killed_run = db.last_run_id().await;
+    signal(&child, "KILL");
+    let _ = child.wait().await;
+    db.wait_tool_gone().await;
+
+    let out = db.run(&["run", "retry"], &[]).await;
+    assert_exit(&out, 0);
+    let mut retried = statuses(&db).await;
+    retried.sort();
+    assert_eq!(
+        retried,
+        (0..3)
+            .map(|i| (format!("reporting.slow{i}"), "success".to_string()))
+            .collect::<Vec<_>>(),
+        "{}",
+        stdout(&out)
+    );
+    let c = db.client().await;
+    let (status, views): (String, i32) = {
+        let r = c
+            .query_one(
+                "SELECT status, views FROM reporting.seeder_run WHERE run_id = $1",
+                &[&killed_run],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((status.as_str(), views), ("abandoned", 3));
+    // How long the dead run worked on its view is not known, so no duration is recorded.
+    let durations: Vec<Option<i64>> = c
+        .query(
+            "SELECT duration_ms FROM reporting.seeder_view_run WHERE run_id = $1 AND status = 'abandoned'",
+            &[&killed_run],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(durations, [None]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_cancels_running_statements_on_the_server() {
     let db = TestDb::new().await;

@@ -626,7 +626,10 @@ async fn bookkeeping_commits_leave_the_sessions_durability_as_configured() {
         agency_id: 1,
         agency_slug: "gotham".into(),
     };
-    session.begin_run("r1", "refresh_all", "").await.unwrap();
+    session
+        .begin_run("r1", "refresh_all", "", &[])
+        .await
+        .unwrap();
     let id = session.record_start(routes, "r1", &view).await.unwrap();
     assert_eq!(
         show(&session, "synchronous_commit").await,

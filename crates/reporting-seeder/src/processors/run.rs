@@ -737,7 +737,8 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             tracing::info!(retried_run = %retried, views = prepared.views.len(), "retrying the views that failed or were skipped");
         }
         let run_id = uuid::Uuid::new_v4().to_string();
-        main.start_run(&run_id, job, arguments)
+        let keys: Vec<String> = prepared.views.iter().map(|v| v.key.clone()).collect();
+        main.start_run(&run_id, job, arguments, &keys)
             .await
             .map_err(|e| match e {
                 StartRunError::Record(e) => at("recording the run")(e),
@@ -785,12 +786,6 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 asked: AtomicUsize::new(0),
             },
         });
-        let keys: Vec<String> = shared
-            .prepared
-            .views
-            .iter()
-            .map(|v| v.key.clone())
-            .collect();
         self.progress.begin(
             &keys,
             &shared.prepared.expected_ms,

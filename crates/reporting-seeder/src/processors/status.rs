@@ -192,7 +192,9 @@ pub fn render_view_runs(rows: &[ViewRunRow]) -> String {
             r.table.clone(),
             r.status.clone(),
             r.action.clone().unwrap_or_else(|| "-".into()),
-            format!("{} ms", r.duration_ms),
+            r.duration_ms
+                .map(|ms| format!("{ms} ms"))
+                .unwrap_or_else(|| "-".into()),
             r.rows.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
             r.attempts.to_string(),
             r.error

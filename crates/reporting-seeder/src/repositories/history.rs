@@ -120,8 +120,9 @@ pub async fn routes(client: &Client) -> Result<HistoryRoutes, DbError> {
 }
 
 const BEGIN_RUN: &str =
-    "INSERT INTO reporting.seeder_run (run_id, job, arguments, started_at, status, host, pid)
-     VALUES ($1, $2, $3, now(), 'running', $4, $5)";
+    "INSERT INTO reporting.seeder_run (run_id, job, arguments, started_at, status, host, pid,
+         views, selected)
+     VALUES ($1, $2, $3, now(), 'running', $4, $5, cardinality($6::text[]), $6)";
 
 /// The run's `running` row, written once per run: sent with its parameter types in one round
 /// trip rather than prepared.
@@ -130,6 +131,7 @@ pub async fn begin_run(
     run_id: &str,
     job: &str,
     arguments: &str,
+    selected: &[String],
 ) -> Result<(), DbError> {
     let host = std::env::var("HOSTNAME").ok();
     let pid = i32::try_from(std::process::id()).unwrap_or_default();
@@ -142,6 +144,7 @@ pub async fn begin_run(
                 (&arguments, Type::TEXT),
                 (&host, Type::TEXT),
                 (&pid, Type::INT4),
+                (&selected, Type::TEXT_ARRAY),
             ],
         )
         .await?;
@@ -426,7 +429,7 @@ pub async fn last_run_id(client: &Client) -> Result<Option<String>, DbError> {
 
 /// The views of a run that did not end in success: `error`, `skipped` or `cancelled`, and those
 /// it never finished (its history row still `running`, or `abandoned` by a later run's
-/// recovery). `None` when no such run is recorded.
+/// recovery, or no row at all: selected, and never reached by a run that was killed). `None` when no such run is recorded.
 pub async fn unfinished_views(
     client: &Client,
     run_id: &str,
@@ -445,6 +448,12 @@ pub async fn unfinished_views(
         .query(
             "SELECT table_name FROM reporting.seeder_view_run
              WHERE run_id = $1 AND status IN ('error', 'skipped', 'cancelled', 'abandoned')
+             UNION
+             -- What a killed run selected but never reached (recorded at its start).
+             SELECT k FROM reporting.seeder_run r, unnest(r.selected) AS k
+             WHERE r.run_id = $1 AND NOT EXISTS (
+                 SELECT 1 FROM reporting.seeder_view_run v
+                 WHERE v.run_id = $1 AND v.table_name = k AND v.status = 'success')
              UNION
              (SELECT h.table_name::text FROM reporting.seeder_run_history h
               WHERE h.run_id = $1 AND h.status::text IN ('running', 'abandoned')

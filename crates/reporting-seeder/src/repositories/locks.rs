@@ -163,8 +163,8 @@ const ABANDON: &str = "
         -- The per-view rows `history` and `retry` read, which the dead run never wrote.
         INSERT INTO reporting.seeder_view_run (run_id, table_name, history_table, history_id,
             report_type, status, duration_ms, error, finished_at, attempts)
-        SELECT $1, h.table_name, h.history_table, h.id, h.report_type, 'abandoned',
-               greatest(0, (extract(epoch FROM now() - h.start_time) * 1000)::bigint),
+        -- No duration: when the dead run stopped working on the view is not known.
+        SELECT $1, h.table_name, h.history_table, h.id, h.report_type, 'abandoned', NULL,
                h.errors, now(), 1
         FROM (SELECT *, 'reporting.seeder_run_history' AS history_table FROM h1
               UNION ALL
@@ -174,9 +174,18 @@ const ABANDON: &str = "
     ), r AS (
         -- Still running: a run that recorded its end (and then let its lock go) since the list
         -- of running runs was read is left as it ended.
+        -- The views it selected (recorded at its start since migration 7), and what it
+        -- finished of them.
         UPDATE reporting.seeder_run SET status = 'abandoned', finished_at = now(),
-            views = (SELECT count(*) FROM reporting.seeder_view_run WHERE run_id = $1)
-                    + (SELECT count(*) FROM v)
+            views = coalesce(cardinality(selected),
+                             (SELECT count(*) FROM reporting.seeder_view_run WHERE run_id = $1)
+                             + (SELECT count(*) FROM v)),
+            succeeded = (SELECT count(*) FROM reporting.seeder_view_run
+                         WHERE run_id = $1 AND status = 'success'),
+            failed = (SELECT count(*) FROM reporting.seeder_view_run
+                      WHERE run_id = $1 AND status = 'error'),
+            skipped = (SELECT count(*) FROM reporting.seeder_view_run
+                       WHERE run_id = $1 AND status = 'skipped')
         WHERE run_id = $1 AND status = 'running' AND (SELECT got FROM l)
         RETURNING 1
     )

@@ -36,6 +36,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "statement_index",
         include_str!("../../migrations/V6__statement_index.sql"),
     ),
+    (
+        7,
+        "run_selection",
+        include_str!("../../migrations/V7__run_selection.sql"),
+    ),
 ];
 
 /// "reporting-seeder migrations", as a fixed advisory-lock key.

@@ -96,7 +96,14 @@ pub trait Session: Send {
     /// The views that ended `error` or `skipped` in `run_id`.
     async fn unfinished_views(&mut self, run_id: &str) -> Result<Option<Vec<String>>, DbError>;
 
-    async fn begin_run(&mut self, run_id: &str, job: &str, arguments: &str) -> Result<(), DbError>;
+    /// The run's `running` row, with the views it selected.
+    async fn begin_run(
+        &mut self,
+        run_id: &str,
+        job: &str,
+        arguments: &str,
+        selected: &[String],
+    ) -> Result<(), DbError>;
     async fn finish_run(
         &mut self,
         run_id: &str,
@@ -235,9 +242,10 @@ pub trait Session: Send {
         run_id: &str,
         job: &str,
         arguments: &str,
+        selected: &[String],
     ) -> Result<(), StartRunError> {
         self.lock_run(run_id).await.map_err(StartRunError::Lock)?;
-        self.begin_run(run_id, job, arguments)
+        self.begin_run(run_id, job, arguments, selected)
             .await
             .map_err(StartRunError::Record)
     }
@@ -507,8 +515,14 @@ impl Session for PgSession {
     async fn unfinished_views(&mut self, run_id: &str) -> Result<Option<Vec<String>>, DbError> {
         history::unfinished_views(&self.conn, run_id).await
     }
-    async fn begin_run(&mut self, run_id: &str, job: &str, arguments: &str) -> Result<(), DbError> {
-        history::begin_run(&self.conn, run_id, job, arguments).await
+    async fn begin_run(
+        &mut self,
+        run_id: &str,
+        job: &str,
+        arguments: &str,
+        selected: &[String],
+    ) -> Result<(), DbError> {
+        history::begin_run(&self.conn, run_id, job, arguments, selected).await
     }
     async fn finish_run(
         &mut self,
@@ -610,6 +624,7 @@ impl Session for PgSession {
         run_id: &str,
         job: &str,
         arguments: &str,
+        selected: &[String],
     ) -> Result<(), StartRunError> {
         // Sent together (each with its parameter types: nothing to prepare first) and run in
         // order, the lock first: no other run's recovery can find the row of a run whose lock is
@@ -617,7 +632,7 @@ impl Session for PgSession {
         let conn = &self.conn;
         let (locked, recorded) = tokio::join!(
             locks::lock_run(conn, run_id),
-            history::begin_run(conn, run_id, job, arguments)
+            history::begin_run(conn, run_id, job, arguments, selected)
         );
         locked.map_err(StartRunError::Lock)?;
         recorded.map_err(StartRunError::Record)

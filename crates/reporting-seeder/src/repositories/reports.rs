@@ -22,7 +22,8 @@ const STATUS: &str = "
            to_char(ls.at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
            extract(epoch FROM now() - ls.at)::float8,
            (SELECT v.duration_ms FROM reporting.seeder_view_run v
-            WHERE v.table_name = k.t ORDER BY v.finished_at DESC LIMIT 1)
+            WHERE v.table_name = k.t AND v.duration_ms IS NOT NULL
+            ORDER BY v.finished_at DESC LIMIT 1)
     FROM unnest($1::text[]) WITH ORDINALITY AS k(t, n)
     LEFT JOIN LATERAL (
         SELECT status::text AS status, consecutive_failures, last_errors, updated_at
@@ -73,10 +74,14 @@ pub struct RunRow {
 }
 
 impl RunRow {
-    /// Views the run counted but did not finish: stopped by a signal (the table has no column
-    /// for them).
+    /// Views a run stopped by a signal counted but did not finish (the table has no column for
+    /// them); 0 for other runs (a running or abandoned run's others are not known to be done).
     pub fn cancelled(&self) -> i32 {
-        (self.views - self.succeeded - self.failed - self.skipped).max(0)
+        if self.status == "cancelled" {
+            (self.views - self.succeeded - self.failed - self.skipped).max(0)
+        } else {
+            0
+        }
     }
 }
 
@@ -118,7 +123,8 @@ pub struct ViewRunRow {
     pub report_type: String,
     pub status: String,
     pub action: Option<String>,
-    pub duration_ms: i64,
+    /// None for a view a killed run abandoned: how long it worked on it is not known.
+    pub duration_ms: Option<i64>,
     pub rows: Option<i64>,
     pub bytes: Option<i64>,
     pub attempts: i32,
