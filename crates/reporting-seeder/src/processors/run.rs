@@ -1040,6 +1040,26 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 
 type Task = std::pin::Pin<Box<dyn std::future::Future<Output = TaskResult> + Send>>;
 
+/// After a signal: cancels the session's running statement on the server, and again every
+/// 100 ms until `work` ends. A cancel that arrives between two of a rebuild's statements (or
+/// before the first reached the server) finds nothing running; the next one stops the statement
+/// that followed, so no long statement runs to its end after a signal.
+async fn cancel_until_done<F: std::future::Future>(
+    mut work: std::pin::Pin<&mut F>,
+    canceller: Option<&crate::repositories::Canceller>,
+) -> F::Output {
+    let Some(canceller) = canceller else {
+        return work.await;
+    };
+    loop {
+        canceller.cancel().await;
+        tokio::select! {
+            r = &mut work => return r,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
 /// Called when view `i`'s upstreams are done and a worker slot is free: decides whether it runs.
 fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Task, TaskResult> {
     let view = &shared.prepared.views[i];
@@ -1342,11 +1362,8 @@ async fn refresh_with_retries<C: Clock>(
                 tokio::select! {
                     r = &mut wait => r,
                     _ = shared.interrupt.cancelled() => {
-                        if let Some(c) = &canceller {
-                            c.cancel().await;
-                        }
                         // Taken just before the cancel arrived: end_view gives it back.
-                        if wait.await.is_ok() {
+                        if cancel_until_done(wait, canceller.as_ref()).await.is_ok() {
                             done.locked = true;
                         }
                         Err(Outcome {
@@ -1381,6 +1398,12 @@ async fn refresh_with_retries<C: Clock>(
         let Some(session) = done.session.as_mut() else {
             continue;
         };
+        // A signal that came while the view was getting ready: nothing of it has run yet.
+        if shared.interrupt.is_interrupted() {
+            guard.record(BreakerOutcome::OwnError);
+            done.outcome = not_started(&shared.interrupt);
+            return done;
+        }
         // The recorded duration is the view's own work.
         let work_began = Instant::now();
         let rel = Rel {
@@ -1408,12 +1431,7 @@ async fn refresh_with_retries<C: Clock>(
             tokio::pin!(work);
             tokio::select! {
                 r = &mut work => r,
-                _ = shared.interrupt.cancelled() => {
-                    if let Some(c) = &canceller {
-                        c.cancel().await;
-                    }
-                    work.await
-                }
+                _ = shared.interrupt.cancelled() => cancel_until_done(work, canceller.as_ref()).await,
             }
         };
         match result {

@@ -196,13 +196,18 @@ where
 }
 
 pub async fn drop_if_exists(client: &Client, view: Rel<'_>) -> Result<(), DbError> {
-    client
-        .batch_execute(&format!(
-            "DROP MATERIALIZED VIEW IF EXISTS {}",
-            view.quoted()
-        ))
-        .await?;
-    Ok(())
+    let sql = format!("DROP MATERIALIZED VIEW IF EXISTS {}", view.quoted());
+    // After a signal the run cancels this session's statements until the view's work ends; a
+    // cleanup caught by one of those cancels is tried again (a DROP takes far less than the
+    // 100 ms between cancels).
+    let mut tries = 0;
+    loop {
+        match client.batch_execute(&sql).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 3 && e.code() == Some(&SqlState::QUERY_CANCELED) => tries += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 const OLD_VIEW: &str = "
