@@ -602,6 +602,8 @@ async fn throttle<C: Clock>(shared: Arc<Shared<C>>, started: usize) {
 /// What a task hands back: the result, and whether its history is already written.
 struct TaskResult {
     result: ViewResult,
+    /// Skipped because another run refreshed it since this run started: its readers may run.
+    up_to_date: bool,
     history: Option<HistoryId>,
     recorded: bool,
 }
@@ -802,7 +804,8 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 shared.settle();
                 start_view(&shared, i)
             },
-            |t: &TaskResult| t.result.outcome.status == "success",
+            // A view another run has just refreshed is as good as refreshed for its readers.
+            |t: &TaskResult| t.result.outcome.status == "success" || t.up_to_date,
             |i, failed| {
                 shared.settle();
                 let outcome = if shared.interrupt.is_interrupted() {
@@ -842,6 +845,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                     outcome: failed(0, format!("internal error, please report it: {panic}")),
                 },
                 history: None,
+                up_to_date: false,
                 recorded: false,
             });
             if !task.recorded {
@@ -1157,6 +1161,7 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
                 outcome: outcome.outcome,
             },
             history: outcome.history,
+            up_to_date: outcome.up_to_date,
             recorded,
         }
     }.instrument(span)))
@@ -1180,6 +1185,7 @@ fn never_ran<C: Clock>(shared: &Shared<C>, i: usize, outcome: Outcome) -> TaskRe
             outcome,
         },
         history: None,
+        up_to_date: false,
         recorded: false,
     }
 }
@@ -1230,6 +1236,7 @@ async fn ready<C: Clock>(
     view: &PlannedView,
     session: &mut dyn Session,
     history: &mut Option<HistoryId>,
+    up_to_date: &mut bool,
     guard: &mut TicketGuard<'_, C>,
 ) -> Result<(), Outcome> {
     let mut fail = |what: &str, mut e: DbError| {
@@ -1262,6 +1269,7 @@ async fn ready<C: Clock>(
         }
         Ok(ViewLock::AlreadyDone(by)) => {
             guard.record(BreakerOutcome::OwnError);
+            *up_to_date = true;
             return Err(skipped(format!(
                 "already refreshed by run {by} since this run started"
             )));
@@ -1291,6 +1299,8 @@ struct Attempted {
     session: Option<Box<dyn Session>>,
     history: Option<HistoryId>,
     locked: bool,
+    /// Another run refreshed it since this run started (so it was skipped).
+    up_to_date: bool,
 }
 
 /// Takes the view's lock, records its start, then refreshes it, trying transient failures again
@@ -1312,6 +1322,7 @@ async fn refresh_with_retries<C: Clock>(
         session: None,
         history: None,
         locked: false,
+        up_to_date: false,
     };
     let mut errors: Vec<String> = Vec::new();
     // The worker's backend, for pg_stat_statements figures read from another session.
@@ -1357,7 +1368,14 @@ async fn refresh_with_retries<C: Clock>(
             // wait on the server too.
             let canceller = session.canceller();
             let readied = {
-                let wait = ready(shared, view, session.as_mut(), &mut done.history, guard);
+                let wait = ready(
+                    shared,
+                    view,
+                    session.as_mut(),
+                    &mut done.history,
+                    &mut done.up_to_date,
+                    guard,
+                );
                 tokio::pin!(wait);
                 tokio::select! {
                     r = &mut wait => r,
@@ -2019,6 +2037,7 @@ mod tests {
             manifest(1, "s.held", "SELECT 1"),
             manifest(2, "s.reads_held", "SELECT * FROM s.held"),
             manifest(3, "s.done", "SELECT 1"),
+            manifest(4, "s.reads_done", "SELECT * FROM s.done"),
         ]);
         s.state()
             .locked
@@ -2050,7 +2069,10 @@ mod tests {
             reasons[2].1.contains("already refreshed by run run-b"),
             "{reasons:?}"
         );
-        assert!(s.state().calls.is_empty(), "nothing ran");
+        // Another run has just refreshed s.done: its reader runs, on fresh data.
+        assert_eq!(reasons[3].0, "success", "{reasons:?}");
+        let ran: Vec<String> = s.state().calls.iter().map(|(_, k)| k.clone()).collect();
+        assert_eq!(ran, ["s.reads_done"]);
     }
 
     #[tokio::test]

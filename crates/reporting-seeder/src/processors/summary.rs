@@ -244,7 +244,13 @@ pub fn to_json(report: &RunReport, job: &str) -> serde_json::Value {
     serde_json::json!({
         "run_id": report.run_id,
         "job": job,
-        "status": if report.all_succeeded() { "success" } else { "failed" },
+        "status": if report.all_succeeded() {
+            "success"
+        } else if report.cancelled() > 0 {
+            "cancelled"
+        } else {
+            "failed"
+        },
         "wall_ms": u64::try_from(report.wall.as_millis()).unwrap_or(u64::MAX),
         "counts": {
             "views": c.views,
@@ -261,8 +267,9 @@ pub fn to_json(report: &RunReport, job: &str) -> serde_json::Value {
             "status": r.outcome.status,
             "action": r.outcome.action,
             "duration_ms": r.outcome.duration_ms,
-            "rows": r.outcome.rows,
-            "bytes": r.outcome.bytes,
+            // Known only for a view that was refreshed.
+            "rows": (r.outcome.status == "success").then_some(r.outcome.rows),
+            "bytes": (r.outcome.status == "success").then_some(r.outcome.bytes),
             "error": r.outcome.error,
         })).collect::<Vec<_>>(),
         "bookkeeping_errors": report.bookkeeping_errors,

@@ -265,9 +265,10 @@ fn finish_sql(routes: HistoryRoutes, report_type: ReportType, has_row: bool) -> 
         format!(
             "UPDATE {history}
              SET status = $7, duration_seconds = $8,
-                 -- Server time throughout, and the end of the work even when the row is
-                 -- written later (retried on the run's connection).
-                 finish_time = start_time + $15::bigint * interval '1 millisecond', records_processed = $9,
+                 -- Server time throughout: the row is written as the work ends (after every
+                 -- attempt: the duration is the last one's, so start plus duration would be
+                 -- early for a view that was retried).
+                 finish_time = now(), records_processed = $9,
                  bytes_processed = $10, errors = $11, consecutive_failures = (SELECT n FROM cf),
                  updated_at = now()
              WHERE id = $12
@@ -314,7 +315,10 @@ fn finish_sql(routes: HistoryRoutes, report_type: ReportType, has_row: bool) -> 
              report_type, status, action, duration_ms, rows, bytes, error, finished_at, attempts,
              db_exec_ms, shared_blks_hit, shared_blks_read, shared_blks_written, temp_blks_written,
              pgss_queryid, pgss_totals)
-         SELECT $1, $3, '{history}', h.id, $13, $7, $14, $15, $9, $10, $11, h.finish_time, $16,
+         SELECT $1, $3, '{history}', h.id, $13, $7, $14, $15,
+             -- The view's size is known only when it was refreshed (the old tables say 0).
+             CASE WHEN $7 = 'success' THEN $9::bigint END, CASE WHEN $7 = 'success' THEN $10::bigint END,
+             $11, h.finish_time, $16,
              $17, $18, $19, $20, $21, $22, $23
          FROM h
          ON CONFLICT (run_id, table_name) DO UPDATE SET
