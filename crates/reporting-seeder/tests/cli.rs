@@ -89,6 +89,9 @@ fn bad_settings_exit_2_naming_the_variable_before_connecting() {
         ("SEEDER_RESET_SECONDS", "soon"),
         ("SEEDER_REFRESH_CONCURRENTLY", "perhaps"),
         ("DB_PORT", "http"),
+        // Valid durations, but longer than PostgreSQL takes.
+        ("SEEDER_LOCK_TIMEOUT", "600h"),
+        ("SEEDER_STATEMENT_TIMEOUT", "3000000000"),
     ] {
         let out = bin()
             .env("DB_HOST", "127.0.0.1")

@@ -592,6 +592,39 @@ async fn a_live_run_that_lost_its_own_connection_is_not_taken_for_dead() {
     assert_eq!((run.as_str(), view.as_str()), ("success", "success"));
 }
 
+/// `--wait-for-locks` waits as long as the other run takes: the statement timeout is for the
+/// view's own statements, not for the wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_locks_outlasts_the_statement_timeout() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom(
+        "reporting.slow",
+        "gotham",
+        1,
+        "SELECT pg_sleep(1.5)::text AS s, 1 AS id",
+    )
+    .await;
+    let first = db.spawn(&["run", "refresh_all"], &[]);
+    db.wait_active("%pg_sleep(1.5)%", 1).await;
+    let out = db
+        .run(
+            &["run", "refresh_all", "--", "--wait-for-locks"],
+            &[("SEEDER_STATEMENT_TIMEOUT", "500ms")],
+        )
+        .await;
+    assert_exit(&first.wait_with_output().await.unwrap(), 0);
+    let (status, _, reason) = db.view_run("reporting.slow").await;
+    assert_eq!(status, "skipped", "{reason:?} {}", stderr(&out));
+    assert!(
+        reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("already refreshed"),
+        "{reason:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_ends_a_wait_for_another_runs_lock_at_once() {
     let db = TestDb::new().await;

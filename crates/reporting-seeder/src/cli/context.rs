@@ -9,7 +9,7 @@ use etl_core::db::{client_from_env, ConnectionSettings};
 use etl_core::{ConfigError, Env, ExitStatus, JobError};
 
 use super::args::{OutputArgs, OutputFormat, RefreshArgs};
-use crate::processors::planner::Selection;
+use crate::processors::planner::{Selection, TIMEOUT_MAX_MS};
 use crate::processors::run::{RunError, RunProcessor, RunReport, RunSettings};
 use crate::processors::summary;
 use crate::repositories::{PgStore, Store};
@@ -58,6 +58,20 @@ impl Settings {
             "expected a whole number of seconds",
         )?;
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        // Checked here, naming the variable, rather than refused by the server at connect.
+        let timeout = |name: &str, default: Duration| {
+            let t = ms(env.duration_or(name, default)?);
+            if t > TIMEOUT_MAX_MS {
+                return Err(ConfigError::Invalid {
+                    var: name.to_string(),
+                    value: env.get(name).unwrap_or_default().to_string(),
+                    expected: format!(
+                        "expected at most {TIMEOUT_MAX_MS}ms (about 24 days), PostgreSQL's largest timeout"
+                    ),
+                });
+            }
+            Ok(t)
+        };
         let batch = env.positive_or("SEEDER_BATCH_SIZE", 8)?;
         Ok(Settings {
             run: RunSettings {
@@ -65,10 +79,8 @@ impl Settings {
                 max_failures,
                 reset_after: Duration::from_secs(reset),
                 refresh_concurrently: env.bool_or("SEEDER_REFRESH_CONCURRENTLY", false)?,
-                statement_timeout_ms: ms(
-                    env.duration_or("SEEDER_STATEMENT_TIMEOUT", Duration::ZERO)?
-                ),
-                lock_timeout_ms: ms(env.duration_or("SEEDER_LOCK_TIMEOUT", Duration::from_secs(5))?),
+                statement_timeout_ms: timeout("SEEDER_STATEMENT_TIMEOUT", Duration::ZERO)?,
+                lock_timeout_ms: timeout("SEEDER_LOCK_TIMEOUT", Duration::from_secs(5))?,
                 max_retries: env.parse_or(
                     "SEEDER_MAX_RETRIES",
                     2u32,

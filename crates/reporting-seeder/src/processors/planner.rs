@@ -80,13 +80,18 @@ pub struct Timeouts {
     pub lock_ms: Option<u64>,
 }
 
+/// PostgreSQL keeps its timeouts as whole milliseconds in an `int`: about 24.8 days at most.
+pub const TIMEOUT_MAX_MS: u64 = i32::MAX as u64;
+
 /// A manifest's timeout column: a bare number of milliseconds or `30s`, `5min`…
 fn timeout(column: &str, raw: &Option<String>) -> Result<Option<u64>, String> {
     match raw.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
         None => Ok(None),
         Some(r) => etl_core::config::parse_duration(r)
-            .map(|d| Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
-            .ok_or_else(|| format!("invalid {column} {r:?}: expected milliseconds or a duration such as 30s or 5min")),
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .filter(|ms| *ms <= TIMEOUT_MAX_MS)
+            .map(Some)
+            .ok_or_else(|| format!("invalid {column} {r:?}: expected milliseconds or a duration such as 30s or 5min, at most {TIMEOUT_MAX_MS}ms (PostgreSQL's largest)")),
     }
 }
 

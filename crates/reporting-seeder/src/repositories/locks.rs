@@ -91,14 +91,18 @@ pub async fn try_lock_view(
     }
 }
 
-/// Waits for the view's lock (`--wait-for-locks`), however long the other run takes.
+/// Waits for the view's lock (`--wait-for-locks`), however long the other run takes: neither
+/// the lock timeout nor the statement timeout (both meant for the view's own statements) cuts
+/// the wait short.
 pub async fn wait_lock_view(
     client: &ClientWrapper,
     key: &str,
     run_id: &str,
 ) -> Result<ViewLock, DbError> {
     client
-        .batch_execute("SELECT set_config('lock_timeout', '0', false)")
+        .batch_execute(
+            "SELECT set_config('lock_timeout', '0', false), set_config('statement_timeout', '0', false)",
+        )
         .await?;
     let result = client
         .execute(
@@ -106,7 +110,9 @@ pub async fn wait_lock_view(
             &[&VIEW_CLASS, &key],
         )
         .await;
-    client.batch_execute("RESET lock_timeout").await?;
+    client
+        .batch_execute("RESET lock_timeout; RESET statement_timeout")
+        .await?;
     result?;
     match try_lock_view(client, key, run_id).await? {
         // Session locks stack: the second take must be given back.
