@@ -166,14 +166,60 @@ pub fn load_dotenv(path: &Path) -> Result<(), ConfigError> {
     }
     dotenvy::from_path(path).map_err(|err| ConfigError::DotEnv {
         path: path.display().to_string(),
-        // dotenvy's message names the line, never the value.
-        reason: err.to_string(),
+        reason: dotenv_reason(path, &err),
     })
+}
+
+/// Why `.env` could not be read, without its content: dotenvy's own message quotes the line,
+/// and the line may hold a password.
+fn dotenv_reason(path: &Path, err: &dotenvy::Error) -> String {
+    match err {
+        dotenvy::Error::LineParse(line, at) => {
+            let number = std::fs::read_to_string(path).ok().and_then(|text| {
+                text.lines()
+                    .position(|l| !line.is_empty() && l.contains(line.trim_end()))
+                    .map(|i| i + 1)
+            });
+            format!(
+                "{} is not NAME=value (at character {}); quote a value that holds spaces or \
+                 quotes, e.g. NAME=\"a b\"",
+                number
+                    .map(|n| format!("line {n}"))
+                    .unwrap_or_else(|| "a line".into()),
+                at + 1
+            )
+        }
+        dotenvy::Error::Io(e) => format!("could not read it: {e}"),
+        // Variable-lookup errors name the variable, not its value.
+        other => other.to_string(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_malformed_dotenv_line_is_named_by_number_without_its_content() {
+        let dir = std::env::temp_dir().join(format!("etl-core-dotenv-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, content) in [
+            "DB_HOST=127.0.0.1\nDB_PASSWORD=S3cret PW x\n",
+            "DB_PASSWORD=\"S3cretPW\n",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let file = dir.join(format!("env{i}"));
+            std::fs::write(&file, content).unwrap();
+            let err = load_dotenv(&file).unwrap_err().to_string();
+            assert!(!err.contains("S3cret"), "{err}");
+            assert!(err.contains("is not NAME=value"), "{err}");
+        }
+        let err = load_dotenv(&dir.join("env0")).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn empty_value_counts_as_unset() {
