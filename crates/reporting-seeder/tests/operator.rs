@@ -582,3 +582,35 @@ async fn the_logs_name_views_that_never_started_and_the_end_of_the_run() {
         "{err}"
     );
 }
+
+/// A role without privileges on the control tables is a configuration problem (exit 2, saying
+/// what to grant), not "a view failed" (1): a monitor running `status` must not take it for
+/// stale views.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_lacking_privileges_is_a_configuration_error() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let role = format!("{}_ro", db.name);
+    let c = db.client().await;
+    c.batch_execute(&format!("CREATE ROLE \"{role}\" LOGIN"))
+        .await
+        .unwrap();
+    // postgres://user@host/db → postgres://role@host/db
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    let url = format!("{scheme}://{role}@{host}");
+    for job in ["status", "refresh_all"] {
+        let out = db.run(&["run", job], &[("DATABASE_URL", &url)]).await;
+        let code = code(&out);
+        let err = stderr(&out);
+        if code != 2 || !err.contains("lacks a privilege") {
+            c.batch_execute(&format!("DROP ROLE \"{role}\""))
+                .await
+                .unwrap();
+            panic!("{job}: exit {code}: {err}");
+        }
+    }
+    c.batch_execute(&format!("DROP ROLE \"{role}\""))
+        .await
+        .unwrap();
+}

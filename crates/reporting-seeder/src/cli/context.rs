@@ -157,6 +157,14 @@ pub fn run_error(e: RunError) -> JobError {
         | RunError::Select(_)
         | RunError::NoRunToRetry
         | RunError::UnknownRun(_) => JobError::usage(e.to_string()),
+        // The run's own statements (migrations, manifests, history) refused for lack of a
+        // privilege: the role is misconfigured, which no view's outcome and no retry changes.
+        RunError::Database { ref error, .. } if error.code.as_deref() == Some("42501") => {
+            JobError::usage(format!(
+                "{e}; the role in DATABASE_URL (or DB_USER) lacks a privilege the tool needs on \
+                 the reporting schema or its control tables: grant it, or use a role that has it"
+            ))
+        }
         RunError::Database { .. } | RunError::Interrupted(_) => JobError::failed(e.to_string()),
     }
 }
