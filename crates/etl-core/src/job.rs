@@ -340,7 +340,7 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
     let (job, matches, args) = match invocation {
         Invocation::Print { text, status } => {
             if status == ExitStatus::Success {
-                print!("{text}");
+                crate::out!("{text}");
             } else {
                 eprint!("{text}");
             }

@@ -9,6 +9,7 @@ pub mod db;
 pub mod executor;
 pub mod job;
 pub mod logging;
+pub mod output;
 pub mod tls;
 
 pub use config::{ConfigError, Env};

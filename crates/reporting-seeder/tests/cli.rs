@@ -312,3 +312,37 @@ async fn several_selectors_may_share_one_argument() {
     views.sort();
     assert_eq!(views, ["reporting.a", "reporting.c"]);
 }
+
+/// A reader that closed its end of the pipe (`| head`, `| true`) ends the output, not the job:
+/// no panic, and the exit status is the job's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_pipe_keeps_the_exit_status() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.v", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    for (args, expected) in [
+        (&["list"][..], 0),
+        (&["run", "refresh_all"][..], 0),
+        (&["run", "status"][..], 0),
+        (&["run", "history"][..], 0),
+    ] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = db
+            .cmd()
+            .args(args)
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}

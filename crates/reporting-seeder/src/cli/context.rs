@@ -178,8 +178,8 @@ pub fn finish(
 ) -> Result<ExitStatus, JobError> {
     let json = summary::to_json(report, job);
     match output.output {
-        OutputFormat::Text => print!("{}", summary::render(report, colour)),
-        OutputFormat::Json => println!("{json:#}"),
+        OutputFormat::Text => etl_core::out!("{}", summary::render(report, colour)),
+        OutputFormat::Json => etl_core::outln!("{json:#}"),
     }
     if let Some(path) = &output.results_file {
         std::fs::write(path, format!("{json:#}\n")).map_err(|e| {

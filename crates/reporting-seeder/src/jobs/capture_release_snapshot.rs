@@ -210,7 +210,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                     let message = format!("storing the snapshot of {}: {error}", view.key);
                     tracing::error!(view = %view.key, "{message}");
                     match cli.output {
-                        OutputFormat::Text => println!("no snapshot of {}: {message}", view.key),
+                        OutputFormat::Text => {
+                            etl_core::outln!("no snapshot of {}: {message}", view.key)
+                        }
                         OutputFormat::Json => out.push(serde_json::json!({
                             "table": view.key, "status": "not stored", "error": message,
                         })),
@@ -225,7 +227,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                 }
             }
             match cli.output {
-                OutputFormat::Text => println!(
+                OutputFormat::Text => etl_core::outln!(
                     "snapshot {} of {} at {}: {}, {} rows, {} columns, schema {}{}",
                     s.id,
                     s.table_name,
@@ -245,7 +247,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             }
         }
         if cli.output == OutputFormat::Json {
-            println!("{:#}", serde_json::json!({ "snapshots": out }));
+            etl_core::outln!("{:#}", serde_json::json!({ "snapshots": out }));
         }
         for c in &options.top_values_columns {
             if !seen_columns.is_empty() && !seen_columns.contains(c) {

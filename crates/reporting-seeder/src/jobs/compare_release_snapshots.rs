@@ -135,8 +135,8 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         };
         let (doc, failed) = compare(&base, &new, thresholds, cli.fail_on.unwrap_or_default());
         match cli.output {
-            OutputFormat::Text => print!("{}", render_compare(&doc)),
-            OutputFormat::Json => println!("{doc:#}"),
+            OutputFormat::Text => etl_core::out!("{}", render_compare(&doc)),
+            OutputFormat::Json => etl_core::outln!("{doc:#}"),
         }
         Ok::<_, JobError>(if failed {
             ExitStatus::Failed

@@ -36,7 +36,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                 DemoError::NoServer { .. } => JobError::unavailable(e.to_string()),
                 DemoError::Database { .. } => JobError::failed(e.to_string()),
             })?;
-        println!(
+        etl_core::outln!(
             "demo: loaded 2 agencies (gotham, metropolis), 2 custom and 2 canned reports (one shared by both agencies) into database {DEMO_DATABASE} on {}, then ran refresh_all",
             outcome.server
         );
@@ -47,14 +47,14 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             ctx.ui.colour,
         )?;
         if !outcome.preview.is_empty() {
-            println!("reporting.canned_arrests_by_agency (shared by both agencies):");
+            etl_core::outln!("reporting.canned_arrests_by_agency (shared by both agencies):");
             for line in &outcome.preview {
-                println!("  {line}");
+                etl_core::outln!("  {line}");
             }
         }
         match &outcome.psql {
-            Some(cmd) => println!("look at the history: {cmd}"),
-            None => println!("the throwaway cluster has been removed; start PostgreSQL and run the demo again to keep the result"),
+            Some(cmd) => etl_core::outln!("look at the history: {cmd}"),
+            None => etl_core::outln!("the throwaway cluster has been removed; start PostgreSQL and run the demo again to keep the result"),
         }
         Ok(status)
     })

@@ -84,7 +84,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                 }
             }
         };
-        print!("{text}");
+        etl_core::out!("{text}");
         Ok::<_, JobError>(ExitStatus::Success)
     })
 }

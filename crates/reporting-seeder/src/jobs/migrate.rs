@@ -28,12 +28,12 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             })
         })?;
         if applied.is_empty() {
-            println!(
+            etl_core::outln!(
                 "control tables are up to date on {}",
                 app.connection.target()
             );
         } else {
-            println!(
+            etl_core::outln!(
                 "applied on {}: {}",
                 app.connection.target(),
                 applied.join(", ")

@@ -74,8 +74,8 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         })?;
         let workers = app.settings.run.max_workers;
         match cli.output {
-            OutputFormat::Text => print!("{}", summary::render_plan(&prepared, workers)),
-            OutputFormat::Json => println!("{:#}", summary::plan_json(&prepared, workers)),
+            OutputFormat::Text => etl_core::out!("{}", summary::render_plan(&prepared, workers)),
+            OutputFormat::Json => etl_core::outln!("{:#}", summary::plan_json(&prepared, workers)),
         }
         Ok::<_, JobError>(ExitStatus::Success)
     })

@@ -75,8 +75,8 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             .await
             .map_err(db("reading the views' status"))?;
         match cli.output {
-            OutputFormat::Text => print!("{}", render_status(&status, cli.stale_after)),
-            OutputFormat::Json => println!("{:#}", status_json(&status, cli.stale_after)),
+            OutputFormat::Text => etl_core::out!("{}", render_status(&status, cli.stale_after)),
+            OutputFormat::Json => etl_core::outln!("{:#}", status_json(&status, cli.stale_after)),
         }
         let bad = status
             .iter()
