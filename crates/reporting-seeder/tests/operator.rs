@@ -90,6 +90,21 @@ async fn the_summary_has_counts_failures_with_reasons_and_the_run() {
 async fn json_logs_carry_run_view_and_agency() {
     let db = TestDb::new().await;
     setup(&db).await;
+    // Views that never run say so in the logs too: an invalid one, a cycle, and a reader of the
+    // failing view.
+    db.custom("reporting.one two", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.custom("reporting.c1", "gotham", 1, "SELECT * FROM reporting.c2")
+        .await;
+    db.custom("reporting.c2", "gotham", 1, "SELECT * FROM reporting.c1")
+        .await;
+    db.custom(
+        "reporting.reads_bad",
+        "gotham",
+        1,
+        "SELECT * FROM reporting.bad",
+    )
+    .await;
     for (args, env) in [
         (
             vec!["run", "refresh_all", "--", "--log-format", "json"],
@@ -116,6 +131,28 @@ async fn json_logs_carry_run_view_and_agency() {
             })
             .collect();
         assert!(view_events.len() >= 3, "{lines:?}");
+        for e in &lines {
+            let spans = e["spans"].as_array();
+            let has = |name: &str| spans.is_some_and(|s| s.iter().any(|s| s["name"] == name));
+            // Every warning and error of the run carries its run id, and every event about one
+            // view (whether it ran or not) its view span.
+            if matches!(e["level"].as_str(), Some("WARN" | "ERROR")) {
+                assert!(has("run"), "no run span: {e}");
+            }
+            if e["fields"]["view"].is_string() {
+                assert!(has("view"), "no view span: {e}");
+            }
+        }
+        let messages: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l["fields"]["message"].as_str())
+            .collect();
+        for wanted in ["dependency cycle", "not refreshed", "skipped"] {
+            assert!(
+                messages.iter().any(|m| m.contains(wanted)),
+                "{wanted}: {messages:?}"
+            );
+        }
         for e in view_events {
             let spans = e["spans"].as_array().unwrap();
             let run_span = spans.iter().find(|s| s["name"] == "run").unwrap();

@@ -358,9 +358,6 @@ pub async fn prepare(
             )
         })
         .collect();
-    for c in &cycles {
-        tracing::error!("{c}");
-    }
 
     let managed: HashMap<String, (String, String)> = planned
         .views
@@ -796,6 +793,13 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         // At the error level so that the span is there whatever RUST_LOG lets through: a warning
         // at RUST_LOG=warn still carries its run id (and, below, its view and agency).
         let run_span = tracing::error_span!("run", run_id = %run_id);
+        // Logged here rather than where they are found (plan prints them instead), so each line
+        // carries the run id.
+        run_span.in_scope(|| {
+            for c in &shared.prepared.cycles {
+                tracing::error!("{c}");
+            }
+        });
         let finished = run_graph(
             &graph,
             priority,
@@ -1171,6 +1175,9 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
 /// so, as they do for every view that ran, and so does the progress display.
 fn never_ran<C: Clock>(shared: &Shared<C>, i: usize, outcome: Outcome) -> TaskResult {
     let view = &shared.prepared.views[i];
+    // The same span as a view that ran: log shippers find its view and agency on each line.
+    let _span =
+        tracing::error_span!("view", view = %view.key, agency = %view.record.agency_slug).entered();
     let reason = outcome.error.as_deref().unwrap_or_default();
     match outcome.status {
         "error" => tracing::warn!(view = %view.key, error = %reason, "not refreshed"),
