@@ -428,6 +428,13 @@ async fn plan_shows_the_run_without_changing_anything() {
     );
     db.custom("reporting.broken", "gotham", 1, "SELECT 1; SELECT 2")
         .await;
+    db.custom(
+        "reporting.reads_broken",
+        "gotham",
+        1,
+        "SELECT * FROM reporting.broken",
+    )
+    .await;
     let c = db.client().await;
     let count = || async {
         let c = db.client().await;
@@ -464,6 +471,12 @@ async fn plan_shows_the_run_without_changing_anything() {
             && line("reporting.rollup").contains("reporting.stg")
     );
     assert!(line("reporting.broken").contains("skip-invalid"));
+    // The run will skip a reader of an invalid view: plan says so, naming it.
+    let reads_broken = line("reporting.reads_broken");
+    assert!(
+        reads_broken.starts_with("  skip ") && reads_broken.contains("upstream reporting.broken"),
+        "{reads_broken}"
+    );
 
     let out = db
         .run(

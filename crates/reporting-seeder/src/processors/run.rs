@@ -178,45 +178,68 @@ impl Prepared {
     /// recreate it first (a rebuild recreates the managed views reading the rebuilt one, however
     /// indirectly), if any. `None` for every other view.
     pub fn rebuilt_with(&self) -> Vec<Option<String>> {
+        self.through_upstream(
+            |a| matches!(a, Ok(Action::Rebuild { .. })),
+            |a| matches!(a, Ok(Action::Refresh { .. })),
+        )
+    }
+
+    /// For each view that could run: the selected upstream, however indirect, that cannot (an
+    /// invalid manifest, a cycle), so the run will skip this view. `None` for every other view.
+    pub fn blocked_by(&self) -> Vec<Option<String>> {
+        self.through_upstream(|a| a.is_err(), |a| a.is_ok())
+    }
+
+    /// For each view that is not a `root`: the first root among its selected upstreams reached
+    /// through views that `pass` it on (the view itself must pass), if any.
+    fn through_upstream(
+        &self,
+        root: impl Fn(&Result<Action, String>) -> bool,
+        pass: impl Fn(&Result<Action, String>) -> bool,
+    ) -> Vec<Option<String>> {
         let index: HashMap<&str, usize> = self
             .views
             .iter()
             .enumerate()
             .map(|(i, v)| (v.key.as_str(), i))
             .collect();
-        // The rebuild each view causes or undergoes: Some(root) when it is rebuilt, by its own
-        // action (root is itself) or with an upstream (root is that upstream's root).
-        let mut root: Vec<Option<Option<String>>> = vec![None; self.views.len()];
-        fn visit(
+        // Some(found) once view i is known: Some(key) when it is a root or reaches one.
+        let mut known: Vec<Option<Option<String>>> = vec![None; self.views.len()];
+        let mut on_path = HashSet::new();
+        fn reach(
             p: &Prepared,
             index: &HashMap<&str, usize>,
-            root: &mut [Option<Option<String>>],
+            root: &dyn Fn(&Result<Action, String>) -> bool,
+            pass: &dyn Fn(&Result<Action, String>) -> bool,
+            known: &mut [Option<Option<String>>],
             on_path: &mut HashSet<usize>,
             i: usize,
         ) -> Option<String> {
-            if let Some(known) = &root[i] {
-                return known.clone();
+            if let Some(k) = &known[i] {
+                return k.clone();
             }
-            let found = match &p.actions[i] {
-                Ok(Action::Rebuild { .. }) => Some(p.views[i].key.clone()),
-                Ok(Action::Refresh { .. }) if on_path.insert(i) => {
-                    let found = p.upstream[i].iter().find_map(|u| {
-                        let &j = index.get(u.as_str())?;
-                        visit(p, index, root, on_path, j)
-                    });
-                    on_path.remove(&i);
-                    found
-                }
-                _ => None,
+            let found = if root(&p.actions[i]) {
+                Some(p.views[i].key.clone())
+            } else if pass(&p.actions[i]) && on_path.insert(i) {
+                let found = p.upstream[i].iter().find_map(|u| {
+                    let &j = index.get(u.as_str())?;
+                    reach(p, index, root, pass, known, on_path, j)
+                });
+                on_path.remove(&i);
+                found
+            } else {
+                None
             };
-            root[i] = Some(found.clone());
+            known[i] = Some(found.clone());
             found
         }
-        let mut on_path = HashSet::new();
         (0..self.views.len())
-            .map(|i| match self.actions[i] {
-                Ok(Action::Refresh { .. }) => visit(self, &index, &mut root, &mut on_path, i),
-                _ => None,
+            .map(|i| {
+                if root(&self.actions[i]) {
+                    None
+                } else {
+                    reach(self, &index, &root, &pass, &mut known, &mut on_path, i)
+                }
             })
             .collect()
     }

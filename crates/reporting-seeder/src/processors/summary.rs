@@ -277,28 +277,33 @@ pub fn to_json(report: &RunReport, job: &str) -> serde_json::Value {
 }
 
 /// What `plan` shows for one view's action.
-fn plan_action(a: &Result<super::refresh::Action, String>, with: &Option<String>) -> &'static str {
+/// What `plan` says a run will do with each view, and why where that is not obvious.
+fn planned_actions(p: &super::run::Prepared) -> Vec<(&'static str, Option<String>)> {
     use super::refresh::Action;
-    match a {
-        Err(_) => "skip-invalid",
-        Ok(Action::Rebuild { .. }) => "rebuild",
-        Ok(_) if with.is_some() => "rebuild",
-        Ok(other) => other.label(),
-    }
-}
-
-/// Why a view gets its planned action, where that is not obvious.
-fn plan_reason(
-    a: &Result<super::refresh::Action, String>,
-    with: &Option<String>,
-) -> Option<String> {
-    match (a, with) {
-        (Err(reason), _) => Some(reason.clone()),
-        (Ok(_), Some(upstream)) => Some(format!(
-            "recreated by the rebuild of {upstream}, which it reads"
-        )),
-        (Ok(_), None) => None,
-    }
+    let rebuilt_with = p.rebuilt_with();
+    let blocked_by = p.blocked_by();
+    p.actions
+        .iter()
+        .zip(rebuilt_with)
+        .zip(blocked_by)
+        .map(|((a, with), blocked)| match (a, blocked, with) {
+            (Err(reason), _, _) => ("skip-invalid", Some(reason.clone())),
+            (Ok(_), Some(upstream), _) => (
+                "skip",
+                Some(format!(
+                    "upstream {upstream} cannot run (skip-invalid), so the run skips this view as `upstream {upstream} failed`"
+                )),
+            ),
+            (Ok(_), None, Some(upstream)) => (
+                "rebuild",
+                Some(format!(
+                    "recreated by the rebuild of {upstream}, which it reads"
+                )),
+            ),
+            (Ok(Action::Rebuild { .. }), None, None) => ("rebuild", None),
+            (Ok(other), None, None) => (other.label(), None),
+        })
+        .collect()
 }
 
 fn human_ms(ms: u64) -> String {
@@ -342,7 +347,7 @@ pub fn render_plan(p: &super::run::Prepared, workers: std::num::NonZeroUsize) ->
         "  {:<20} {:<40} {:>10}  upstream",
         "action", "view", "expected"
     );
-    let rebuilt_with = p.rebuilt_with();
+    let planned = planned_actions(p);
     for (i, v) in p.views.iter().enumerate() {
         let expected = if p.expected_known[i] {
             human_ms(p.expected_ms[i])
@@ -357,12 +362,9 @@ pub fn render_plan(p: &super::run::Prepared, workers: std::num::NonZeroUsize) ->
         let _ = write!(
             out,
             "  {:<20} {:<40} {:>10}  {}",
-            plan_action(&p.actions[i], &rebuilt_with[i]),
-            v.key,
-            expected,
-            upstream
+            planned[i].0, v.key, expected, upstream
         );
-        if let Some(reason) = plan_reason(&p.actions[i], &rebuilt_with[i]) {
+        if let Some(reason) = &planned[i].1 {
             let _ = write!(out, "  ({})", reason.lines().next().unwrap_or_default());
         }
         out.push('\n');
@@ -372,7 +374,7 @@ pub fn render_plan(p: &super::run::Prepared, workers: std::num::NonZeroUsize) ->
 
 /// `plan --output json`.
 pub fn plan_json(p: &super::run::Prepared, workers: std::num::NonZeroUsize) -> serde_json::Value {
-    let rebuilt_with = p.rebuilt_with();
+    let planned = planned_actions(p);
     serde_json::json!({
         "workers": workers.get(),
         "expected_wall_ms": p.expected_wall_ms(workers),
@@ -382,8 +384,8 @@ pub fn plan_json(p: &super::run::Prepared, workers: std::num::NonZeroUsize) -> s
             "table": v.key,
             "report_type": v.record.report_type.as_str(),
             "agencies": v.agencies,
-            "action": plan_action(&p.actions[i], &rebuilt_with[i]),
-            "reason": plan_reason(&p.actions[i], &rebuilt_with[i]),
+            "action": planned[i].0,
+            "reason": planned[i].1,
             "upstream": p.upstream[i],
             "expected_ms": p.expected_ms[i],
             "expected_from_history": p.expected_known[i],
