@@ -651,3 +651,40 @@ async fn a_role_lacking_privileges_is_a_configuration_error() {
         .await
         .unwrap();
 }
+
+/// pg_stat_statements installed in the database but not loaded by the server (not in
+/// shared_preload_libraries, as on the shared test server): found in the catalog, said once in a
+/// debug line, and never read, so the run leaves no ERROR in the server's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_stat_statements_installed_but_not_loaded_is_found_without_reading_it() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let c = db.client().await;
+    let preloaded: String = c
+        .query_one("SELECT current_setting('shared_preload_libraries')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    if preloaded.contains("pg_stat_statements") {
+        return; // A server that loads it: the case above covers it.
+    }
+    c.batch_execute("CREATE EXTENSION pg_stat_statements")
+        .await
+        .unwrap();
+    db.custom("reporting.v", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let out = db
+        .run(
+            &["run", "refresh_all"],
+            &[("RUST_LOG", "reporting_seeder=debug")],
+        )
+        .await;
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert_eq!(
+        err.matches("the server has not loaded it").count(),
+        1,
+        "{err}"
+    );
+    assert!(!err.contains("must be loaded via"), "{err}");
+}

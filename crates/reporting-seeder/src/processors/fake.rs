@@ -267,8 +267,8 @@ impl Session for FakeStore {
         self.state().active_checks += 1;
         Ok(0)
     }
-    async fn statements_available(&mut self) -> bool {
-        false
+    async fn statements_available(&mut self) -> Result<(), String> {
+        Err("the fake store has no pg_stat_statements".into())
     }
     async fn backend_pid(&mut self) -> Result<i32, DbError> {
         Ok(1)

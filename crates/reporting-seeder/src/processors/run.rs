@@ -768,19 +768,18 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             })?;
         tracing::info!(run_id = %run_id, views = prepared.views.len(), workers = self.settings.max_workers.get(), "run started");
 
-        let statements = if main.statements_available().await {
-            match self.store.session().await {
+        let statements = match main.statements_available().await {
+            Ok(()) => match self.store.session().await {
                 Ok(s) => Some(SessionProbe(tokio::sync::Mutex::new(s))),
                 Err(e) => {
                     tracing::debug!(error = %e, "no session for pg_stat_statements figures");
                     None
                 }
+            },
+            Err(why) => {
+                tracing::debug!("{why}: no per-statement figures");
+                None
             }
-        } else {
-            tracing::debug!(
-                "pg_stat_statements is not installed in this database, or not loaded (shared_preload_libraries): no per-statement figures"
-            );
-            None
         };
         let priority = prepared.priority();
         let graph = prepared.graph.clone();

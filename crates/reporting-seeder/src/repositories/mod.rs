@@ -180,8 +180,8 @@ pub trait Session: Send {
     ) -> Result<(), DbError>;
     /// Active queries on the server, this session's excluded.
     async fn active_queries(&mut self) -> Result<i64, DbError>;
-    /// Whether pg_stat_statements can be read here.
-    async fn statements_available(&mut self) -> bool;
+    /// Whether pg_stat_statements can be read here: `Err` says why not.
+    async fn statements_available(&mut self) -> Result<(), String>;
     /// This session's server process id.
     async fn backend_pid(&mut self) -> Result<i32, DbError>;
     /// The pg_stat_statements counters of backend `pid`'s last statement, now and as last
@@ -761,7 +761,7 @@ impl Session for PgSession {
     async fn active_queries(&mut self) -> Result<i64, DbError> {
         views::active_queries(&self.conn).await
     }
-    async fn statements_available(&mut self) -> bool {
+    async fn statements_available(&mut self) -> Result<(), String> {
         statements::available(&self.conn).await
     }
     async fn backend_pid(&mut self) -> Result<i32, DbError> {

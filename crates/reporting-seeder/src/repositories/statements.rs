@@ -37,26 +37,47 @@ impl StatementTotals {
     }
 }
 
-/// Whether pg_stat_statements can be read (installed in this database and loaded). The view is
-/// looked up before it is read, so that a database without it (the usual case) does not get an
-/// ERROR in its server log at every run; one where it is installed but not loaded gets one per
-/// run (not per view), which is worth a DBA's look.
-pub async fn available(client: &Client) -> bool {
-    let installed = client
-        .query_typed_one("SELECT to_regclass('pg_stat_statements') IS NOT NULL", &[])
+// Where the extension is installed, whether that schema is on the search path, and whether the
+// server loaded its library (it must be in shared_preload_libraries, possibly quoted or as a
+// `$libdir/` path).
+const WHERE_INSTALLED: &str = "
+    SELECT n.nspname::text, n.nspname = ANY (current_schemas(false)),
+           current_setting('shared_preload_libraries') ~ '(^|[\\s,/\"])pg_stat_statements([\\s,\"]|$)'
+    FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+    WHERE e.extname = 'pg_stat_statements'";
+
+/// Whether pg_stat_statements can be read here: `Err` says why not. Everything is looked up in
+/// the catalog before the view is read, so that a database without it (the usual case), or with
+/// it installed but not loaded, gets no ERROR in its server log at every run.
+pub async fn available(client: &Client) -> Result<(), String> {
+    let found = client
+        .query_typed(WHERE_INSTALLED, &[])
         .await
-        .and_then(|row| row.try_get::<_, bool>(0))
-        .unwrap_or(false);
-    installed
-        && client
-            // Really read: with `WHERE false` the planner never calls the view's function, so
-            // an extension installed but not loaded passed, then failed once per view.
-            .query_typed_one(
-                "SELECT count(*) FROM (SELECT 1 FROM pg_stat_statements LIMIT 1) s",
-                &[],
-            )
-            .await
-            .is_ok()
+        .map_err(|e| format!("could not look pg_stat_statements up: {e}"))?;
+    let Some(row) = found.first() else {
+        return Err("pg_stat_statements is not installed in this database (CREATE EXTENSION pg_stat_statements)".into());
+    };
+    let schema: String = row.try_get(0).map_err(|e| e.to_string())?;
+    let on_path: bool = row.try_get(1).map_err(|e| e.to_string())?;
+    let loaded: bool = row.try_get(2).map_err(|e| e.to_string())?;
+    if !loaded {
+        return Err("pg_stat_statements is installed but the server has not loaded it: add it to shared_preload_libraries and restart".into());
+    }
+    if !on_path {
+        return Err(format!(
+            "pg_stat_statements is installed in schema {schema}, which is not on the search path: add {schema} to the role's search_path"
+        ));
+    }
+    let readable = client
+        // Really read: with `WHERE false` the planner never calls the view's function, so
+        // an extension installed but not loaded passed, then failed once per view.
+        .query_typed_one(
+            "SELECT count(*) FROM (SELECT 1 FROM pg_stat_statements LIMIT 1) s",
+            &[],
+        )
+        .await
+        .map_err(|e| format!("pg_stat_statements cannot be read: {e}"));
+    readable.map(|_| ())
 }
 
 // The statement is found by the query id the server reports for the session that ran it (idle
