@@ -401,6 +401,68 @@ async fn exit_codes_and_selection_errors() {
     );
 }
 
+/// Two half-filled manifests with the same invalid (empty) name are two views: each has its own
+/// status row counting its own failures, its own per-view history row, and its own metric series
+/// (Prometheus refuses a file with the same series twice).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifests_sharing_an_invalid_name_keep_separate_records() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let first = db.custom("", "gotham", 1, "SELECT 1 AS id").await;
+    let second = db.custom("", "star", 3, "SELECT 1 AS id").await;
+    let metrics = db.dir.path().join("m.prom");
+    let out = db
+        .run(
+            &[
+                "run",
+                "refresh_all",
+                "--",
+                "--metrics-file",
+                metrics.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 1);
+    let c = db.client().await;
+    let status: Vec<(String, i32)> = c
+        .query(
+            "SELECT table_name, consecutive_failures FROM reporting.seeder_job_status ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        status,
+        [
+            (format!(" (manifest {first})"), 1),
+            (format!(" (manifest {second})"), 1)
+        ]
+    );
+    let view_runs: i64 = c
+        .query_one(
+            "SELECT count(*) FROM reporting.seeder_view_run WHERE run_id = $1",
+            &[&db.last_run_id().await],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(view_runs, 2);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' ').map(|(s, _)| s))
+        .collect();
+    let mut unique = series.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), series.len(), "a series twice:\n{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_manifests_execute_nothing_and_the_rest_still_runs() {
     let db = TestDb::new().await;

@@ -194,10 +194,27 @@ pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Plan, PlanErr
         }
         group.push(r);
     }
-    let views: Vec<PlannedView> = order
+    let mut views: Vec<PlannedView> = order
         .into_iter()
         .filter_map(|(group_key, key)| groups.remove(&group_key).map(|g| plan_view(key, &g)))
         .collect();
+    // Invalid names shared by several manifests (two half-filled rows with an empty name): each
+    // is named with its manifest, so each keeps a status row, a history row and a metric series
+    // of its own instead of sharing (and double-counting) one.
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for v in &views {
+        *seen.entry(v.key.clone()).or_default() += 1;
+    }
+    for v in views.iter_mut() {
+        if seen.get(&v.key).is_some_and(|n| *n > 1) && matches!(v.plan, ViewPlan::Invalid(_)) {
+            let which = match v.record.report_type {
+                ReportType::Custom => "manifest",
+                ReportType::Canned => "canned report",
+            };
+            v.key = format!("{} ({which} {})", v.key, v.record.manifest_id);
+            v.record.table_name = v.key.clone();
+        }
+    }
     let in_scope = views
         .iter()
         .map(|v| {
@@ -389,7 +406,17 @@ mod tests {
             custom(4, "reporting.ok", "gotham", true),
         ];
         let p = plan(&rows, &Selection::default()).unwrap();
-        assert_eq!(keys(&p), ["", "", "no_schema", "reporting.ok"]);
+        // Named with their manifest, so each keeps its own status row and metric series.
+        assert_eq!(
+            keys(&p),
+            [
+                " (manifest 1)",
+                " (manifest 2)",
+                "no_schema",
+                "reporting.ok"
+            ]
+        );
+        assert_eq!(p.views[1].record.table_name, " (manifest 2)");
         let ids: Vec<i64> = p.views.iter().map(|v| v.record.manifest_id).collect();
         assert_eq!(ids, [1, 2, 3, 4]);
         assert!(matches!(p.views[0].plan, ViewPlan::Invalid(_)));
