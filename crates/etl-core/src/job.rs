@@ -381,9 +381,12 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
             return ExitStatus::Usage.into();
         }
     };
+    // A dumb terminal cannot draw a bar (the bar library hides itself there): log as off a
+    // terminal instead, or nothing would show until the summary.
     let progress = !quiet
         && !json
         && std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && env.get_raw("TERM") != Some("dumb")
         && matches.try_get_one::<bool>("quiet").is_ok();
     crate::logging::init(
         &env,

@@ -54,7 +54,10 @@ pub fn init(env: &Env, options: LogOptions) {
     };
 }
 
-/// Colour only on a terminal, and never with `NO_COLOR` set (https://no-color.org).
+/// Colour only on a terminal that can show it (not `TERM=dumb`), and never with `NO_COLOR` set
+/// (https://no-color.org).
 pub fn colour(env: &Env, stream: &impl std::io::IsTerminal) -> bool {
-    env.get_raw("NO_COLOR").is_none_or(str::is_empty) && stream.is_terminal()
+    env.get_raw("NO_COLOR").is_none_or(str::is_empty)
+        && env.get_raw("TERM") != Some("dumb")
+        && stream.is_terminal()
 }

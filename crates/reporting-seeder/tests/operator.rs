@@ -688,3 +688,41 @@ async fn pg_stat_statements_installed_but_not_loaded_is_found_without_reading_it
     );
     assert!(!err.contains("must be loaded via"), "{err}");
 }
+
+/// On a dumb terminal (TERM=dumb: no cursor movement, no colour) there is no bar, so the run
+/// logs as it does off a terminal, in plain text, instead of showing nothing until the summary.
+/// Needs util-linux's `script` for the terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dumb_terminal_gets_plain_log_lines_instead_of_a_bar() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("no `script` here: skipped");
+        return;
+    }
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let out = tokio::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} run refresh_all", env!("CARGO_BIN_EXE_reporting-seeder")),
+            "/dev/null",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("DATABASE_URL", &db.url)
+        .env("TERM", "dumb")
+        .current_dir(db.dir.path())
+        .output()
+        .await
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("refreshed"), "{text}");
+    assert!(text.contains("run finished"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "escape codes on a dumb terminal: {text:?}"
+    );
+}
