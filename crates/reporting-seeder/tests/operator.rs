@@ -263,6 +263,18 @@ async fn history_lists_runs_and_their_views() {
     setup(&db).await;
     assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 1);
     let first = db.last_run_id().await;
+    // The tool runs with no HOSTNAME in its environment (as from cron): the host is still known.
+    let host: Option<String> = db
+        .client()
+        .await
+        .query_one(
+            "SELECT host FROM reporting.seeder_run WHERE run_id = $1",
+            &[&first],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(host.is_some_and(|h| !h.is_empty()));
     assert_exit(
         &db.run(&["run", "refresh_table", "reporting.good"], &[])
             .await,

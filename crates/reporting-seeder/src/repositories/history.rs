@@ -119,6 +119,16 @@ pub async fn routes(client: &Client) -> Result<HistoryRoutes, DbError> {
     })
 }
 
+/// This machine's name: `HOSTNAME` where it is set (a pod's name under Kubernetes), else the
+/// kernel's (bash does not export `HOSTNAME`, so cron and systemd runs have none).
+fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+}
+
 const BEGIN_RUN: &str =
     "INSERT INTO reporting.seeder_run (run_id, job, arguments, started_at, status, host, pid,
          views, selected)
@@ -133,7 +143,7 @@ pub async fn begin_run(
     arguments: &str,
     selected: &[String],
 ) -> Result<(), DbError> {
-    let host = std::env::var("HOSTNAME").ok();
+    let host = host_name();
     let pid = i32::try_from(std::process::id()).unwrap_or_default();
     client
         .execute_typed(
