@@ -101,6 +101,9 @@ pub trait StatementProbe: Send + Sync {
 pub fn per_run(now: &StatementTotals, before: Option<&StatementTotals>) -> StatementFigures {
     let base = match before {
         Some(b) if now.calls > b.calls => Some(*b),
+        // Not a counter moved since the last recorded run: this run's statement was not counted
+        // (pg_stat_statements.track_utility off, say), so nothing is known of its cost.
+        Some(b) if b == now => None,
         _ if now.calls == 1 => Some(StatementTotals {
             queryid: now.queryid,
             ..Default::default()
@@ -306,6 +309,8 @@ mod tests {
         assert_eq!(per_run(&t(2, 3.0, 1), Some(&t(5, 50.0, 500))).delta, None);
         let no_base = per_run(&t(4, 3.0, 1), None);
         assert_eq!((no_base.delta, no_base.totals.calls), (None, 4));
+        // The one call ever counted was an earlier run's: this run's was not counted.
+        assert_eq!(per_run(&t(1, 5.0, 40), Some(&t(1, 5.0, 40))).delta, None);
         // Reset, then exactly our one call: the totals again.
         assert_eq!(
             per_run(&t(1, 3.0, 9), Some(&t(5, 50.0, 500)))
