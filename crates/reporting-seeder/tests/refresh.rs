@@ -463,6 +463,87 @@ async fn manifests_sharing_an_invalid_name_keep_separate_records() {
     assert_eq!(unique.len(), series.len(), "a series twice:\n{text}");
 }
 
+/// PostgreSQL the tool's parser does not know is checked by the server (parsed, never run) and
+/// then built like any view; what the server refuses there is an error naming its reason, and
+/// runs nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_syntax_the_parser_lacks_is_checked_by_the_server() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let c = db.client().await;
+    c.batch_execute(
+        "CREATE TABLE public.victim (id int); INSERT INTO public.victim VALUES (1), (2);
+         CREATE TABLE public.base AS SELECT 1 AS n",
+    )
+    .await
+    .unwrap();
+    let good = [
+        ("reporting.rows_from", "select * from rows from (generate_series(1,2)) as t(x)"),
+        ("reporting.symmetric", "select n from public.base where n between symmetric 2 and 1"),
+        ("reporting.isnull", "select n, n isnull as missing from public.base"),
+        (
+            "reporting.frame",
+            "select n, sum(n) over (order by n groups between 1 preceding and current row exclude current row) as s from public.base",
+        ),
+    ];
+    for (table, query) in good {
+        db.custom(table, "gotham", 1, query).await;
+    }
+    // Refused by the server: a missing column, and a data-modifying WITH (not at the top level
+    // of the subquery it is checked as), which must delete nothing.
+    db.custom(
+        "reporting.missing_column",
+        "gotham",
+        1,
+        "select nope from public.base where n between symmetric 2 and 1",
+    )
+    .await;
+    db.custom(
+        "reporting.deletes",
+        "gotham",
+        1,
+        "with d as (delete from public.victim returning id) select id from d where id between symmetric 3 and 0",
+    )
+    .await;
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 1);
+    let rows = db.history(&db.last_run_id().await).await;
+    for (table, _) in good {
+        let (_, status, errors) = rows.iter().find(|r| r.0 == table).unwrap();
+        assert_eq!(status, "success", "{table}: {errors:?}");
+        assert!(db.oid(table).await.is_some(), "{table}");
+    }
+    let isnull: bool = c
+        .query_one("SELECT missing FROM reporting.isnull", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!isnull);
+    for table in ["reporting.missing_column", "reporting.deletes"] {
+        let (_, status, errors) = rows.iter().find(|r| r.0 == table).unwrap();
+        assert_eq!(status, "error", "{table}");
+        assert!(
+            errors
+                .as_deref()
+                .unwrap_or_default()
+                .contains("checked by the server"),
+            "{table}: {errors:?}"
+        );
+        assert!(db.oid(table).await.is_none(), "{table}");
+    }
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM public.victim", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 2, "the check ran the query");
+    // A second run refreshes them (the stored hash matches), keeping their OIDs.
+    let oid = db.oid("reporting.symmetric").await;
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 1);
+    assert_eq!(db.oid("reporting.symmetric").await, oid);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_manifests_execute_nothing_and_the_rest_still_runs() {
     let db = TestDb::new().await;

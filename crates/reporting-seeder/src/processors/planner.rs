@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 
 pub use super::validate::ViewName;
-use super::validate::{validate_query_and_reads, RelationRef};
+use super::validate::{server_checkable, validate_query_and_reads, InvalidManifest, RelationRef};
 use crate::repositories::{ManifestRow, ReportType, ViewRecord};
 
 /// Which report types a run covers.
@@ -105,6 +105,10 @@ pub enum ViewPlan {
         hash: String,
         /// The relations `query` reads, found when it was validated.
         reads: Vec<RelationRef>,
+        /// Why the tool's parser could not parse `query`, when it could not: the server checks
+        /// it instead (parsed and analysed, never run) before the run does anything with it,
+        /// and the views it reads are known only from the catalog, once it exists.
+        unparsed: Option<String>,
     },
     /// Recorded as an error with this reason; nothing is executed.
     Invalid(String),
@@ -292,12 +296,25 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
         match ViewName::parse(&first.table_name) {
             Err(e) => ViewPlan::Invalid(e.to_string()),
             Ok(name) => match validate_query_and_reads(&first.query) {
+                Err(InvalidManifest::Unparsable { message }) => {
+                    match server_checkable(&first.query) {
+                        Ok(query) => ViewPlan::Valid {
+                            name,
+                            hash: hash_query(&query),
+                            query,
+                            reads: Vec::new(),
+                            unparsed: Some(message),
+                        },
+                        Err(e) => ViewPlan::Invalid(e.to_string()),
+                    }
+                }
                 Err(e) => ViewPlan::Invalid(e.to_string()),
                 Ok((query, reads)) => ViewPlan::Valid {
                     name,
                     hash: hash_query(&query),
                     query,
                     reads,
+                    unparsed: None,
                 },
             },
         }

@@ -371,6 +371,72 @@ pub fn validate_query_and_reads(sql: &str) -> Result<(String, Vec<RelationRef>),
     Ok((text.to_owned(), relations_of(&query)))
 }
 
+/// A query the tool's parser cannot parse may still be PostgreSQL: syntax sqlparser lacks, such
+/// as `BETWEEN SYMMETRIC`, `ROWS FROM (…)`, `x ISNULL` or `xmlelement(name …)`. Such a query is
+/// checked by the server instead, before anything runs (the run parses and analyses it there
+/// as a subquery, which fails for anything but one read-only query). First, what its tokens
+/// alone tell: one statement (no `;` but trailing ones), starting as a query does, with no
+/// locking clause. Returns the text to check, and to execute once checked.
+pub fn server_checkable(sql: &str) -> Result<String, InvalidManifest> {
+    let text = strip_trailing(sql)?;
+    let dialect = PostgreSqlDialect {};
+    let tokens =
+        Tokenizer::new(&dialect, text)
+            .tokenize()
+            .map_err(|e| InvalidManifest::Unparsable {
+                message: format!("sql parser error: {e}"),
+            })?;
+    let words: Vec<&Token> = tokens
+        .iter()
+        .filter(|t| !matches!(t, Token::Whitespace(_)))
+        .collect();
+    let separators = words
+        .iter()
+        .filter(|t| matches!(t, Token::SemiColon))
+        .count();
+    if separators > 0 {
+        return Err(InvalidManifest::MultipleStatements {
+            count: separators + 1,
+        });
+    }
+    match words.first() {
+        Some(Token::Word(w))
+            if w.quote_style.is_none()
+                && matches!(
+                    w.keyword,
+                    Keyword::SELECT | Keyword::WITH | Keyword::VALUES | Keyword::TABLE
+                ) => {}
+        Some(Token::LParen) => {}
+        Some(Token::Word(w)) => {
+            return Err(InvalidManifest::NotAQuery {
+                kind: w.value.to_uppercase(),
+            })
+        }
+        _ => {
+            return Err(InvalidManifest::NotAQuery {
+                kind: "not a statement".into(),
+            })
+        }
+    }
+    for pair in words.windows(2) {
+        if let (Token::Word(a), Token::Word(b)) = (pair[0], pair[1]) {
+            if a.quote_style.is_none()
+                && b.quote_style.is_none()
+                && a.keyword == Keyword::FOR
+                && matches!(
+                    b.keyword,
+                    Keyword::UPDATE | Keyword::SHARE | Keyword::NO | Keyword::KEY
+                )
+            {
+                return Err(InvalidManifest::LockingClause {
+                    clause: format!("FOR {}", b.value.to_uppercase()),
+                });
+            }
+        }
+    }
+    Ok(text.to_string())
+}
+
 /// Does the work of [`validate_query`] and also returns the parsed query, so
 /// that [`referenced_relations`] accepts exactly the same queries.
 ///
@@ -1386,6 +1452,43 @@ mod tests {
             assert!(message.starts_with("sql parser error"), "{message}");
             assert!(e.to_string().contains(message.as_str()), "{e}");
         }
+    }
+
+    #[test]
+    fn unparsable_postgres_goes_to_the_server_only_when_its_tokens_allow() {
+        // PostgreSQL the parser lacks: left for the server to check, trailing ; cut.
+        for sql in [
+            "select * from rows from (generate_series(1,2)) as t(x);",
+            "select n from reporting.base where n between symmetric 2 and 1",
+            "select n isnull as missing from reporting.base",
+            "(select xmlelement(name foo, 'bar') as x)",
+            "with t as (select 1 as n) select n from t where n between symmetric 2 and 0",
+        ] {
+            assert!(
+                matches!(query_err(sql), InvalidManifest::Unparsable { .. }),
+                "{sql}"
+            );
+            let text = server_checkable(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert!(!text.ends_with(';'), "{text}");
+        }
+        // What the tokens show is refused before anything reaches the server.
+        let refused = |sql: &str| server_checkable(sql).unwrap_err();
+        assert_eq!(
+            refused("select xmlelement(name foo); drop table reporting.victim"),
+            InvalidManifest::MultipleStatements { count: 2 }
+        );
+        assert!(matches!(
+            refused("select 1 between symmetric 0 and 2 from t for update"),
+            InvalidManifest::LockingClause { .. }
+        ));
+        assert!(matches!(
+            refused("drop table t between symmetric"),
+            InvalidManifest::NotAQuery { .. }
+        ));
+        assert!(matches!(
+            refused("SELECT 'unterminated"),
+            InvalidManifest::Unparsable { .. }
+        ));
     }
 
     #[test]
