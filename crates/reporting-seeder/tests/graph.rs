@@ -911,3 +911,66 @@ async fn dependencies_are_read_for_the_readers_asked_for_only() {
     );
     assert!(read(Vec::new()).await.is_empty());
 }
+
+/// A view that reads a managed view through a plain (hand-made) view depends on it: once they
+/// exist, the catalog shows the chain, and `+X` and the run's order follow it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependency_through_a_plain_view_is_found() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.d1", "gotham", 1, "SELECT 1 AS n")
+        .await;
+    db.custom("reporting.d2", "gotham", 1, "SELECT n FROM reporting.d1")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE VIEW public.plain_inner AS SELECT * FROM reporting.d2;
+             CREATE VIEW public.plain_outer AS SELECT * FROM public.plain_inner",
+        )
+        .await
+        .unwrap();
+    db.custom(
+        "reporting.via_plain",
+        "gotham",
+        1,
+        "SELECT * FROM public.plain_outer",
+    )
+    .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let out = db
+        .run(
+            &[
+                "run",
+                "plan",
+                "--",
+                "--select",
+                "+table:reporting.via_plain",
+                "--output",
+                "json",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let mut tables: Vec<&str> = json["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["table"].as_str().unwrap())
+        .collect();
+    tables.sort();
+    assert_eq!(
+        tables,
+        ["reporting.d1", "reporting.d2", "reporting.via_plain"]
+    );
+    let via = json["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["table"] == "reporting.via_plain")
+        .unwrap();
+    assert_eq!(via["upstream"], serde_json::json!(["reporting.d2"]));
+}

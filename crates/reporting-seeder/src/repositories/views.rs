@@ -591,7 +591,8 @@ async fn dress_and_swap(
     Ok(recreated)
 }
 
-/// The (reader, read) pairs of materialized views, by `schema.name`, from `pg_depend`, for the
+/// The (reader, read) pairs of materialized views, by `schema.name`, from `pg_depend`, through
+/// plain views too (a reader of a plain view that reads a managed view depends on it), for the
 /// readers in `readers` only: a run never uses a pair whose reader it does not build, and a
 /// `refresh_table` on a database of ten thousand views reads one view's pairs instead of all.
 ///
@@ -610,19 +611,36 @@ pub async fn dependencies(
     let (schemas, names) = as_arrays(readers);
     client
         .query_typed(
-            "SELECT DISTINCT dn.nspname || '.' || dc.relname, un.nspname || '.' || uc.relname
-             FROM pg_class dc
+            // What each reader's rule depends on, and, through plain views it reads (which a
+            // manifest's query may go through: `SELECT * FROM public.some_view`), what theirs
+            // depend on, however deep; then the materialized views among them.
+            "WITH RECURSIVE reach(reader, read) AS (
+                 SELECT dc.oid, d.refobjid
+                 FROM pg_class dc
+                 JOIN pg_depend d
+                   ON d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                  AND d.objid = (SELECT r.oid FROM pg_rewrite r
+                                 WHERE r.ev_class = dc.oid AND r.rulename = '_RETURN')
+                 WHERE dc.oid = ANY (ARRAY(
+                         SELECT to_regclass(quote_ident(w.schema_name) || '.' || quote_ident(w.view_name))::oid
+                         FROM unnest($1::text[], $2::text[]) AS w(schema_name, view_name)))
+                   AND dc.relkind = 'm'
+                 UNION
+                 SELECT reach.reader, d.refobjid
+                 FROM reach
+                 JOIN pg_class vc ON vc.oid = reach.read AND vc.relkind = 'v'
+                 JOIN pg_depend d
+                   ON d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+                  AND d.objid = (SELECT r.oid FROM pg_rewrite r
+                                 WHERE r.ev_class = vc.oid AND r.rulename = '_RETURN')
+             )
+             SELECT DISTINCT dn.nspname || '.' || dc.relname, un.nspname || '.' || uc.relname
+             FROM reach
+             JOIN pg_class dc ON dc.oid = reach.reader
              JOIN pg_namespace dn ON dn.oid = dc.relnamespace
-             JOIN pg_depend d
-               ON d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
-              AND d.objid = (SELECT r.oid FROM pg_rewrite r
-                             WHERE r.ev_class = dc.oid AND r.rulename = '_RETURN')
-             JOIN pg_class uc ON uc.oid = d.refobjid
+             JOIN pg_class uc ON uc.oid = reach.read
              JOIN pg_namespace un ON un.oid = uc.relnamespace
-             WHERE dc.oid = ANY (ARRAY(
-                     SELECT to_regclass(quote_ident(w.schema_name) || '.' || quote_ident(w.view_name))::oid
-                     FROM unnest($1::text[], $2::text[]) AS w(schema_name, view_name)))
-               AND dc.relkind = 'm' AND uc.relkind = 'm' AND dc.oid <> uc.oid",
+             WHERE uc.relkind = 'm' AND dc.oid <> uc.oid",
             &[(&schemas, Type::TEXT_ARRAY), (&names, Type::TEXT_ARRAY)],
         )
         .await?
