@@ -974,3 +974,40 @@ async fn a_dependency_through_a_plain_view_is_found() {
         .unwrap();
     assert_eq!(via["upstream"], serde_json::json!(["reporting.d2"]));
 }
+
+/// A rebuild that would have to drop a dependent whose manifest cannot be used (invalid, or
+/// disabled) stops, saying so rather than that no manifest manages it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_names_the_dependent_whose_manifest_is_invalid_or_disabled() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let d1 = db
+        .custom("reporting.d1", "gotham", 1, "SELECT 10 AS n")
+        .await;
+    let d2 = db
+        .custom("reporting.d2", "gotham", 1, "SELECT n FROM reporting.d1")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    db.set_query(d2, "SELECT n FROM reporting.d1; SELECT 1")
+        .await;
+    db.set_query(d1, "SELECT 11 AS n").await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 1);
+    let rows = last(&db).await;
+    let (s, e) = status(&rows, "reporting.d1");
+    assert_eq!(s, "error");
+    let e = e.unwrap_or_default();
+    assert!(e.contains("reporting.d2 (its manifest is invalid"), "{e}");
+    db.client()
+        .await
+        .execute(
+            "UPDATE reporting.seeder_custom_report_manifest SET enabled = false WHERE id = $1",
+            &[&(d2 as i32)],
+        )
+        .await
+        .unwrap();
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 1);
+    let rows = last(&db).await;
+    let e = status(&rows, "reporting.d1").1.unwrap_or_default();
+    assert!(e.contains("reporting.d2 (its manifest is disabled)"), "{e}");
+    assert!(db.oid("reporting.d2").await.is_some(), "never dropped");
+}

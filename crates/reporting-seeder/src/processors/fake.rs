@@ -229,7 +229,7 @@ impl Session for FakeStore {
         _: &str,
         _: &str,
         _: u64,
-        _: &HashMap<String, (String, String)>,
+        _: &crate::repositories::Managed,
     ) -> Result<Rebuilt, DbError> {
         self.ddl("rebuild", view.key()).await?;
         let dependents = self

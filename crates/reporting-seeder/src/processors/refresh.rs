@@ -1,11 +1,9 @@
 //! One view: decide what to do from the catalog and the stored hash, do it, analyze.
 
-use std::collections::HashMap;
-
 use etl_core::DbError;
 
 use crate::repositories::{
-    Rel, Session, StatementDelta, StatementFigures, StatementTotals, ViewState,
+    Managed, Rel, Session, StatementDelta, StatementFigures, StatementTotals, ViewState,
 };
 
 /// What a view needs.
@@ -134,7 +132,7 @@ pub async fn perform(
     hash: &str,
     run_id: &str,
     lock_timeout_ms: u64,
-    managed: &HashMap<String, (String, String)>,
+    managed: &Managed,
     probe: Option<(&dyn StatementProbe, i32)>,
 ) -> Result<Done, DbError> {
     if let (Action::Refresh { concurrently }, None) = (action, probe) {

@@ -14,12 +14,14 @@ use etl_core::{DbError, FailureKind};
 use tracing::Instrument;
 
 use super::graph;
-use super::planner::{plan, PlanError, PlannedView, Scope, Selection, Timeouts, ViewPlan};
+use super::planner::{
+    plan, PlanError, PlannedView, Scope, Selection, Timeouts, ViewName, ViewPlan,
+};
 use super::refresh::{decide, perform, Action};
 use super::select::{self, SelectError};
 use crate::repositories::{
-    BeginError, CatalogPart, CatalogRead, HistoryId, HistoryRoutes, Outcome, Rel, RunCounts,
-    Session, StartRunError, Store, ViewLock, ViewRecord,
+    BeginError, CatalogPart, CatalogRead, HistoryId, HistoryRoutes, Managed, Outcome, Rel,
+    RunCounts, Session, StartRunError, Store, ViewLock, ViewRecord,
 };
 
 /// What a run is allowed to do.
@@ -156,7 +158,7 @@ pub struct Prepared {
     pub expected_known: Vec<bool>,
     /// Every valid managed view, selected or not: key → (query, hash); a rebuild recreates the
     /// managed views that read the rebuilt one from these.
-    pub managed: HashMap<String, (String, String)>,
+    pub managed: Managed,
     /// One message per dependency cycle, naming every view in it.
     pub cycles: Vec<String>,
     /// The run a `retry` repeats.
@@ -382,16 +384,33 @@ pub async fn prepare(
         })
         .collect();
 
-    let managed: HashMap<String, (String, String)> = planned
-        .views
-        .iter()
-        .filter_map(|v| match &v.plan {
+    let mut managed = Managed::default();
+    for v in &planned.views {
+        match &v.plan {
             ViewPlan::Valid { query, hash, .. } => {
-                Some((v.key.clone(), (query.clone(), hash.clone())))
+                managed
+                    .views
+                    .insert(v.key.clone(), (query.clone(), hash.clone()));
             }
-            ViewPlan::Invalid(_) => None,
-        })
-        .collect();
+            ViewPlan::Invalid(why) => {
+                let why = why.lines().next().unwrap_or_default();
+                managed
+                    .unusable
+                    .insert(v.key.clone(), format!("is invalid: {why}"));
+            }
+        }
+    }
+    for r in rows.iter().filter(|r| !r.enabled) {
+        if let Ok(name) = ViewName::parse(&r.table_name) {
+            let key = name.to_string();
+            if !managed.views.contains_key(&key) {
+                managed
+                    .unusable
+                    .entry(key)
+                    .or_insert_with(|| "is disabled".to_string());
+            }
+        }
+    }
     let graph = deps.restrict(&keep);
     let upstream: Vec<Vec<String>> = keep
         .iter()

@@ -30,7 +30,7 @@ pub use manifests::{ManifestRow, ReportType};
 pub use reports::{RunRow, StatusRow, ViewRunRow};
 pub use snapshots::{Sample, Snapshot, Snapshots};
 pub use statements::StatementTotals;
-pub use views::{Rebuilt, ViewState, ViewStats};
+pub use views::{Managed, Rebuilt, ViewState, ViewStats};
 
 /// A relation name as two parts; always quoted when put into SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,7 +152,7 @@ pub trait Session: Send {
     async fn refresh_view(&mut self, view: Rel<'_>, concurrently: bool) -> Result<(), DbError>;
     /// Builds `query` under `temp`, copies indexes, grants, comment and owner from `view`, then
     /// swaps the names and drops the old view in one short transaction, recreating the managed
-    /// views that read it (`managed`: key → (query, hash)).
+    /// views that read it (from `managed`).
     #[allow(clippy::too_many_arguments)]
     async fn rebuild_view(
         &mut self,
@@ -162,7 +162,7 @@ pub trait Session: Send {
         hash: &str,
         run_id: &str,
         lock_timeout_ms: u64,
-        managed: &HashMap<String, (String, String)>,
+        managed: &Managed,
     ) -> Result<Rebuilt, DbError>;
     /// Holds the run's own lock for the life of this session (so a later run can tell it is alive).
     async fn lock_run(&mut self, run_id: &str) -> Result<(), DbError>;
@@ -585,7 +585,7 @@ impl Session for PgSession {
         hash: &str,
         run_id: &str,
         lock_timeout_ms: u64,
-        managed: &HashMap<String, (String, String)>,
+        managed: &Managed,
     ) -> Result<Rebuilt, DbError> {
         views::rebuild(
             &mut self.conn,

@@ -263,6 +263,16 @@ const PRIVILEGES: &[&str] = &[
     "MAINTAIN",
 ];
 
+/// The views manifests manage, for a rebuild that must recreate those reading the rebuilt one.
+#[derive(Debug, Clone, Default)]
+pub struct Managed {
+    /// Every valid managed view, selected or not: key → (query, hash).
+    pub views: HashMap<String, (String, String)>,
+    /// Views a manifest names but cannot build (its query or name is invalid, or it is
+    /// disabled): key → why, for the error that stops a rebuild which would drop one.
+    pub unusable: HashMap<String, String>,
+}
+
 /// What a rebuild made: the new view's rows and the managed dependents recreated with it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Rebuilt {
@@ -438,7 +448,7 @@ pub async fn rebuild(
     hash: &str,
     run_id: &str,
     lock_timeout_ms: u64,
-    managed: &HashMap<String, (String, String)>,
+    managed: &Managed,
 ) -> Result<Rebuilt, DbError> {
     let temp_rel = Rel {
         schema: view.schema,
@@ -473,18 +483,18 @@ pub async fn rebuild(
 fn unmanaged(
     view: Rel<'_>,
     deps: &[(String, String, String)],
-    managed: &HashMap<String, (String, String)>,
+    managed: &Managed,
 ) -> Option<DbError> {
     let bad: Vec<String> = deps
         .iter()
-        .filter(|(s, n, k)| k != "m" || !managed.contains_key(&format!("{s}.{n}")))
+        .filter(|(s, n, k)| k != "m" || !managed.views.contains_key(&format!("{s}.{n}")))
         .map(|(s, n, k)| {
-            let kind = if k == "m" {
-                "materialized view"
-            } else {
-                "view"
-            };
-            format!("{kind} {s}.{n}")
+            let key = format!("{s}.{n}");
+            match (k.as_str(), managed.unusable.get(&key)) {
+                ("m", Some(why)) => format!("materialized view {key} (its manifest {why})"),
+                ("m", None) => format!("materialized view {key} (no manifest manages it)"),
+                _ => format!("view {key} (no manifest manages it)"),
+            }
         })
         .collect();
     if bad.is_empty() {
@@ -495,13 +505,14 @@ fn unmanaged(
         code: None,
         connect: false,
         message: format!(
-            "cannot rebuild {}: {} read{} it and no manifest manages {}; drop or change {} by hand, or add {} to the manifests",
+            "cannot rebuild {}: {} read{} it, and the rebuild would have to drop {}; drop or change {} by hand, or fix, enable or add {} manifest{}",
             view.key(),
             bad.join(", "),
             if bad.len() == 1 { "s" } else { "" },
             if bad.len() == 1 { "it" } else { "them" },
             if bad.len() == 1 { "it" } else { "them" },
-            if bad.len() == 1 { "it" } else { "them" },
+            if bad.len() == 1 { "its" } else { "their" },
+            if bad.len() == 1 { "" } else { "s" },
         ),
     })
 }
@@ -513,7 +524,7 @@ async fn dress_and_swap(
     hash: &str,
     run_id: &str,
     lock_timeout_ms: u64,
-    managed: &HashMap<String, (String, String)>,
+    managed: &Managed,
 ) -> Result<Vec<String>, DbError> {
     let (oid, dress) = capture(&*client, view).await?;
     put_on(&*client, temp, &dress, |n, _| {
@@ -567,7 +578,7 @@ async fn dress_and_swap(
     let mut recreated = Vec::with_capacity(deps.len());
     for ((s, n, _), d) in deps.iter().zip(&dep_dress) {
         let key = format!("{s}.{n}");
-        let Some((query, dep_hash)) = managed.get(&key) else {
+        let Some((query, dep_hash)) = managed.views.get(&key) else {
             continue;
         };
         let rel = Rel { schema: s, name: n };
