@@ -42,6 +42,8 @@ pub struct FakeState {
     pub inspected: Vec<Vec<String>>,
     /// How many times the throttle asked for the server's active queries.
     pub active_checks: usize,
+    /// A signal that arrives as soon as a rebuild is done.
+    pub interrupt_after_rebuild: Option<etl_core::job::Interrupt>,
 }
 
 #[derive(Clone, Default)]
@@ -232,12 +234,19 @@ impl Session for FakeStore {
         _: &crate::repositories::Managed,
     ) -> Result<Rebuilt, DbError> {
         self.ddl("rebuild", view.key()).await?;
-        let dependents = self
-            .state()
-            .rebuilt_dependents
-            .get(&view.key())
-            .cloned()
-            .unwrap_or_default();
+        let (dependents, interrupt) = {
+            let s = self.state();
+            (
+                s.rebuilt_dependents
+                    .get(&view.key())
+                    .cloned()
+                    .unwrap_or_default(),
+                s.interrupt_after_rebuild.clone(),
+            )
+        };
+        if let Some(i) = interrupt {
+            i.trigger(etl_core::ExitStatus::Terminated);
+        }
         Ok(Rebuilt {
             rows: 1,
             dependents,

@@ -1153,10 +1153,23 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
         Ok(a) => *a,
         Err(reason) => return done(failed(0, reason.clone())),
     };
+    let rebuilt = lock(&shared.rebuilt_with_upstream).contains(&view.key);
     if shared.interrupt.is_interrupted() {
+        if rebuilt {
+            // Its upstream's rebuild recreated it, on the new data, before the signal: that is
+            // what happened to it in this run (only its ANALYZE did not run).
+            return done(Outcome {
+                status: "success",
+                action: Some(Action::RebuiltWithUpstream.label()),
+                ..skipped(format!(
+                    "recreated by its upstream's rebuild; not analyzed: the run was interrupted by {}",
+                    shared.interrupt.signal_name()
+                ))
+            });
+        }
         return done(not_started(&shared.interrupt));
     }
-    if lock(&shared.rebuilt_with_upstream).contains(&view.key) {
+    if rebuilt {
         action = Action::RebuiltWithUpstream;
     }
     // While the breaker is open the view waits (on its slot, holding no connection) for the
@@ -2200,6 +2213,39 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, RunError::Unavailable(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_view_its_upstream_rebuilt_before_a_signal_is_recorded_rebuilt_not_cancelled() {
+        let s = store(vec![
+            manifest(1, "s.up", "SELECT 2"),
+            manifest(2, "s.down", "SELECT * FROM s.up"),
+        ]);
+        let interrupt = Interrupt::new();
+        {
+            let mut st = s.state();
+            st.views.insert("s.up".into(), built_from("stale"));
+            st.views.insert(
+                "s.down".into(),
+                built_from(&super::super::planner::hash_query("SELECT * FROM s.up")),
+            );
+            st.rebuilt_dependents
+                .insert("s.up".into(), vec!["s.down".into()]);
+            st.interrupt_after_rebuild = Some(interrupt.clone());
+        }
+        let r = RunProcessor::new(Arc::new(s.clone()), settings(2, 5), TestClock::default())
+            .with_interrupt(interrupt)
+            .run("test", "", &Selection::default())
+            .await
+            .unwrap();
+        let down = &r.results[1].outcome;
+        assert_eq!(
+            (down.status, down.action),
+            ("success", Some("rebuilt with upstream")),
+            "{down:?}"
+        );
+        let calls: Vec<String> = s.state().calls.iter().map(|(_, k)| k.clone()).collect();
+        assert_eq!(calls, ["s.up"], "nothing ran for s.down after the signal");
     }
 
     #[tokio::test]
