@@ -120,7 +120,7 @@ impl Interrupt {
 }
 
 #[cfg(unix)]
-async fn watch_signals(interrupt: Interrupt) {
+async fn watch_signals(interrupt: Interrupt, json: bool) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -141,17 +141,22 @@ async fn watch_signals(interrupt: Interrupt) {
             std::process::exit(status as i32);
         }
         interrupt.trigger(status);
-        // Not `eprintln!`: it panics when stderr is a closed pipe.
-        let _ = writeln!(
-            std::io::stderr(),
+        let message = format!(
             "{}: stopping; no new view starts and the running ones are cancelled on the server (a second signal exits at once)",
             interrupt.signal_name()
         );
+        if json {
+            // A log shipper reads JSON lines only.
+            tracing::warn!("{message}");
+        } else {
+            // Not `eprintln!`: it panics when stderr is a closed pipe.
+            let _ = writeln!(std::io::stderr(), "{message}");
+        }
     }
 }
 
 #[cfg(not(unix))]
-async fn watch_signals(_interrupt: Interrupt) {}
+async fn watch_signals(_interrupt: Interrupt, _json: bool) {}
 
 /// What every job receives: built once by the runner.
 #[derive(Debug, Clone)]
@@ -388,14 +393,17 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
         && std::io::IsTerminal::is_terminal(&std::io::stderr())
         && env.get_raw("TERM") != Some("dumb")
         && matches.try_get_one::<bool>("quiet").is_ok();
-    crate::logging::init(
+    if let Err(e) = crate::logging::init(
         &env,
         crate::logging::LogOptions {
             json,
             quiet,
             progress,
         },
-    );
+    ) {
+        let _ = writeln!(std::io::stderr(), "error: configuration error: {e}");
+        return ExitStatus::Usage.into();
+    }
     // One thread drives every connection. The tool's own work per view is a fraction of a
     // millisecond next to the server's; on a small database host, a second runtime thread only
     // hands wake-ups across threads: with the multi-threaded runtime, the same refresh of 400
@@ -424,7 +432,7 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
         ui,
     };
     let outcome = runtime.block_on(async {
-        let watcher = tokio::spawn(watch_signals(interrupt.clone()));
+        let watcher = tokio::spawn(watch_signals(interrupt.clone(), json));
         let outcome = (job.run)(ctx, matches).await;
         watcher.abort();
         // The job's pools are gone with it: let their connections say goodbye to the server.
@@ -436,7 +444,12 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
     let status = match outcome {
         Ok(status) => status,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            if json {
+                // One JSON object per line, the fatal error included.
+                tracing::error!(exit_code = e.status as i32, "{}", e.message);
+            } else {
+                let _ = writeln!(std::io::stderr(), "error: {}", e.message);
+            }
             e.status
         }
     };

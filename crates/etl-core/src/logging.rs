@@ -15,10 +15,10 @@ pub struct LogOptions {
     pub progress: bool,
 }
 
-/// `RUST_LOG` when set (an invalid filter falls back to the default), otherwise `info` (server
-/// notices such as "already exists, skipping" only at `RUST_LOG=tokio_postgres=info`). JSON
-/// lines carry the fields of the spans they happen in (run id, view, agency).
-pub fn init(env: &Env, options: LogOptions) {
+/// `RUST_LOG` when set, otherwise `info` (server notices such as "already exists, skipping"
+/// only at `RUST_LOG=tokio_postgres=info`). JSON lines carry the fields of the spans they happen
+/// in (run id, view, agency). A `RUST_LOG` that is not a filter is a configuration error.
+pub fn init(env: &Env, options: LogOptions) -> Result<(), String> {
     let default = if options.quiet {
         "error"
     } else if options.progress {
@@ -26,10 +26,16 @@ pub fn init(env: &Env, options: LogOptions) {
     } else {
         "info,tokio_postgres=warn"
     };
-    let filter = env
+    let asked = env
         .get("RUST_LOG")
+        .map(|f| {
+            EnvFilter::try_new(f).map_err(|e| {
+                format!("RUST_LOG={f:?}: {e}; expected a filter such as info, warn or reporting_seeder=debug")
+            })
+        })
+        .transpose()?;
+    let filter = asked
         .filter(|_| !options.quiet)
-        .and_then(|f| EnvFilter::try_new(f).ok())
         .unwrap_or_else(|| EnvFilter::new(default));
     let json = options.json;
     let builder = tracing_subscriber::fmt()
@@ -52,6 +58,7 @@ pub fn init(env: &Env, options: LogOptions) {
             .with_ansi(colour(env, &std::io::stderr()))
             .try_init()
     };
+    Ok(())
 }
 
 /// Colour only on a terminal that can show it (not `TERM=dumb`), and never with `NO_COLOR` set

@@ -346,3 +346,59 @@ async fn a_closed_stdout_pipe_keeps_the_exit_status() {
         assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     }
 }
+
+/// A RUST_LOG that is not a filter is a configuration error naming it, like any bad value.
+#[test]
+fn a_bad_rust_log_exits_2_naming_it() {
+    let out = bin()
+        .env("DB_HOST", "127.0.0.1")
+        .env("DB_PORT", "1")
+        .env("RUST_LOG", "[[[")
+        .args(["run", "refresh_all"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("RUST_LOG"), "{}", stderr(&out));
+}
+
+/// With JSON logs, stderr is JSON lines only: the fatal error too (a log shipper reads nothing
+/// else).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_json_logs_a_fatal_error_is_a_json_line_too() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.v", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let out = db
+        .run(
+            &[
+                "run",
+                "refresh_all",
+                "--",
+                "--log-format",
+                "json",
+                "--select",
+                "agency:nobody",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let fatal = lines
+        .iter()
+        .find(|l| l["level"] == "ERROR")
+        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(
+        fatal["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("agency:nobody"),
+        "{fatal}"
+    );
+    assert_eq!(fatal["fields"]["exit_code"], 2);
+}

@@ -1570,6 +1570,7 @@ async fn refresh_with_retries<C: Clock>(
                     "cancelled by {}: the running statement was cancelled on the server",
                     shared.interrupt.signal_name()
                 ));
+                tracing::warn!(view = %view.key, action = action.label(), "cancelled on the server");
                 done.outcome = Outcome {
                     status: "cancelled",
                     action: Some(action.label()),
