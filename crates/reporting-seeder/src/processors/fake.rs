@@ -276,17 +276,6 @@ impl Session for FakeStore {
         self.state().active_checks += 1;
         Ok(0)
     }
-    async fn check_query(&mut self, query: &str) -> Result<(), DbError> {
-        if query.contains("not postgres") {
-            return Err(DbError {
-                kind: etl_core::FailureKind::OwnError,
-                code: Some("42601".into()),
-                connect: false,
-                message: "syntax error at or near \"not\"".into(),
-            });
-        }
-        Ok(())
-    }
     async fn statements_available(&mut self) -> Result<(), String> {
         Err("the fake store has no pg_stat_statements".into())
     }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 
 pub use super::validate::ViewName;
-use super::validate::{server_checkable, validate_query_and_reads, InvalidManifest, RelationRef};
+use super::validate::{unparsed_postgres, validate_query_and_reads, InvalidManifest, RelationRef};
 use crate::repositories::{ManifestRow, ReportType, ViewRecord};
 
 /// Which report types a run covers.
@@ -105,9 +105,9 @@ pub enum ViewPlan {
         hash: String,
         /// The relations `query` reads, found when it was validated.
         reads: Vec<RelationRef>,
-        /// Why the tool's parser could not parse `query`, when it could not: the server checks
-        /// it instead (parsed and analysed, never run) before the run does anything with it,
-        /// and the views it reads are known only from the catalog, once it exists.
+        /// Why the tool's parser could not parse `query`, when it could not (PostgreSQL syntax
+        /// it lacks): its tokens were checked instead, `reads` come from them, and PostgreSQL's
+        /// own `CREATE MATERIALIZED VIEW` refuses anything but a read-only query.
         unparsed: Option<String>,
     },
     /// Recorded as an error with this reason; nothing is executed.
@@ -297,12 +297,12 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
             Err(e) => ViewPlan::Invalid(e.to_string()),
             Ok(name) => match validate_query_and_reads(&first.query) {
                 Err(InvalidManifest::Unparsable { message }) => {
-                    match server_checkable(&first.query) {
-                        Ok(query) => ViewPlan::Valid {
+                    match unparsed_postgres(&first.query) {
+                        Ok((query, reads)) => ViewPlan::Valid {
                             name,
                             hash: hash_query(&query),
                             query,
-                            reads: Vec::new(),
+                            reads,
                             unparsed: Some(message),
                         },
                         Err(e) => ViewPlan::Invalid(e.to_string()),

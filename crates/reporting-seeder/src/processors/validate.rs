@@ -373,11 +373,13 @@ pub fn validate_query_and_reads(sql: &str) -> Result<(String, Vec<RelationRef>),
 
 /// A query the tool's parser cannot parse may still be PostgreSQL: syntax sqlparser lacks, such
 /// as `BETWEEN SYMMETRIC`, `ROWS FROM (…)`, `x ISNULL` or `xmlelement(name …)`. Such a query is
-/// checked by the server instead, before anything runs (the run parses and analyses it there
-/// as a subquery, which fails for anything but one read-only query). First, what its tokens
-/// alone tell: one statement (no `;` but trailing ones), starting as a query does, with no
-/// locking clause. Returns the text to check, and to execute once checked.
-pub fn server_checkable(sql: &str) -> Result<String, InvalidManifest> {
+/// accepted when its tokens show one statement (no `;` but leading or trailing ones) that
+/// starts as a query does, with no locking clause; PostgreSQL's own `CREATE MATERIALIZED VIEW`
+/// refuses the rest (a data-modifying `WITH`, `SELECT … INTO`) before running anything. Returns
+/// the text to execute and the relations it seems to read: names right after `FROM` or `JOIN`
+/// outside function calls (`substring(x FROM 1)` is not a relation), which may include a CTE's
+/// name; the catalog confirms them once the view exists.
+pub fn unparsed_postgres(sql: &str) -> Result<(String, Vec<RelationRef>), InvalidManifest> {
     let text = strip_trailing(sql)?;
     let dialect = PostgreSqlDialect {};
     let tokens =
@@ -399,13 +401,17 @@ pub fn server_checkable(sql: &str) -> Result<String, InvalidManifest> {
             count: separators + 1,
         });
     }
+    let keyword = |t: &Token, k: Keyword| matches!(t, Token::Word(w) if w.quote_style.is_none() && w.keyword == k);
     match words.first() {
-        Some(Token::Word(w))
-            if w.quote_style.is_none()
-                && matches!(
-                    w.keyword,
-                    Keyword::SELECT | Keyword::WITH | Keyword::VALUES | Keyword::TABLE
-                ) => {}
+        Some(t)
+            if [
+                Keyword::SELECT,
+                Keyword::WITH,
+                Keyword::VALUES,
+                Keyword::TABLE,
+            ]
+            .iter()
+            .any(|k| keyword(t, *k)) => {}
         Some(Token::LParen) => {}
         Some(Token::Word(w)) => {
             return Err(InvalidManifest::NotAQuery {
@@ -418,23 +424,129 @@ pub fn server_checkable(sql: &str) -> Result<String, InvalidManifest> {
             })
         }
     }
-    for pair in words.windows(2) {
-        if let (Token::Word(a), Token::Word(b)) = (pair[0], pair[1]) {
-            if a.quote_style.is_none()
-                && b.quote_style.is_none()
-                && a.keyword == Keyword::FOR
-                && matches!(
-                    b.keyword,
-                    Keyword::UPDATE | Keyword::SHARE | Keyword::NO | Keyword::KEY
-                )
-            {
-                return Err(InvalidManifest::LockingClause {
-                    clause: format!("FOR {}", b.value.to_uppercase()),
-                });
+    // Each open parenthesis: whether it is a function call's (its arguments may hold FROM and
+    // FOR, as in substring(x FROM 1 FOR 2)) rather than a subquery's or a grouping's.
+    const OPENS_A_QUERY: &[Keyword] = &[
+        Keyword::FROM,
+        Keyword::JOIN,
+        Keyword::IN,
+        Keyword::EXISTS,
+        Keyword::AS,
+        Keyword::LATERAL,
+        Keyword::ANY,
+        Keyword::ALL,
+        Keyword::SOME,
+        Keyword::ON,
+        Keyword::WHERE,
+        Keyword::AND,
+        Keyword::OR,
+        Keyword::NOT,
+        Keyword::SELECT,
+        Keyword::UNION,
+        Keyword::INTERSECT,
+        Keyword::EXCEPT,
+        Keyword::THEN,
+        Keyword::ELSE,
+        Keyword::WHEN,
+        Keyword::HAVING,
+        Keyword::USING,
+    ];
+    // Words after FROM or JOIN that are not a relation's name.
+    const NOT_A_NAME: &[Keyword] = &[
+        Keyword::LATERAL,
+        Keyword::ONLY,
+        Keyword::ROWS,
+        Keyword::VALUES,
+    ];
+    let mut calls: Vec<bool> = Vec::new();
+    let mut reads: Vec<RelationRef> = Vec::new();
+    for (i, t) in words.iter().enumerate() {
+        let in_call = calls.last().copied().unwrap_or(false);
+        match t {
+            Token::LParen => {
+                let call = match i.checked_sub(1).map(|p| words[p]) {
+                    Some(Token::Word(w)) => {
+                        w.quote_style.is_some() || !OPENS_A_QUERY.contains(&w.keyword)
+                    }
+                    _ => false,
+                };
+                calls.push(call);
             }
+            Token::RParen => {
+                calls.pop();
+            }
+            _ if in_call => {}
+            _ if keyword(t, Keyword::FOR) => {
+                let next = |k: usize| words.get(i + k).copied();
+                let is = |k: usize, kw: Keyword| next(k).is_some_and(|t| keyword(t, kw));
+                let locking = is(1, Keyword::UPDATE)
+                    || is(1, Keyword::SHARE)
+                    || (is(1, Keyword::NO) && is(2, Keyword::KEY) && is(3, Keyword::UPDATE))
+                    || (is(1, Keyword::KEY) && is(2, Keyword::SHARE));
+                if locking {
+                    let clause = words[i..]
+                        .iter()
+                        .take_while(|t| matches!(t, Token::Word(_)))
+                        .take(if is(1, Keyword::NO) {
+                            4
+                        } else if is(1, Keyword::KEY) {
+                            3
+                        } else {
+                            2
+                        })
+                        .map(|t| t.to_string().to_uppercase())
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    return Err(InvalidManifest::LockingClause { clause });
+                }
+            }
+            // `a IS DISTINCT FROM b` compares values: b is no relation.
+            _ if (keyword(t, Keyword::FROM)
+                && !(i > 0 && keyword(words[i - 1], Keyword::DISTINCT)))
+                || keyword(t, Keyword::JOIN) =>
+            {
+                let name = |k: usize| match words.get(i + k) {
+                    Some(Token::Word(w)) if w.quote_style.is_some() => Some(w.value.clone()),
+                    Some(Token::Word(w))
+                        if !OPENS_A_QUERY.contains(&w.keyword)
+                            && !NOT_A_NAME.contains(&w.keyword) =>
+                    {
+                        Some(w.value.to_ascii_lowercase())
+                    }
+                    _ => None,
+                };
+                let at = if words.get(i + 1).is_some_and(|t| keyword(t, Keyword::ONLY)) {
+                    2
+                } else {
+                    1
+                };
+                let Some(first) = name(at) else { continue };
+                let (r, end) = match (words.get(i + at + 1), name(at + 2)) {
+                    (Some(Token::Period), Some(second)) => (
+                        RelationRef {
+                            schema: Some(first),
+                            name: second,
+                        },
+                        i + at + 2,
+                    ),
+                    _ => (
+                        RelationRef {
+                            schema: None,
+                            name: first,
+                        },
+                        i + at,
+                    ),
+                };
+                // A name followed by `(` is a function (FROM generate_series(…)).
+                let function = matches!(words.get(end + 1), Some(Token::LParen));
+                if !function && !reads.contains(&r) {
+                    reads.push(r);
+                }
+            }
+            _ => {}
         }
     }
-    Ok(text.to_string())
+    Ok((text.to_string(), reads))
 }
 
 /// Does the work of [`validate_query`] and also returns the parsed query, so
@@ -854,12 +966,14 @@ fn strip_trailing(sql: &str) -> Result<&str, InvalidManifest> {
         })
         .ok_or(InvalidManifest::EmptyQuery)?;
     let end = byte_offset(sql, last.span.end).ok_or(InvalidManifest::UnsafeTrailingText)?;
+    // Leading semicolons go too (`;SELECT 1` is one statement, as psql runs it).
     let start = tokens
         .iter()
         .find(|t| {
             !matches!(
                 t.token,
                 Token::Whitespace(Whitespace::Space | Whitespace::Newline | Whitespace::Tab)
+                    | Token::SemiColon
             )
         })
         .and_then(|t| byte_offset(sql, t.span.start))
@@ -1455,32 +1569,72 @@ mod tests {
     }
 
     #[test]
-    fn unparsable_postgres_goes_to_the_server_only_when_its_tokens_allow() {
-        // PostgreSQL the parser lacks: left for the server to check, trailing ; cut.
+    fn unparsable_postgres_is_accepted_only_when_its_tokens_allow() {
+        // PostgreSQL the parser lacks: accepted, trailing and leading ; cut.
         for sql in [
             "select * from rows from (generate_series(1,2)) as t(x);",
             "select n from reporting.base where n between symmetric 2 and 1",
             "select n isnull as missing from reporting.base",
             "(select xmlelement(name foo, 'bar') as x)",
             "with t as (select 1 as n) select n from t where n between symmetric 2 and 0",
+            ";select 1 isnull as n",
+            "select substring(v from 1 for key) as s from (select 'ab' as v, 2 as key) s where 1 between symmetric 0 and 2",
+            "select substring(v for share) as s from (select 'ab' as v, 1 as share) s where 1 between symmetric 0 and 2",
         ] {
-            assert!(
-                matches!(query_err(sql), InvalidManifest::Unparsable { .. }),
-                "{sql}"
-            );
-            let text = server_checkable(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-            assert!(!text.ends_with(';'), "{text}");
+            assert!(matches!(query_err(sql), InvalidManifest::Unparsable { .. }), "{sql}");
+            let (text, _) = unparsed_postgres(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert!(!text.ends_with(';') && !text.starts_with(';'), "{text}");
         }
+        // Parsed or not, leading semicolons are no statement.
+        assert_eq!(
+            validate_query_and_reads(";SELECT 1 AS n").unwrap().0,
+            "SELECT 1 AS n"
+        );
+        // The relations it reads, from the names after FROM and JOIN outside function calls.
+        let (_, reads) = unparsed_postgres(
+            "select a.n, extract(year from now()) from reporting.base a \
+             join ONLY \"Odd\".\"V\" v using (n) cross join lateral (select 1) l, \
+             generate_series(1, 2) g where a.n is distinct from v.n and n between symmetric 1 and 2",
+        )
+        .unwrap();
+        assert_eq!(
+            reads,
+            [rel(Some("reporting"), "base"), rel(Some("Odd"), "V")]
+        );
+        let (_, reads) = unparsed_postgres(
+            "select * from rows from (generate_series(1,2)) as t(x) join stg using (x)",
+        )
+        .unwrap();
+        assert_eq!(reads, [rel(None, "stg")]);
         // What the tokens show is refused before anything reaches the server.
-        let refused = |sql: &str| server_checkable(sql).unwrap_err();
+        let refused = |sql: &str| unparsed_postgres(sql).unwrap_err();
         assert_eq!(
             refused("select xmlelement(name foo); drop table reporting.victim"),
             InvalidManifest::MultipleStatements { count: 2 }
         );
-        assert!(matches!(
-            refused("select 1 between symmetric 0 and 2 from t for update"),
-            InvalidManifest::LockingClause { .. }
-        ));
+        for (sql, clause) in [
+            (
+                "select 1 between symmetric 0 and 2 from t for update",
+                "FOR UPDATE",
+            ),
+            (
+                "select 1 between symmetric 0 and 2 from t for no key update",
+                "FOR NO KEY UPDATE",
+            ),
+            (
+                "select * from (select 1 from t for share) s where 1 isnull",
+                "FOR SHARE",
+            ),
+            ("select 1 isnull from t for key share of t", "FOR KEY SHARE"),
+        ] {
+            assert_eq!(
+                refused(sql),
+                InvalidManifest::LockingClause {
+                    clause: clause.into()
+                },
+                "{sql}"
+            );
+        }
         assert!(matches!(
             refused("drop table t between symmetric"),
             InvalidManifest::NotAQuery { .. }

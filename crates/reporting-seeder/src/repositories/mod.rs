@@ -180,8 +180,6 @@ pub trait Session: Send {
     ) -> Result<(), DbError>;
     /// Active queries on the server, this session's excluded.
     async fn active_queries(&mut self) -> Result<i64, DbError>;
-    /// Has the server parse and analyse `query` as one read-only query, without running it.
-    async fn check_query(&mut self, query: &str) -> Result<(), DbError>;
     /// Whether pg_stat_statements can be read here: `Err` says why not.
     async fn statements_available(&mut self) -> Result<(), String>;
     /// This session's server process id.
@@ -762,9 +760,6 @@ impl Session for PgSession {
     }
     async fn active_queries(&mut self) -> Result<i64, DbError> {
         views::active_queries(&self.conn).await
-    }
-    async fn check_query(&mut self, query: &str) -> Result<(), DbError> {
-        views::check_query(&self.conn, query).await
     }
     async fn statements_available(&mut self) -> Result<(), String> {
         statements::available(&self.conn).await

@@ -195,17 +195,6 @@ where
     Ok(send("").await?)
 }
 
-/// Has the server parse and analyse `query` without running it (Parse and Describe; the
-/// statement is closed when dropped), as a subquery: anything but one read-only query fails
-/// there (a second statement, a data-modifying WITH, SELECT … INTO). The newlines keep a
-/// trailing `--` comment from swallowing the closing parenthesis.
-pub async fn check_query(client: &Client, query: &str) -> Result<(), DbError> {
-    client
-        .prepare(&format!("SELECT * FROM (\n{query}\n) AS _rs_checked"))
-        .await?;
-    Ok(())
-}
-
 pub async fn drop_if_exists(client: &Client, view: Rel<'_>) -> Result<(), DbError> {
     let sql = format!("DROP MATERIALIZED VIEW IF EXISTS {}", view.quoted());
     // After a signal the run cancels this session's statements until the view's work ends; a
