@@ -588,3 +588,100 @@ fn migration_files() -> usize {
         })
         .count()
 }
+
+/// Old tables created by other tools differ in their column types (varchar where ours say text,
+/// numeric or smallint where ours say integer): every statement casts its values, so the tool
+/// works on them as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_tables_with_other_column_types_work_as_they_are() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let c = db.client().await;
+    for t in ["seeder_run_history", "seeder_canned_run_history"] {
+        c.batch_execute(&format!(
+            "ALTER TABLE reporting.{t}
+                ALTER COLUMN table_name TYPE varchar(255),
+                ALTER COLUMN report_name TYPE varchar(255),
+                ALTER COLUMN run_id TYPE varchar(64),
+                ALTER COLUMN status TYPE varchar(32),
+                ALTER COLUMN agency_slug TYPE varchar(255),
+                ALTER COLUMN duration_seconds TYPE numeric,
+                ALTER COLUMN records_processed TYPE numeric,
+                ALTER COLUMN consecutive_failures TYPE smallint,
+                ALTER COLUMN agency_id TYPE integer"
+        ))
+        .await
+        .unwrap();
+    }
+    for t in ["seeder_job_status", "seeder_canned_job_status"] {
+        c.batch_execute(&format!(
+            "ALTER TABLE reporting.{t}
+                ALTER COLUMN table_name TYPE varchar(255),
+                ALTER COLUMN status TYPE varchar(32),
+                ALTER COLUMN duration_seconds TYPE numeric,
+                ALTER COLUMN consecutive_failures TYPE smallint,
+                ALTER COLUMN last_run_id TYPE varchar(64)"
+        ))
+        .await
+        .unwrap();
+    }
+    db.custom("reporting.good", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.custom("reporting.bad", "gotham", 1, "SELECT 1 / 0 AS id")
+        .await;
+    db.custom(
+        "reporting.reads_bad",
+        "gotham",
+        1,
+        "SELECT * FROM reporting.bad",
+    )
+    .await;
+    db.canned(
+        "reporting.shared",
+        "SELECT 2 AS id",
+        &[(1, "gotham"), (2, "metropolis")],
+    )
+    .await;
+    for _ in 0..2 {
+        let out = db.run(&["run", "refresh_all"], &[]).await;
+        assert_exit(&out, 1);
+        assert!(!stderr(&out).contains("bookkeeping"), "{}", stderr(&out));
+        assert!(!stdout(&out).contains("bookkeeping"), "{}", stdout(&out));
+    }
+    let mut rows = db.history(&db.last_run_id().await).await;
+    rows.sort();
+    let statuses: Vec<(&str, &str)> = rows.iter().map(|r| (r.0.as_str(), r.1.as_str())).collect();
+    assert_eq!(
+        statuses,
+        [
+            ("reporting.bad", "error"),
+            ("reporting.good", "success"),
+            ("reporting.reads_bad", "skipped"),
+            ("reporting.shared", "success")
+        ]
+    );
+    let failures: i64 = c
+        .query_one(
+            "SELECT consecutive_failures::bigint FROM reporting.seeder_job_status WHERE table_name = 'reporting.bad'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failures, 2);
+    let out = db.run(&["run", "status"], &[]).await;
+    assert_exit(&out, 1);
+    assert!(
+        stdout(&out).starts_with("4 views: 2 ok, 1 failing"),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = db.run(&["run", "history"], &[]).await;
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("refresh_all"), "{}", stdout(&out));
+    let out = db.run(&["run", "retry"], &[]).await;
+    assert_exit(&out, 1);
+    assert!(!stderr(&out).contains("error:"), "{}", stderr(&out));
+    assert_eq!(db.history(&db.last_run_id().await).await.len(), 2);
+}

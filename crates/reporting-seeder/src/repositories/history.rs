@@ -206,8 +206,8 @@ fn start_sql(routes: HistoryRoutes, report_type: ReportType) -> String {
         "INSERT INTO {history} (run_id, manifest_id, table_name, report_name, agency_id, agency_slug,
              report_type, status, start_time, records_processed, bytes_processed,
              consecutive_failures, created_at, updated_at)
-         SELECT $1, $2::bigint, $3, $4, $5::bigint, $6, $7, 'running', now(), 0, 0,
-             coalesce((SELECT consecutive_failures FROM {status} WHERE table_name = $3), 0),
+         SELECT $1::text, $2::bigint, $3::text, $4::text, $5::bigint, $6::text, $7::text, 'running', now(), 0, 0,
+             coalesce((SELECT consecutive_failures FROM {status} WHERE table_name = $3::text), 0),
              now(), now()
          FROM {ASYNC_COMMIT}
          RETURNING id::bigint"
@@ -274,14 +274,14 @@ fn finish_sql(routes: HistoryRoutes, report_type: ReportType, has_row: bool) -> 
     let history_write = if has_row {
         format!(
             "UPDATE {history}
-             SET status = $7, duration_seconds = $8,
+             SET status = $7::text, duration_seconds = $8::integer,
                  -- Server time throughout: the row is written as the work ends (after every
                  -- attempt: the duration is the last one's, so start plus duration would be
                  -- early for a view that was retried).
-                 finish_time = now(), records_processed = $9,
-                 bytes_processed = $10, errors = $11, consecutive_failures = (SELECT n FROM cf),
+                 finish_time = now(), records_processed = $9::bigint,
+                 bytes_processed = $10::bigint, errors = $11::text, consecutive_failures = (SELECT n FROM cf),
                  updated_at = now()
-             WHERE id = $12
+             WHERE id = $12::bigint
              RETURNING id::bigint AS id, start_time, finish_time"
         )
     } else {
@@ -290,8 +290,8 @@ fn finish_sql(routes: HistoryRoutes, report_type: ReportType, has_row: bool) -> 
                  agency_slug, report_type, status, start_time, finish_time, duration_seconds,
                  records_processed, bytes_processed, errors, consecutive_failures, created_at,
                  updated_at)
-             SELECT $1, $2::bigint, $3, $4, $5::bigint, $6, $13, $7, now(), now(), $8, $9, $10,
-                 $11, (SELECT n FROM cf), now(), now()
+             SELECT $1::text, $2::bigint, $3::text, $4::text, $5::bigint, $6::text, $13::text, $7::text, now(), now(), $8::integer, $9::bigint, $10::bigint,
+                 $11::text, (SELECT n FROM cf), now(), now()
              WHERE $12::bigint IS NULL
              RETURNING id::bigint AS id, start_time, finish_time"
         )
@@ -299,18 +299,18 @@ fn finish_sql(routes: HistoryRoutes, report_type: ReportType, has_row: bool) -> 
     // consecutive_failures counts errors only: a skip leaves it as it was.
     format!(
         "WITH prev AS (
-             SELECT coalesce((SELECT consecutive_failures FROM {status} WHERE table_name = $3), 0) AS n
+             SELECT coalesce((SELECT consecutive_failures FROM {status} WHERE table_name = $3::text), 0) AS n
              FROM {ASYNC_COMMIT}
          ), cf AS (
-             SELECT CASE $7 WHEN 'error' THEN n + 1 WHEN 'success' THEN 0 ELSE n END AS n FROM prev
+             SELECT CASE $7::text WHEN 'error' THEN n + 1 WHEN 'success' THEN 0 ELSE n END AS n FROM prev
          ), h AS (
              {history_write}
          ), s AS (
              INSERT INTO {status} AS s (table_name, manifest_id, report_name, report_type, agency_id,
                  agency_slug, status, duration_seconds, start_time, consecutive_failures,
                  last_run_id, last_errors, updated_at)
-             SELECT $3, $2::bigint, $4, $13, $5::bigint, $6, $7, $8, h.start_time,
-                 (SELECT n FROM cf), $1, $11, now()
+             SELECT $3::text, $2::bigint, $4::text, $13::text, $5::bigint, $6::text, $7::text, $8::integer, h.start_time,
+                 (SELECT n FROM cf), $1::text, $11::text, now()
              FROM h
              ON CONFLICT (table_name) DO UPDATE SET
                  manifest_id = EXCLUDED.manifest_id, report_name = EXCLUDED.report_name,
@@ -325,11 +325,11 @@ fn finish_sql(routes: HistoryRoutes, report_type: ReportType, has_row: bool) -> 
              report_type, status, action, duration_ms, rows, bytes, error, finished_at, attempts,
              db_exec_ms, shared_blks_hit, shared_blks_read, shared_blks_written, temp_blks_written,
              pgss_queryid, pgss_totals)
-         SELECT $1, $3, '{history}', h.id, $13, $7, $14, $15,
+         SELECT $1::text, $3::text, '{history}', h.id, $13::text, $7::text, $14::text, $15::bigint,
              -- The view's size is known only when it was refreshed (the old tables say 0).
-             CASE WHEN $7 = 'success' THEN $9::bigint END, CASE WHEN $7 = 'success' THEN $10::bigint END,
-             $11, h.finish_time, $16,
-             $17, $18, $19, $20, $21, $22, $23
+             CASE WHEN $7::text = 'success' THEN $9::bigint END, CASE WHEN $7::text = 'success' THEN $10::bigint END,
+             $11::text, h.finish_time, $16::integer,
+             $17::float8, $18::bigint, $19::bigint, $20::bigint, $21::bigint, $22::bigint, $23::jsonb
          FROM h
          ON CONFLICT (run_id, table_name) DO UPDATE SET
              history_table = EXCLUDED.history_table, history_id = EXCLUDED.history_id,
@@ -450,7 +450,7 @@ pub async fn unfinished_views(
 ) -> Result<Option<Vec<String>>, DbError> {
     let known = client
         .query_opt(
-            "SELECT 1 FROM reporting.seeder_run WHERE run_id = $1",
+            "SELECT 1 FROM reporting.seeder_run WHERE run_id = $1::text",
             &[&run_id],
         )
         .await?
@@ -461,19 +461,19 @@ pub async fn unfinished_views(
     client
         .query(
             "SELECT table_name FROM reporting.seeder_view_run
-             WHERE run_id = $1 AND status IN ('error', 'skipped', 'cancelled', 'abandoned')
+             WHERE run_id = $1::text AND status IN ('error', 'skipped', 'cancelled', 'abandoned')
              UNION
              -- What a killed run selected but never reached (recorded at its start).
              SELECT k FROM reporting.seeder_run r, unnest(r.selected) AS k
-             WHERE r.run_id = $1 AND NOT EXISTS (
+             WHERE r.run_id = $1::text AND NOT EXISTS (
                  SELECT 1 FROM reporting.seeder_view_run v
-                 WHERE v.run_id = $1 AND v.table_name = k AND v.status = 'success')
+                 WHERE v.run_id = $1::text AND v.table_name = k AND v.status = 'success')
              UNION
              (SELECT h.table_name::text FROM reporting.seeder_run_history h
-              WHERE h.run_id = $1 AND h.status::text IN ('running', 'abandoned')
+              WHERE h.run_id = $1::text AND h.status::text IN ('running', 'abandoned')
               UNION
               SELECT h.table_name::text FROM reporting.seeder_canned_run_history h
-              WHERE h.run_id = $1 AND h.status::text IN ('running', 'abandoned'))
+              WHERE h.run_id = $1::text AND h.status::text IN ('running', 'abandoned'))
              ORDER BY 1",
             &[&run_id],
         )

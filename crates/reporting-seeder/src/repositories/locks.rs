@@ -59,10 +59,10 @@ const TRY_VIEW: &str = "
 const HOLDER: &str = "
     SELECT run_id FROM (
         SELECT run_id, status, start_time FROM reporting.seeder_run_history
-        WHERE table_name = $1 AND run_id <> $2
+        WHERE table_name = $1::text AND run_id <> $2::text
         UNION ALL
         SELECT run_id, status, start_time FROM reporting.seeder_canned_run_history
-        WHERE table_name = $1 AND run_id <> $2
+        WHERE table_name = $1::text AND run_id <> $2::text
     ) r ORDER BY status = 'running' DESC, start_time DESC LIMIT 1";
 
 /// Takes the view's lock without waiting, or says who has it (or has just done the work).
@@ -150,19 +150,19 @@ pub struct Recovery {
 }
 
 const ABANDON: &str = "
-    WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($2, hashtext($1)) AS got),
+    WITH l AS MATERIALIZED (SELECT pg_try_advisory_lock($2, hashtext($1::text)) AS got),
     h1 AS (
         UPDATE reporting.seeder_run_history
         SET status = 'abandoned', finish_time = now(), updated_at = now(),
-            errors = 'abandoned: run ' || $1 || ' ended without recording an outcome (killed, or its connection was lost)'
-        WHERE run_id = $1 AND status = 'running' AND (SELECT got FROM l)
+            errors = 'abandoned: run ' || $1::text || ' ended without recording an outcome (killed, or its connection was lost)'
+        WHERE run_id = $1::text AND status = 'running' AND (SELECT got FROM l)
         RETURNING id, table_name::text AS table_name, start_time, errors::text AS errors,
                   report_type::text AS report_type
     ), h2 AS (
         UPDATE reporting.seeder_canned_run_history
         SET status = 'abandoned', finish_time = now(), updated_at = now(),
-            errors = 'abandoned: run ' || $1 || ' ended without recording an outcome (killed, or its connection was lost)'
-        WHERE run_id = $1 AND status = 'running' AND (SELECT got FROM l)
+            errors = 'abandoned: run ' || $1::text || ' ended without recording an outcome (killed, or its connection was lost)'
+        WHERE run_id = $1::text AND status = 'running' AND (SELECT got FROM l)
         RETURNING id, table_name::text AS table_name, start_time, errors::text AS errors,
                   report_type::text AS report_type
     ), v AS (
@@ -170,7 +170,7 @@ const ABANDON: &str = "
         INSERT INTO reporting.seeder_view_run (run_id, table_name, history_table, history_id,
             report_type, status, duration_ms, error, finished_at, attempts)
         -- No duration: when the dead run stopped working on the view is not known.
-        SELECT $1, h.table_name, h.history_table, h.id, h.report_type, 'abandoned', NULL,
+        SELECT $1::text, h.table_name, h.history_table, h.id, h.report_type, 'abandoned', NULL,
                h.errors, now(), 1
         FROM (SELECT *, 'reporting.seeder_run_history' AS history_table FROM h1
               UNION ALL
@@ -184,15 +184,15 @@ const ABANDON: &str = "
         -- finished of them.
         UPDATE reporting.seeder_run SET status = 'abandoned', finished_at = now(),
             views = coalesce(cardinality(selected),
-                             (SELECT count(*) FROM reporting.seeder_view_run WHERE run_id = $1)
+                             (SELECT count(*) FROM reporting.seeder_view_run WHERE run_id = $1::text)
                              + (SELECT count(*) FROM v)),
             succeeded = (SELECT count(*) FROM reporting.seeder_view_run
-                         WHERE run_id = $1 AND status = 'success'),
+                         WHERE run_id = $1::text AND status = 'success'),
             failed = (SELECT count(*) FROM reporting.seeder_view_run
-                      WHERE run_id = $1 AND status = 'error'),
+                      WHERE run_id = $1::text AND status = 'error'),
             skipped = (SELECT count(*) FROM reporting.seeder_view_run
-                       WHERE run_id = $1 AND status = 'skipped')
-        WHERE run_id = $1 AND status = 'running' AND (SELECT got FROM l)
+                       WHERE run_id = $1::text AND status = 'skipped')
+        WHERE run_id = $1::text AND status = 'running' AND (SELECT got FROM l)
         RETURNING 1
     )
     SELECT (SELECT got FROM l), (SELECT count(*) FROM h1) + (SELECT count(*) FROM h2),
