@@ -80,7 +80,9 @@ pub struct OutputArgs {
 /// How a run treats views another run is refreshing.
 #[derive(Debug, Clone, Default, Args)]
 pub struct LockArgs {
-    /// Wait for a view another run is refreshing, instead of recording it skipped.
+    /// Wait for a view another run is refreshing instead of skipping it at once: once that run
+    /// lets it go, the view is refreshed, unless that run refreshed it since this one started
+    /// (then it is recorded skipped, "already refreshed by run …", as without this flag).
     #[arg(long)]
     pub wait_for_locks: bool,
 }
