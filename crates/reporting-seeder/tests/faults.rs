@@ -256,14 +256,48 @@ async fn retry_after_sigkill_reruns_the_views_the_dead_run_never_reached() {
         )
         .await;
     }
+    // Built once, so each view has its status row (success) before the run that is killed.
+    assert_exit(
+        &db.run(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "3")])
+            .await,
+        0,
+    );
     let mut child = db.spawn(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "1")]);
-    db.wait_active("%pg_sleep(0.5)%", 1).await;
+    db.wait_active("%REFRESH MATERIALIZED VIEW%slow%", 1).await;
     let killed_run = db.last_run_id().await;
     signal(&child, "KILL");
     let _ = child.wait().await;
     db.wait_tool_gone().await;
 
-    let out = db.run(&["run", "retry"], &[]).await;
+    // Another run (of another agency) recovers the dead one: the view it was refreshing says
+    // `abandoned` in its status row too, not the success before.
+    db.custom("reporting.elsewhere", "metropolis", 2, "SELECT 1 AS id")
+        .await;
+    assert_exit(
+        &db.run(
+            &["run", "refresh_all", "--", "--select", "agency:metropolis"],
+            &[],
+        )
+        .await,
+        0,
+    );
+    let abandoned: Vec<String> = db
+        .client()
+        .await
+        .query(
+            "SELECT table_name FROM reporting.seeder_job_status WHERE status = 'abandoned' AND last_run_id = $1",
+            &[&killed_run],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(abandoned.len(), 1, "{abandoned:?}");
+
+    let out = db
+        .run(&["run", "retry", "--", "--run-id", &killed_run], &[])
+        .await;
     assert_exit(&out, 0);
     let mut retried = statuses(&db).await;
     retried.sort();

@@ -338,6 +338,46 @@ async fn history_lists_runs_and_their_views() {
     );
 }
 
+/// `history --run-id` of a run that is recorded but has no finished view (still running, or a
+/// retry that had nothing to do) shows what there is, exit 0: the run exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_of_a_running_or_empty_run_shows_it() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom(
+        "reporting.slow",
+        "gotham",
+        1,
+        "SELECT 1 AS id FROM (SELECT pg_sleep(2)) s",
+    )
+    .await;
+    let child = db.spawn(&["run", "refresh_all"], &[]);
+    db.wait_active("%pg_sleep(2)%", 1).await;
+    let running = db.last_run_id().await;
+    let out = db
+        .run(
+            &[
+                "run", "history", "--", "--run-id", &running, "--output", "json",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["views"][0]["table"], "reporting.slow", "{json}");
+    assert_eq!(json["views"][0]["status"], "running", "{json}");
+    assert_exit(&child.wait_with_output().await.unwrap(), 0);
+
+    // Nothing failed: a retry has nothing to do, and its run has no view.
+    assert_exit(&db.run(&["run", "retry"], &[]).await, 0);
+    let empty = db.last_run_id().await;
+    assert_ne!(empty, running);
+    let out = db
+        .run(&["run", "history", "--", "--run-id", &empty], &[])
+        .await;
+    assert_exit(&out, 0);
+}
+
 /// (metric name, labels, value)
 type Sample = (String, Vec<(String, String)>, f64);
 

@@ -52,12 +52,11 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let json = cli.output == OutputFormat::Json;
         let text = match (&cli.run_id, &cli.table) {
             (Some(run_id), _) => {
-                let rows = session.run_views(run_id).await.map_err(db)?;
-                if rows.is_empty() {
+                let Some(rows) = session.run_views(run_id).await.map_err(db)? else {
                     return Err(JobError::usage(format!(
-                        "no view is recorded for run {run_id:?}; list the runs with `reporting-seeder run history`"
+                        "no run {run_id:?} is recorded; list the runs with `reporting-seeder run history`"
                     )));
-                }
+                };
                 if json {
                     format!("{:#}\n", view_runs_json(&rows))
                 } else {

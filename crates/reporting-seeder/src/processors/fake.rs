@@ -162,8 +162,8 @@ impl Session for FakeStore {
     async fn runs(&mut self, _: i64) -> Result<Vec<RunRow>, DbError> {
         Ok(Vec::new())
     }
-    async fn run_views(&mut self, _: &str) -> Result<Vec<ViewRunRow>, DbError> {
-        Ok(Vec::new())
+    async fn run_views(&mut self, _: &str) -> Result<Option<Vec<ViewRunRow>>, DbError> {
+        Ok(Some(Vec::new()))
     }
     async fn table_history(&mut self, _: &str, _: i64) -> Result<Vec<ViewRunRow>, DbError> {
         Ok(Vec::new())

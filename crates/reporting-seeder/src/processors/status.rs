@@ -187,7 +187,7 @@ pub fn render_view_runs(rows: &[ViewRunRow]) -> String {
     ]);
     for r in rows {
         t.add_row(vec![
-            r.finished_at.clone(),
+            r.finished_at.clone().unwrap_or_else(|| "-".into()),
             r.run_id.clone(),
             r.table.clone(),
             r.status.clone(),

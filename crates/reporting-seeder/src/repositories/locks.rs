@@ -165,6 +165,19 @@ const ABANDON: &str = "
         WHERE run_id = $1::text AND status = 'running' AND (SELECT got FROM l)
         RETURNING id, table_name::text AS table_name, start_time, errors::text AS errors,
                   report_type::text AS report_type
+    ), s1 AS (
+        -- The views' status rows say so too, unless a later run has written them since.
+        UPDATE reporting.seeder_job_status s
+        SET status = 'abandoned', last_run_id = $1::text, last_errors = h1.errors,
+            updated_at = now()
+        FROM h1 WHERE s.table_name = h1.table_name AND s.updated_at <= h1.start_time
+        RETURNING 1
+    ), s2 AS (
+        UPDATE reporting.seeder_canned_job_status s
+        SET status = 'abandoned', last_run_id = $1::text, last_errors = h2.errors,
+            updated_at = now()
+        FROM h2 WHERE s.table_name = h2.table_name AND s.updated_at <= h2.start_time
+        RETURNING 1
     ), v AS (
         -- The per-view rows `history` and `retry` read, which the dead run never wrote.
         INSERT INTO reporting.seeder_view_run (run_id, table_name, history_table, history_id,

@@ -89,7 +89,8 @@ pub trait Session: Send {
     async fn view_status(&mut self, keys: &[String]) -> Result<Vec<StatusRow>, DbError>;
     /// The newest runs first.
     async fn runs(&mut self, limit: i64) -> Result<Vec<RunRow>, DbError>;
-    async fn run_views(&mut self, run_id: &str) -> Result<Vec<ViewRunRow>, DbError>;
+    /// A run's views, those still running included; `None` when no such run is recorded.
+    async fn run_views(&mut self, run_id: &str) -> Result<Option<Vec<ViewRunRow>>, DbError>;
     async fn table_history(&mut self, table: &str, limit: i64) -> Result<Vec<ViewRunRow>, DbError>;
     /// The newest run's id, or none.
     async fn last_run_id(&mut self) -> Result<Option<String>, DbError>;
@@ -506,7 +507,7 @@ impl Session for PgSession {
     async fn runs(&mut self, limit: i64) -> Result<Vec<RunRow>, DbError> {
         reports::runs(&self.conn, limit).await
     }
-    async fn run_views(&mut self, run_id: &str) -> Result<Vec<ViewRunRow>, DbError> {
+    async fn run_views(&mut self, run_id: &str) -> Result<Option<Vec<ViewRunRow>>, DbError> {
         reports::run_views(&self.conn, run_id).await
     }
     async fn table_history(&mut self, table: &str, limit: i64) -> Result<Vec<ViewRunRow>, DbError> {

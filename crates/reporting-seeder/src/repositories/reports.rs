@@ -90,7 +90,9 @@ const ISO: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
 pub async fn runs(client: &Client, limit: i64) -> Result<Vec<RunRow>, DbError> {
     let sql = format!(
         "SELECT run_id, job, arguments, to_char(started_at AT TIME ZONE 'UTC', {ISO}),
-                extract(epoch FROM finished_at - started_at)::float8, status,
+                -- An abandoned run's end is not known (finished_at is when it was found).
+                CASE WHEN status <> 'abandoned'
+                     THEN extract(epoch FROM finished_at - started_at)::float8 END, status,
                 views, succeeded, failed, skipped
          FROM reporting.seeder_run ORDER BY started_at DESC LIMIT $1"
     );
@@ -129,7 +131,8 @@ pub struct ViewRunRow {
     pub bytes: Option<i64>,
     pub attempts: i32,
     pub error: Option<String>,
-    pub finished_at: String,
+    /// None while the view is still running.
+    pub finished_at: Option<String>,
 }
 
 fn view_runs_sql(filter: &str) -> String {
@@ -160,14 +163,36 @@ fn view_run_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<ViewRunRow>, DbErro
         .collect()
 }
 
-pub async fn run_views(client: &Client, run_id: &str) -> Result<Vec<ViewRunRow>, DbError> {
-    let rows = client
-        .query(
-            &view_runs_sql("run_id = $1 ORDER BY table_name"),
-            &[&run_id],
-        )
-        .await?;
-    view_run_rows(&rows)
+// A run's views with an outcome, then those it is working on now (their history row still
+// `running`, no outcome yet).
+const IN_FLIGHT: &str = "
+    UNION ALL
+    SELECT h.run_id::text, h.table_name::text, h.report_type::text, 'running', NULL, NULL, NULL,
+           NULL, 0, NULL, NULL
+    FROM (SELECT run_id, table_name, report_type, status FROM reporting.seeder_run_history
+          UNION ALL
+          SELECT run_id, table_name, report_type, status FROM reporting.seeder_canned_run_history) h
+    WHERE h.run_id = $1::text AND h.status = 'running'
+      AND NOT EXISTS (SELECT 1 FROM reporting.seeder_view_run v
+                      WHERE v.run_id = $1::text AND v.table_name = h.table_name)
+    ORDER BY 2";
+
+/// A run's views, those still running included; `None` when no such run is recorded.
+pub async fn run_views(client: &Client, run_id: &str) -> Result<Option<Vec<ViewRunRow>>, DbError> {
+    let sql = format!("{}{IN_FLIGHT}", view_runs_sql("run_id = $1::text"));
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&run_id];
+    let (known, rows) = tokio::join!(
+        client.query_opt(
+            "SELECT 1 FROM reporting.seeder_run WHERE run_id = $1",
+            &params
+        ),
+        client.query(&sql, &params)
+    );
+    let rows = view_run_rows(&rows?)?;
+    if known?.is_none() && rows.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(rows))
 }
 
 pub async fn table_history(
