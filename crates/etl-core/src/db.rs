@@ -90,6 +90,23 @@ impl ConnectionSettings {
         if tls.root_cert.is_none() {
             tls.root_cert = env.get("DB_SSLROOTCERT").map(std::path::PathBuf::from);
         }
+        // Like libpq, no TLS over Unix sockets, whatever sslmode says: the connection never
+        // leaves the machine, and the server refuses TLS there.
+        let sockets_only = !config.get_hosts().is_empty()
+            && config.get_hosts().iter().all(|h| {
+                #[cfg(unix)]
+                {
+                    matches!(h, tokio_postgres::config::Host::Unix(_))
+                }
+                #[cfg(not(unix))]
+                {
+                    let _ = h;
+                    false
+                }
+            });
+        if sockets_only {
+            tls.mode = SslMode::Disable;
+        }
         config.ssl_mode(tls.mode.transport());
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
@@ -493,6 +510,17 @@ impl DbError {
     fn connect(err: &tokio_postgres::Error, target: &str) -> DbError {
         let mut e = DbError::from(err);
         e.connect = true;
+        if e.message.contains("server does not support TLS") {
+            // sslmode asks for TLS and the server offers none: a setting to change, not an
+            // outage to wait out.
+            e.code = Some(TLS_UNSUPPORTED.to_string());
+            e.message = format!(
+                "could not connect to {target}: the server does not offer TLS, and sslmode \
+                 (DATABASE_URL or DB_SSLMODE) requires it; use sslmode=prefer or disable, or \
+                 enable ssl on the server"
+            );
+            return e;
+        }
         if certificate_rejected(err) {
             // Not the database being down: retrying will not help, the settings must change.
             e.code = Some(CERTIFICATE_REJECTED.to_string());
@@ -543,6 +571,7 @@ impl DbError {
     pub fn is_configuration(&self) -> bool {
         self.code.as_deref().is_some_and(|c| {
             c == CERTIFICATE_REJECTED
+                || c == TLS_UNSUPPORTED
                 || c.starts_with("28")
                 || c == SqlState::INVALID_CATALOG_NAME.code()
                 || c == SqlState::UNDEFINED_OBJECT.code()
@@ -555,6 +584,9 @@ impl DbError {
 /// The code a [`DbError`] carries when the server's TLS certificate was refused (not a
 /// SQLSTATE: PostgreSQL never saw the session).
 pub const CERTIFICATE_REJECTED: &str = "tls-certificate";
+
+/// The code a [`DbError`] carries when sslmode requires TLS and the server offers none.
+pub const TLS_UNSUPPORTED: &str = "tls-unsupported";
 
 /// Whether connecting failed because the server's certificate did not verify.
 fn certificate_rejected(err: &tokio_postgres::Error) -> bool {

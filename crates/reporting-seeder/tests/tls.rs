@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::cluster::OwnCluster;
 use common::*;
 
 /// The server's certificate file: self-signed, so it is its own root.
@@ -160,4 +161,39 @@ async fn the_password_is_never_logged_even_at_debug_level() {
     let all = format!("{}{}", stdout(&out), stderr(&out));
     assert!(all.len() > 1000, "expected plenty of debug output");
     assert!(!all.contains("hunter2-Secret"), "the password leaked");
+}
+
+/// A server without TLS (a throwaway cluster of the test's own): sslmode=require over TCP is a
+/// configuration error (exit 2, retrying will not help), and over its Unix socket sslmode does
+/// not apply, as with libpq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_tls_require_is_a_configuration_error_except_over_a_socket() {
+    let cluster =
+        tokio::task::spawn_blocking(|| OwnCluster::start_with("-c listen_addresses=127.0.0.1"))
+            .await
+            .unwrap();
+    let run = |url: String| async move {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_reporting-seeder"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", url)
+            .args(["run", "migrate"])
+            .output()
+            .await
+            .unwrap()
+    };
+    let tcp = format!(
+        "postgres://postgres@127.0.0.1:{}/postgres?sslmode=require",
+        cluster.port
+    );
+    let out = run(tcp).await;
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("does not offer TLS"),
+        "{}",
+        stderr(&out)
+    );
+    let socket = format!("{}&sslmode=require", cluster.url("postgres"));
+    assert_exit(&run(socket).await, 0);
+    drop(cluster);
 }
