@@ -214,7 +214,16 @@ fn cli(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> Command {
         .subcommand(
             Command::new("run")
                 .about("Run a job: `run <job> [--] [args…]`")
-                .arg(Arg::new("job").value_name("JOB").required(true))
+                // `run <job> --help` is the job's help, as `run <job> -- --help` is: the flag
+                // goes to the job; `run --help` alone is handled below.
+                .disable_help_flag(true)
+                .bin_name(format!("{bin} run"))
+                .arg(
+                    Arg::new("job")
+                        .value_name("JOB")
+                        .required(true)
+                        .allow_hyphen_values(true),
+                )
                 .arg(
                     Arg::new("args")
                         .value_name("ARGS")
@@ -284,6 +293,17 @@ pub fn parse<'a>(
         },
         Some(("run", sub)) => {
             let name = sub.get_one::<String>("job").cloned().unwrap_or_default();
+            if name == "--help" || name == "-h" {
+                let mut cmd = cli(bin, about, jobs);
+                let text = cmd
+                    .find_subcommand_mut("run")
+                    .map(|run| run.render_long_help().to_string())
+                    .unwrap_or_default();
+                return Invocation::Print {
+                    text,
+                    status: ExitStatus::Success,
+                };
+            }
             let Some(job) = jobs.iter().find(|j| j.name == name) else {
                 return usage_error(unknown_job(&name, jobs));
             };
@@ -558,6 +578,33 @@ mod tests {
         match parse("tool", "about", JOBS, argv(&["run", "beta"])) {
             Invocation::Print { status, .. } => assert_eq!(status, ExitStatus::Usage),
             Invocation::Run { .. } => panic!("missing slug must not run"),
+        }
+    }
+
+    #[test]
+    fn run_job_help_is_the_jobs_help_with_or_without_double_dash() {
+        for args in [
+            &["run", "beta", "--help"][..],
+            &["run", "beta", "-h"][..],
+            &["run", "beta", "--", "--help"][..],
+        ] {
+            match parse("tool", "about", JOBS, argv(args)) {
+                Invocation::Print { text, status } => {
+                    assert_eq!(status, ExitStatus::Success, "{args:?}");
+                    assert!(
+                        text.contains("tool run beta") && text.contains("<slug>"),
+                        "{args:?}: {text}"
+                    );
+                }
+                Invocation::Run { .. } => panic!("help must not run"),
+            }
+        }
+        match parse("tool", "about", JOBS, argv(&["run", "--help"])) {
+            Invocation::Print { text, status } => {
+                assert_eq!(status, ExitStatus::Success);
+                assert!(text.contains("tool run <JOB>"), "{text}");
+            }
+            Invocation::Run { .. } => panic!("help must not run"),
         }
     }
 }
