@@ -47,7 +47,20 @@ pub async fn run(
     application_name: &str,
 ) -> Result<DemoOutcome, DemoError> {
     let probe = PostgresClient::new(&server, 1).map_err(at("preparing the connection"))?;
-    match probe.connection().await {
+    let mut probed = probe.connection().await;
+    // The demo uses a database of its own: the one DATABASE_URL names need not exist. The
+    // server is reached through its maintenance database then.
+    let server = match &probed {
+        Err(e) if e.code.as_deref() == Some("3D000") => {
+            let maintenance = server.with_dbname("postgres");
+            let probe =
+                PostgresClient::new(&maintenance, 1).map_err(at("preparing the connection"))?;
+            probed = probe.connection().await;
+            maintenance
+        }
+        _ => server,
+    };
+    match probed {
         Ok(admin) => {
             drop(admin);
             let mut outcome = on_server(&server, settings).await?;
