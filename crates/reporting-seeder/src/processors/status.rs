@@ -109,7 +109,7 @@ pub fn render_status(rows: &[StatusRow], stale_after: Option<Duration>) -> Strin
 
 pub fn status_json(rows: &[StatusRow], stale_after: Option<Duration>) -> serde_json::Value {
     serde_json::json!({
-        "stale_after_seconds": stale_after.map(|d| d.as_secs()),
+        "stale_after_seconds": stale_after.map(|d| d.as_secs_f64()),
         "views": rows.iter().map(|r| serde_json::json!({
             "table": r.key,
             "state": assess(r, stale_after).as_str(),
