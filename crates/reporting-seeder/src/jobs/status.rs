@@ -45,9 +45,7 @@ fn parse_stale(s: &str) -> Result<std::time::Duration, String> {
     let has_unit = t.chars().last().is_some_and(|c| c.is_ascii_alphabetic());
     parse_duration(t)
         .filter(|d| has_unit && !d.is_zero())
-        .ok_or_else(|| {
-            format!("{s:?} is not a duration with its unit, such as 30min, 26h or 2d")
-        })
+        .ok_or_else(|| format!("{s:?} is not a duration with its unit, such as 30min, 26h or 2d"))
 }
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
@@ -101,7 +99,10 @@ mod tests {
 
     #[test]
     fn stale_after_needs_a_unit() {
-        assert_eq!(parse_stale("26h"), Ok(std::time::Duration::from_secs(26 * 3600)));
+        assert_eq!(
+            parse_stale("26h"),
+            Ok(std::time::Duration::from_secs(26 * 3600))
+        );
         for bad in ["26", "0s", "", "soon"] {
             assert!(parse_stale(bad).is_err(), "{bad:?}");
         }

@@ -168,7 +168,18 @@ pub struct Prepared {
 impl Prepared {
     /// The wall time the schedule predicts with `workers`, from the expected durations.
     pub fn expected_wall_ms(&self, workers: NonZeroUsize) -> u64 {
-        simulate(&self.graph, &self.expected_ms, workers)
+        // A view that will not run (invalid, or reading one that is) takes no time.
+        let blocked = self.blocked_by();
+        let ms: Vec<u64> = (0..self.views.len())
+            .map(|i| {
+                if self.actions[i].is_err() || blocked[i].is_some() {
+                    0
+                } else {
+                    self.expected_ms[i]
+                }
+            })
+            .collect();
+        simulate(&self.graph, &ms, workers)
     }
 
     /// Each view's priority: its expected duration plus the longest path below it.
@@ -2197,6 +2208,26 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, RunError::Unavailable(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn the_expected_wall_time_leaves_out_views_that_will_not_run() {
+        let s = store(vec![
+            manifest(1, "s.bad", "SELECT 1; SELECT 2"),
+            manifest(2, "s.reads_bad", "SELECT * FROM s.bad"),
+            manifest(3, "s.ok", "SELECT 1"),
+        ]);
+        {
+            let mut st = s.state();
+            st.durations.insert("s.bad".into(), 5_000);
+            st.durations.insert("s.reads_bad".into(), 7_000);
+            st.durations.insert("s.ok".into(), 100);
+        }
+        let mut session = s.session().await.unwrap();
+        let p = prepare(session.as_mut(), &Selection::default(), false, |_| {})
+            .await
+            .unwrap();
+        assert_eq!(p.expected_wall_ms(NonZeroUsize::new(8).unwrap()), 100);
     }
 
     #[tokio::test]

@@ -300,6 +300,14 @@ fn planned_actions(p: &super::run::Prepared) -> Vec<(&'static str, Option<String
                     "recreated by the rebuild of {upstream}, which it reads"
                 )),
             ),
+            (Ok(Action::Rebuild { adopt: true, .. }), None, None) => (
+                "rebuild",
+                Some(
+                    "adopt: it exists without a recorded query hash (built by the old tool or \
+                     by hand), so it is rebuilt once and recorded as adopt"
+                        .to_string(),
+                ),
+            ),
             (Ok(Action::Rebuild { .. }), None, None) => ("rebuild", None),
             (Ok(other), None, None) => (other.label(), None),
         })
