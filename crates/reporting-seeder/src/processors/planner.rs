@@ -259,7 +259,7 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
             .first()
             .map(|(id, _)| *id)
             .unwrap_or(first.agency_id),
-        agency_slug: truncate(&slugs.join(","), SLUG_COLUMN_BYTES),
+        agency_slug: slugs_within(&slugs.join(","), SLUG_COLUMN_BYTES, str::len),
     };
 
     let mut sources: Vec<String> = Vec::new();
@@ -328,15 +328,33 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
+/// A shared view's comma-separated agency slugs, cut to a column's width (`len` measures it:
+/// bytes or characters) at a comma, so no slug is stored cut in the middle; a single slug too
+/// long for the column alone is cut.
+pub fn slugs_within(joined: &str, max: usize, len: impl Fn(&str) -> usize) -> String {
+    if len(joined) <= max {
+        return joined.to_string();
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
+    let mut out = String::new();
+    for slug in joined.split(',') {
+        let sep = if out.is_empty() { "" } else { "," };
+        if len(&out) + len(sep) + len(slug) > max {
+            break;
+        }
+        out.push_str(sep);
+        out.push_str(slug);
     }
-    s[..end].to_string()
+    if out.is_empty() {
+        for c in joined.chars() {
+            let mut next = out.clone();
+            next.push(c);
+            if len(&next) > max {
+                break;
+            }
+            out = next;
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -437,6 +455,20 @@ mod tests {
         let ids: Vec<i64> = p.views.iter().map(|v| v.record.manifest_id).collect();
         assert_eq!(ids, [1, 2, 3, 4]);
         assert!(matches!(p.views[0].plan, ViewPlan::Invalid(_)));
+    }
+
+    #[test]
+    fn shared_views_slugs_are_cut_at_a_comma_to_the_column() {
+        let many: Vec<String> = (0..40).map(|i| format!("agency-number-{i}")).collect();
+        let cut = slugs_within(&many.join(","), 255, str::len);
+        assert!(cut.len() <= 255, "{cut}");
+        assert!(
+            cut.split(',').all(|s| many.contains(&s.to_string())),
+            "{cut}"
+        );
+        assert_eq!(slugs_within("a,b", 255, str::len), "a,b");
+        let long = "é".repeat(200);
+        assert_eq!(slugs_within(&long, 255, str::len).len(), 254);
     }
 
     #[test]

@@ -107,31 +107,9 @@ pub async fn capture(
     Ok(snapshot)
 }
 
-/// A shared canned view's comma-separated agency slugs, cut to the column's width at a comma, so
-/// no slug is stored cut in the middle (a single slug too long for the column is cut).
+/// A shared canned view's agency slugs, cut to the snapshot column's 64 characters at a comma.
 fn slugs_that_fit(slugs: &str) -> String {
-    if slugs.chars().count() <= AGENCY_SLUG_MAX {
-        return slugs.to_string();
-    }
-    let mut out = String::new();
-    for slug in slugs.split(',') {
-        let wanted = if out.is_empty() {
-            slug.chars().count()
-        } else {
-            out.chars().count() + 1 + slug.chars().count()
-        };
-        if wanted > AGENCY_SLUG_MAX {
-            break;
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        out.push_str(slug);
-    }
-    if out.is_empty() {
-        out = slugs.chars().take(AGENCY_SLUG_MAX).collect();
-    }
-    out
+    super::planner::slugs_within(slugs, AGENCY_SLUG_MAX, |s| s.chars().count())
 }
 
 /// `count` scaled from the sample to the whole view (rounded); unchanged without a sample.
