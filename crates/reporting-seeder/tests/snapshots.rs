@@ -220,6 +220,30 @@ async fn the_django_table_is_used_where_it_exists_and_sampling_is_recorded() {
         db.oid("reporting.seeder_release_snapshot").await.is_none(),
         "no second table"
     );
+    // A variant of the old table with an integer manifest_id works the same.
+    c.batch_execute(
+        "ALTER TABLE public.\"reporting.seeder_release_snapshot\" ALTER COLUMN manifest_id TYPE integer",
+    )
+    .await
+    .unwrap();
+    capture(&db, &["--all", "--release-tag", "t2"], &[]).await;
+    let out = db
+        .run(
+            &[
+                "run",
+                "compare_release_snapshots",
+                "--",
+                "--table-name",
+                "reporting.big",
+                "--base-tag",
+                "t1",
+                "--new-tag",
+                "t2",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -340,6 +364,31 @@ async fn bad_arguments_exit_2() {
         stdout(&out).contains("error") && stdout(&out).contains("refresh it first"),
         "{}",
         stdout(&out)
+    );
+    // Comparing it with --output json: exit 1, and a document saying why for the CI gate.
+    let out = db
+        .run(
+            &[
+                "run",
+                "compare_release_snapshots",
+                "--",
+                "--table-name",
+                "reporting.v",
+                "--base-tag",
+                "x",
+                "--new-tag",
+                "x",
+                "--output",
+                "json",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 1);
+    let doc: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert!(
+        doc["error"].as_str().unwrap().contains("status error"),
+        "{doc}"
     );
 }
 

@@ -191,7 +191,8 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             release_tag,
             release_version,
             top_values_columns: cli.top_values_columns.into_iter().flatten().collect(),
-            sample_percent: cli.sample_percent,
+            // A sample of 100 % is the whole view: counted exactly, not estimated.
+            sample_percent: cli.sample_percent.filter(|p| *p < 100.0),
         };
         let mut repo = app
             .store
@@ -228,12 +229,16 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             }
             match cli.output {
                 OutputFormat::Text => etl_core::outln!(
-                    "snapshot {} of {} at {}: {}, {} rows, {} columns, schema {}{}",
+                    "snapshot {} of {} at {}: {}, {} rows{}, {} columns, schema {}{}",
                     s.id,
                     s.table_name,
                     s.release_tag,
                     s.status,
                     s.total_rows,
+                    s.column_stats["sample_percent"]
+                        .as_f64()
+                        .map(|p| format!(" (estimated from a {p}% sample)"))
+                        .unwrap_or_default(),
                     s.total_columns,
                     &s.schema_hash[..12.min(s.schema_hash.len())],
                     s.column_stats["error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default()

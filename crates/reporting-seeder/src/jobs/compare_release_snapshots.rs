@@ -127,6 +127,19 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             ));
         }
         if let Some(why) = incomparable(&base, &new) {
+            if cli.output == OutputFormat::Json {
+                // A CI gate reading the JSON gets a document saying why, not nothing.
+                etl_core::outln!(
+                    "{:#}",
+                    serde_json::json!({
+                        "table": new.table_name,
+                        "base": {"id": base.id.to_string(), "status": base.status},
+                        "new": {"id": new.id.to_string(), "status": new.status},
+                        "error": why,
+                        "failures": [why],
+                    })
+                );
+            }
             return Err(JobError::failed(why));
         }
         let thresholds = Thresholds {

@@ -148,8 +148,9 @@ pub async fn insert(client: &Client, s: &Snapshot) -> Result<(), DbError> {
                      agency_slug, release_tag, release_version, released_at, executed_at, status,
                      execution_duration_ms, total_rows, total_columns, schema_hash, columns,
                      column_stats)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now(), now(), $9, $10, $11, $12, $13,
-                     $14, $15)"
+                 VALUES ($1::uuid, $2::bigint, $3::text, $4::text, $5::bigint, $6::text,
+                     $7::text, $8::text, now(), now(), $9::text, $10::integer, $11::bigint,
+                     $12::integer, $13::text, $14::jsonb, $15::jsonb)"
             ),
             &[
                 &s.id,
@@ -175,10 +176,10 @@ pub async fn insert(client: &Client, s: &Snapshot) -> Result<(), DbError> {
 
 fn select_sql(table: &str, filter: &str) -> String {
     format!(
-        "SELECT id, manifest_id, table_name::text, report_name::text, agency_id,
+        "SELECT id, manifest_id::bigint, table_name::text, report_name::text, agency_id::bigint,
                 agency_slug::text, release_tag::text, release_version::text, status::text,
-                execution_duration_ms, total_rows, total_columns, schema_hash::text, columns,
-                column_stats, to_char(released_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                execution_duration_ms::integer, total_rows::bigint, total_columns::integer,
+                schema_hash::text, columns::jsonb, column_stats::jsonb, to_char(released_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
          FROM {table} WHERE {filter}"
     )
 }
