@@ -35,6 +35,7 @@ struct Cli {
     /// The release; default $GIT_SHA, then $CI_COMMIT_SHA.
     #[arg(long, value_name = "TAG")]
     release_tag: Option<String>,
+    /// The release's version, e.g. v1.2.3 (optional; stored beside the tag).
     #[arg(long, value_name = "VERSION")]
     release_version: Option<String>,
     /// Columns whose most frequent values are recorded (comma-separated; a name containing a

@@ -30,8 +30,10 @@ struct Cli {
     /// Or: the view, with two release tags (the newest snapshot at each).
     #[arg(long, value_name = "SCHEMA.TABLE", requires_all = ["base_tag", "new_tag"])]
     table_name: Option<String>,
+    /// With --table-name: the base release's tag.
     #[arg(long, value_name = "TAG", requires = "table_name")]
     base_tag: Option<String>,
+    /// With --table-name: the new release's tag.
     #[arg(long, value_name = "TAG", requires = "table_name")]
     new_tag: Option<String>,
     /// Report a column whose null fraction moved by more than this (0.05 = 5 points).
