@@ -402,3 +402,19 @@ async fn with_json_logs_a_fatal_error_is_a_json_line_too() {
     );
     assert_eq!(fatal["fields"]["exit_code"], 2);
 }
+
+/// A results or metrics file in a directory that does not exist is a usage error before any
+/// connection, not a failure after the run.
+#[test]
+fn an_output_file_in_a_missing_directory_exits_2_before_running() {
+    for flag in ["--results-file", "--metrics-file"] {
+        let out = bin()
+            .env("DB_HOST", "127.0.0.1")
+            .env("DB_PORT", "1")
+            .args(["run", "refresh_all", "--", flag, "/no/such/dir/out"])
+            .output()
+            .unwrap();
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+    }
+}

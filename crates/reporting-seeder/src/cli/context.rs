@@ -221,6 +221,26 @@ pub async fn refresh(
     args: &RefreshArgs,
 ) -> Result<ExitStatus, JobError> {
     let (locks, output) = (&args.locks, &args.output);
+    // A file that cannot be written in a directory that does not exist is a usage error now,
+    // not a failure after every view was refreshed.
+    for (flag, path) in [
+        ("--results-file", &output.results_file),
+        ("--metrics-file", &output.metrics_file),
+    ] {
+        if let Some(path) = path {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            if !dir.is_dir() {
+                return Err(JobError::usage(format!(
+                    "{flag} {}: the directory {} does not exist",
+                    path.display(),
+                    dir.display()
+                )));
+            }
+        }
+    }
     let mut ctx = AppContext::from_env(&job.env)?;
     ctx.settings.run.wait_for_locks = locks.wait_for_locks;
     tracing::debug!(target = %ctx.connection.target(), "configuration read");
