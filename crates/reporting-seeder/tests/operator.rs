@@ -778,3 +778,41 @@ async fn a_dumb_terminal_gets_plain_log_lines_instead_of_a_bar() {
         "escape codes on a dumb terminal: {text:?}"
     );
 }
+
+/// On a real terminal the bar is drawn (and redrawn while views run, its ETA computed at each
+/// redraw) and the run ends as it would off a terminal. Needs util-linux's `script`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_the_bar_is_drawn_and_the_run_ends() {
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("no `script` here: skipped");
+        return;
+    }
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new("script")
+            .args([
+                "-qec",
+                &format!("{} run refresh_all", env!("CARGO_BIN_EXE_reporting-seeder")),
+                "/dev/null",
+            ])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &db.url)
+            .env("TERM", "xterm")
+            .current_dir(db.dir.path())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the run on a terminal did not end")
+    .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("views") && text.contains("ETA ~"), "{text}");
+    assert!(text.contains("finished in"), "no summary: {text}");
+}
