@@ -549,6 +549,8 @@ async fn a_live_run_that_lost_its_own_connection_is_not_taken_for_dead() {
             "--",
             "--select",
             "table:reporting.slow",
+            "--metrics-file",
+            "m.prom",
         ],
         &[],
     );
@@ -612,6 +614,14 @@ async fn a_live_run_that_lost_its_own_connection_is_not_taken_for_dead() {
     assert_eq!(slow, "running", "the live run's view was marked abandoned");
     let out = child.wait_with_output().await.unwrap();
     assert_exit(&out, 0);
+    // Its end, on a new connection, still read when the view last succeeded.
+    let metrics = std::fs::read_to_string(db.dir.path().join("m.prom")).unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("reporting_seeder_view_last_success_timestamp_seconds{")),
+        "{metrics}"
+    );
     let (run, view): (String, String) = {
         let r = c
             .query_one(

@@ -969,18 +969,30 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             "failed"
         };
         // Both at once; the end row once more on a new connection if the run's own was lost.
-        let (last_success, mut finished) = main
+        let (mut last_success, mut finished) = main
             .end_run(&report.run_id, status, report.counts(), &keys)
             .await;
-        if let Err(e) = &finished {
-            if reopen_if_lost(self.store.as_ref(), &mut main, &report.run_id, e).await {
-                finished = main
-                    .finish_run(&report.run_id, status, report.counts())
-                    .await;
+        // The run's connection lost (a failover, a terminated backend): both again on a new one,
+        // or the metrics would lose every view's last success.
+        let lost = [finished.as_ref().err(), last_success.as_ref().err()]
+            .into_iter()
+            .flatten()
+            .find(|e| e.connection_lost())
+            .cloned();
+        if let Some(e) = lost {
+            if reopen_if_lost(self.store.as_ref(), &mut main, &report.run_id, &e).await {
+                if finished.is_err() {
+                    finished = main
+                        .finish_run(&report.run_id, status, report.counts())
+                        .await;
+                }
+                if last_success.is_err() {
+                    last_success = main.last_successes(&keys).await;
+                }
             }
         }
         report.last_success = last_success.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "could not read when the views last succeeded");
+            tracing::warn!(error = %e, "could not read when the views last succeeded: the metrics have no last-success series");
             HashMap::new()
         });
         if let Err(e) = finished {
