@@ -44,6 +44,8 @@ pub struct FakeState {
     pub active_checks: usize,
     /// A signal that arrives as soon as a rebuild is done.
     pub interrupt_after_rebuild: Option<etl_core::job::Interrupt>,
+    /// Failures of the first attempt to take a key's lock (then it is taken).
+    pub lock_fails_once: HashMap<String, DbError>,
 }
 
 #[derive(Clone, Default)]
@@ -259,12 +261,11 @@ impl Session for FakeStore {
         Ok(Recovery::default())
     }
     async fn lock_view(&mut self, key: &str, _: &str, _: bool) -> Result<ViewLock, DbError> {
-        Ok(self
-            .state()
-            .locked
-            .get(key)
-            .cloned()
-            .unwrap_or(ViewLock::Acquired))
+        let mut s = self.state();
+        if let Some(e) = s.lock_fails_once.remove(key) {
+            return Err(e);
+        }
+        Ok(s.locked.get(key).cloned().unwrap_or(ViewLock::Acquired))
     }
     async fn unlock_view(&mut self, _: &str) -> Result<(), DbError> {
         Ok(())

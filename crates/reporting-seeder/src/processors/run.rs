@@ -1334,9 +1334,18 @@ async fn ready<C: Clock>(
     session: &mut dyn Session,
     history: &mut Option<HistoryId>,
     up_to_date: &mut bool,
+    lost: &mut Option<DbError>,
+    may_retry: bool,
     guard: &mut TicketGuard<'_, C>,
 ) -> Result<(), Outcome> {
     let mut fail = |what: &str, mut e: DbError| {
+        // The connection lost (or another transient failure) while taking the lock: tried again
+        // on a new connection, like a refresh, when attempts are left.
+        if may_retry && e.is_transient() {
+            let message = format!("could not {what}: {}", e.message);
+            *lost = Some(e);
+            return failed(0, message);
+        }
         // A wait for the view's lock (--wait-for-locks) can end in a timeout: say which (the
         // manifest's own timeouts are set only once the lock is taken).
         name_timeout_of(&mut e, Timeouts::default(), &shared.settings);
@@ -1422,6 +1431,8 @@ async fn refresh_with_retries<C: Clock>(
         up_to_date: false,
     };
     let mut errors: Vec<String> = Vec::new();
+    // A transient failure while the view was getting ready, to try again on a new connection.
+    let mut lost: Option<DbError> = None;
     // The worker's backend, for pg_stat_statements figures read from another session.
     let mut pid: Option<i32> = None;
     let max_attempts = settings.max_retries.saturating_add(1);
@@ -1471,6 +1482,8 @@ async fn refresh_with_retries<C: Clock>(
                     session.as_mut(),
                     &mut done.history,
                     &mut done.up_to_date,
+                    &mut lost,
+                    attempt < max_attempts,
                     guard,
                 );
                 tokio::pin!(wait);
@@ -1493,7 +1506,30 @@ async fn refresh_with_retries<C: Clock>(
             };
             match readied {
                 Ok(()) => done.locked = true,
+                Err(failure) if lost.is_some() && !shared.interrupt.is_interrupted() => {
+                    lost = None;
+                    errors.push(format!(
+                        "attempt {attempt} of {max_attempts}: {}",
+                        failure.error.unwrap_or_default()
+                    ));
+                    // A new connection next time round; this one is dropped.
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff(settings.retry_base, attempt)) => continue,
+                        _ = shared.interrupt.cancelled() => {
+                            guard.record(BreakerOutcome::OwnError);
+                            done.outcome = Outcome {
+                                attempts: attempt as i32,
+                                ..not_started(&shared.interrupt)
+                            };
+                            return done;
+                        }
+                    }
+                }
                 Err(mut failure) => {
+                    if let Some(e) = lost.take() {
+                        // Not retried after all (a signal came): it counts as it is.
+                        guard.finish(&e);
+                    }
                     if failure.status == "cancelled" {
                         guard.record(BreakerOutcome::OwnError);
                     }
@@ -2220,6 +2256,30 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, RunError::Unavailable(_)), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_while_taking_the_views_lock_is_tried_again() {
+        let s = store(vec![manifest(1, "s.v", "SELECT 1")]);
+        s.state().lock_fails_once.insert(
+            "s.v".into(),
+            DbError {
+                kind: FailureKind::DatabaseTrouble,
+                code: None,
+                connect: false,
+                message: "connection closed".into(),
+            },
+        );
+        let r = run(&s, 1, 5).await;
+        let v = &r.results[0].outcome;
+        assert_eq!((v.status, v.attempts), ("success", 2), "{v:?}");
+        assert!(
+            v.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("connection closed"),
+            "{v:?}"
+        );
     }
 
     #[tokio::test]
