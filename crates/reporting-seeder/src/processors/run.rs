@@ -1334,14 +1334,14 @@ async fn ready<C: Clock>(
     session: &mut dyn Session,
     history: &mut Option<HistoryId>,
     up_to_date: &mut bool,
-    lost: &mut Option<DbError>,
-    may_retry: bool,
+    // Where a transient failure goes to be tried again (when attempts are left).
+    mut lost: Option<&mut Option<DbError>>,
     guard: &mut TicketGuard<'_, C>,
 ) -> Result<(), Outcome> {
     let mut fail = |what: &str, mut e: DbError| {
         // The connection lost (or another transient failure) while taking the lock: tried again
         // on a new connection, like a refresh, when attempts are left.
-        if may_retry && e.is_transient() {
+        if let Some(lost) = lost.as_deref_mut().filter(|_| e.is_transient()) {
             let message = format!("could not {what}: {}", e.message);
             *lost = Some(e);
             return failed(0, message);
@@ -1482,8 +1482,7 @@ async fn refresh_with_retries<C: Clock>(
                     session.as_mut(),
                     &mut done.history,
                     &mut done.up_to_date,
-                    &mut lost,
-                    attempt < max_attempts,
+                    (attempt < max_attempts).then_some(&mut lost),
                     guard,
                 );
                 tokio::pin!(wait);
