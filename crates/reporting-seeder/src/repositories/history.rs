@@ -134,6 +134,43 @@ const BEGIN_RUN: &str =
          views, selected)
      VALUES ($1, $2, $3, now(), 'running', $4, $5, cardinality($6::text[]), $6)";
 
+/// The run's shared lock, then its `running` row, in one statement: a signal that cancels the
+/// wait for the lock leaves no row behind (two statements sent together could lose the lock
+/// and still write the row, which the next run then took for a dead run).
+const LOCK_AND_BEGIN_RUN: &str =
+    "WITH l AS MATERIALIZED (SELECT pg_advisory_lock_shared($7, hashtext($1::text)))
+     INSERT INTO reporting.seeder_run (run_id, job, arguments, started_at, status, host, pid,
+         views, selected)
+     SELECT $1, $2, $3, now(), 'running', $4, $5, cardinality($6::text[]), $6 FROM l";
+
+/// The run's lock and `running` row (see [`LOCK_AND_BEGIN_RUN`]): once per run, sent with its
+/// parameter types in one round trip rather than prepared.
+pub async fn lock_and_begin_run(
+    client: &Client,
+    run_id: &str,
+    job: &str,
+    arguments: &str,
+    selected: &[String],
+) -> Result<(), DbError> {
+    let host = host_name();
+    let pid = i32::try_from(std::process::id()).unwrap_or_default();
+    client
+        .execute_typed(
+            LOCK_AND_BEGIN_RUN,
+            &[
+                (&run_id, Type::TEXT),
+                (&job, Type::TEXT),
+                (&arguments, Type::TEXT),
+                (&host, Type::TEXT),
+                (&pid, Type::INT4),
+                (&selected, Type::TEXT_ARRAY),
+                (&super::locks::RUN_CLASS, Type::INT4),
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
 /// The run's `running` row, written once per run: sent with its parameter types in one round
 /// trip rather than prepared.
 pub async fn begin_run(

@@ -10,7 +10,7 @@ use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 /// Lock classes (the first key of the two-key advisory locks): "RS" + 1 or 2.
-const RUN_CLASS: i32 = 0x5253_0001;
+pub(super) const RUN_CLASS: i32 = 0x5253_0001;
 const VIEW_CLASS: i32 = 0x5253_0002;
 
 // Shared: the run's own connection and each of its workers' hold it, and another run's

@@ -627,16 +627,11 @@ impl Session for PgSession {
         arguments: &str,
         selected: &[String],
     ) -> Result<(), StartRunError> {
-        // Sent together (each with its parameter types: nothing to prepare first) and run in
-        // order, the lock first: no other run's recovery can find the row of a run whose lock is
-        // free.
-        let conn = &self.conn;
-        let (locked, recorded) = tokio::join!(
-            locks::lock_run(conn, run_id),
-            history::begin_run(conn, run_id, job, arguments, selected)
-        );
-        locked.map_err(StartRunError::Lock)?;
-        recorded.map_err(StartRunError::Record)
+        // One statement, the lock first: no other run's recovery can find the row of a run
+        // whose lock is free, and a cancelled wait for the lock writes no row.
+        history::lock_and_begin_run(&self.conn, run_id, job, arguments, selected)
+            .await
+            .map_err(StartRunError::Record)
     }
     async fn recover(&mut self, own_run: Option<&str>) -> Result<Recovery, DbError> {
         locks::recover(&self.conn, own_run).await
