@@ -55,6 +55,9 @@ pub struct ViewResult {
     pub key: String,
     pub record: ViewRecord,
     pub outcome: Outcome,
+    /// Skipped because another run refreshed it since this run started: up to date all the
+    /// same (its readers run, and it does not fail the run).
+    pub up_to_date: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -97,7 +100,10 @@ impl RunReport {
     /// Every selected view is up to date and recorded.
     pub fn all_succeeded(&self) -> bool {
         self.bookkeeping_errors.is_empty()
-            && self.results.iter().all(|r| r.outcome.status == "success")
+            && self
+                .results
+                .iter()
+                .all(|r| r.outcome.status == "success" || r.up_to_date)
     }
 }
 
@@ -665,8 +671,6 @@ async fn throttle<C: Clock>(shared: Arc<Shared<C>>, started: usize) {
 /// What a task hands back: the result, and whether its history is already written.
 struct TaskResult {
     result: ViewResult,
-    /// Skipped because another run refreshed it since this run started: its readers may run.
-    up_to_date: bool,
     history: Option<HistoryId>,
     recorded: bool,
 }
@@ -874,7 +878,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 start_view(&shared, i)
             },
             // A view another run has just refreshed is as good as refreshed for its readers.
-            |t: &TaskResult| t.result.outcome.status == "success" || t.up_to_date,
+            |t: &TaskResult| t.result.outcome.status == "success" || t.result.up_to_date,
             |i, failed| {
                 shared.settle();
                 let outcome = if shared.interrupt.is_interrupted() {
@@ -912,9 +916,9 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                     key: view.key.clone(),
                     record: view.record.clone(),
                     outcome: failed(0, format!("internal error, please report it: {panic}")),
+                    up_to_date: false,
                 },
                 history: None,
-                up_to_date: false,
                 recorded: false,
             });
             if !task.recorded {
@@ -1253,9 +1257,9 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
                 key: view.key.clone(),
                 record: view.record.clone(),
                 outcome: outcome.outcome,
+                up_to_date: outcome.up_to_date,
             },
             history: outcome.history,
-            up_to_date: outcome.up_to_date,
             recorded,
         }
     }.instrument(span)))
@@ -1280,9 +1284,9 @@ fn never_ran<C: Clock>(shared: &Shared<C>, i: usize, outcome: Outcome) -> TaskRe
             key: view.key.clone(),
             record: view.record.clone(),
             outcome,
+            up_to_date: false,
         },
         history: None,
-        up_to_date: false,
         recorded: false,
     }
 }
@@ -2206,6 +2210,20 @@ mod tests {
         assert_eq!(reasons[3].0, "success", "{reasons:?}");
         let ran: Vec<String> = s.state().calls.iter().map(|(_, k)| k.clone()).collect();
         assert_eq!(ran, ["s.reads_done"]);
+        assert!(!r.all_succeeded(), "s.held was not refreshed by anyone yet");
+
+        // Without the held view, everything is up to date: the run succeeds (exit 0).
+        let s = store(vec![
+            manifest(3, "s.done", "SELECT 1"),
+            manifest(4, "s.reads_done", "SELECT * FROM s.done"),
+        ]);
+        s.state()
+            .locked
+            .insert("s.done".into(), ViewLock::AlreadyDone("run-b".into()));
+        let r = run(&s, 2, 5).await;
+        assert_eq!(r.results[0].outcome.status, "skipped");
+        assert!(r.results[0].up_to_date);
+        assert!(r.all_succeeded());
     }
 
     #[tokio::test]
