@@ -322,6 +322,14 @@ async fn capture(client: &impl GenericClient, view: Rel<'_>) -> Result<(u32, Dre
 /// The server's error, saying which step of a rebuild it came from and what to do.
 fn in_context(e: tokio_postgres::Error, step: String, then: &str) -> DbError {
     let e = DbError::from(&e);
+    // A timeout or a cancel is no fault of the statement: what to fix is the time it may take.
+    let then = match e.code.as_deref() {
+        Some("57014") | Some("55P03") => {
+            "it was stopped, not refused, and the old definitions stay: allow it more time \
+             (the timeout named below) or try again when the database is quieter"
+        }
+        _ => then,
+    };
     DbError {
         message: format!("{step}: {}; {then}", e.message),
         ..e
