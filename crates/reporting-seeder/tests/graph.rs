@@ -312,6 +312,23 @@ async fn an_unmanaged_dependent_stops_the_rebuild_and_is_never_dropped() {
     .await
     .unwrap();
     let old = db.oid("reporting.stg").await;
+    // plan knows before anything is built: the rebuild cannot happen, and its readers wait.
+    let out = db
+        .run(&["run", "plan", "--", "--output", "json"], &[])
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let stg = json["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["table"] == "reporting.stg")
+        .unwrap();
+    assert_eq!(stg["action"], "skip-invalid", "{stg}");
+    assert!(
+        stg["reason"].as_str().unwrap().contains("public.hand_made"),
+        "{stg}"
+    );
     let out = db.run(&["run", "refresh_all"], &[]).await;
     assert_exit(&out, 1);
     let rows = last(&db).await;

@@ -277,6 +277,14 @@ impl Session for FakeStore {
         self.state().active_checks += 1;
         Ok(0)
     }
+    async fn rebuild_blocker(
+        &mut self,
+        _: Rel<'_>,
+        _: u32,
+        _: &crate::repositories::Managed,
+    ) -> Result<Option<String>, DbError> {
+        Ok(None)
+    }
     async fn statements_available(&mut self) -> Result<(), String> {
         Err("the fake store has no pg_stat_statements".into())
     }

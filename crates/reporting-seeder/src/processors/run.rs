@@ -456,6 +456,28 @@ pub async fn prepare(
             }
         })
         .collect();
+    // A rebuild that would have to drop a view no usable manifest manages stops at its swap,
+    // after building the new view for nothing: found now, it is an error before anything runs
+    // (and plan shows it). One catalog read per view to rebuild, for those only.
+    let mut actions = actions;
+    for (slot, &i) in actions.iter_mut().zip(&keep) {
+        let (Ok(Action::Rebuild { oid, .. }), ViewPlan::Valid { name, .. }) =
+            (&*slot, &planned.views[i].plan)
+        else {
+            continue;
+        };
+        let rel = Rel {
+            schema: name.schema(),
+            name: name.name(),
+        };
+        if let Some(why) = session
+            .rebuild_blocker(rel, *oid, &managed)
+            .await
+            .map_err(at("reading what reads the views to rebuild"))?
+        {
+            *slot = Err(why);
+        }
+    }
     for &i in &keep {
         let v = &planned.views[i];
         if let ViewPlan::Valid {

@@ -181,6 +181,14 @@ pub trait Session: Send {
     ) -> Result<(), DbError>;
     /// Active queries on the server, this session's excluded.
     async fn active_queries(&mut self) -> Result<i64, DbError>;
+    /// Why rebuilding this view would stop (a dependent the swap would have to drop that no
+    /// usable manifest manages), if it would.
+    async fn rebuild_blocker(
+        &mut self,
+        view: Rel<'_>,
+        oid: u32,
+        managed: &Managed,
+    ) -> Result<Option<String>, DbError>;
     /// Whether pg_stat_statements can be read here: `Err` says why not.
     async fn statements_available(&mut self) -> Result<(), String>;
     /// This session's server process id.
@@ -756,6 +764,14 @@ impl Session for PgSession {
     }
     async fn active_queries(&mut self) -> Result<i64, DbError> {
         views::active_queries(&self.conn).await
+    }
+    async fn rebuild_blocker(
+        &mut self,
+        view: Rel<'_>,
+        oid: u32,
+        managed: &Managed,
+    ) -> Result<Option<String>, DbError> {
+        views::rebuild_blocker(&**self.conn, view, oid, managed).await
     }
     async fn statements_available(&mut self) -> Result<(), String> {
         statements::available(&self.conn).await

@@ -419,6 +419,19 @@ const DEPENDENTS: &str = "
     ORDER BY 4, 1, 2";
 
 /// (schema, name, relkind) of everything depending on `oid`, each after what it reads.
+/// Why a rebuild of the view with `oid` would stop (a view reading it that no usable manifest
+/// manages, which the swap would have to drop), checked before anything is built; `None` when
+/// it would not.
+pub async fn rebuild_blocker(
+    client: &impl GenericClient,
+    view: Rel<'_>,
+    oid: u32,
+    managed: &Managed,
+) -> Result<Option<String>, DbError> {
+    let deps = dependents(client, oid).await?;
+    Ok(unmanaged(view, &deps, managed).map(|e| e.message))
+}
+
 async fn dependents(
     client: &impl GenericClient,
     oid: u32,
