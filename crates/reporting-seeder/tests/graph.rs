@@ -1028,3 +1028,52 @@ async fn a_rebuild_names_the_dependent_whose_manifest_is_invalid_or_disabled() {
     assert!(e.contains("reporting.d2 (its manifest is disabled)"), "{e}");
     assert!(db.oid("reporting.d2").await.is_some(), "never dropped");
 }
+
+/// A rebuild recreates the managed views reading it even when the run did not select them: each
+/// gets a history row saying so, rather than changing unrecorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dependents_recreated_outside_the_selection_are_recorded() {
+    let db = TestDb::new().await;
+    chain(&db).await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    db.client()
+        .await
+        .batch_execute("UPDATE reporting.seeder_canned_report SET query = 'SELECT id, v, 1 AS w FROM public.src'")
+        .await
+        .unwrap();
+    let out = db
+        .run(&["run", "refresh_table", "reporting.stg"], &[])
+        .await;
+    assert_exit(&out, 0);
+    let rows: Vec<(String, String, Option<String>)> = db
+        .client()
+        .await
+        .query(
+            "SELECT table_name, status, action FROM reporting.seeder_view_run WHERE run_id = $1 ORDER BY table_name",
+            &[&db.last_run_id().await],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let rebuilt = |t: &str| {
+        (
+            t.to_string(),
+            "success".to_string(),
+            Some("rebuilt with upstream".to_string()),
+        )
+    };
+    assert_eq!(
+        rows,
+        [
+            rebuilt("reporting.rollup"),
+            (
+                "reporting.stg".into(),
+                "success".into(),
+                Some("rebuild".into())
+            ),
+            rebuilt("reporting.top"),
+        ]
+    );
+}

@@ -408,6 +408,7 @@ pub async fn prepare(
                 managed
                     .views
                     .insert(v.key.clone(), (query.clone(), hash.clone()));
+                managed.records.insert(v.key.clone(), v.record.clone());
             }
             ViewPlan::Invalid(why) => {
                 let why = why.lines().next().unwrap_or_default();
@@ -1617,6 +1618,32 @@ async fn refresh_with_retries<C: Clock>(
                     tracing::info!(view = %view.key, dependents = ?done_work.dependents, "rebuilt together with the views reading it");
                     lock(&shared.rebuilt_with_upstream)
                         .extend(done_work.dependents.iter().cloned());
+                    // Those outside the selection are recreated all the same: they get a
+                    // history row saying so (those inside get theirs when their turn comes).
+                    for d in &done_work.dependents {
+                        if shared.prepared.views.iter().any(|v| &v.key == d) {
+                            continue;
+                        }
+                        let Some(record) = shared.prepared.managed.records.get(d) else {
+                            continue;
+                        };
+                        let note = Outcome {
+                            status: "success",
+                            action: Some(Action::RebuiltWithUpstream.label()),
+                            error: Some(format!(
+                                "recreated by the rebuild of {}, which it reads (not selected in this run)",
+                                view.key
+                            )),
+                            attempts: 1,
+                            ..skipped(String::new())
+                        };
+                        if let Err(e) = session
+                            .record_finish(shared.routes, &shared.run_id, record, None, &note)
+                            .await
+                        {
+                            tracing::warn!(view = %d, error = %e, "could not record a view recreated with its upstream");
+                        }
+                    }
                 }
                 tracing::info!(view = %view.key, action = action.label(), ms = ms(work_began), rows = done_work.rows, "refreshed");
                 done.outcome = Outcome {

@@ -260,6 +260,9 @@ pub struct Managed {
     /// Views a manifest names but cannot build (its query or name is invalid, or it is
     /// disabled): key → why, for the error that stops a rebuild which would drop one.
     pub unusable: HashMap<String, String>,
+    /// The valid managed views' records, for the history row of one a rebuild recreates
+    /// outside the run's selection.
+    pub records: HashMap<String, super::ViewRecord>,
 }
 
 /// What a rebuild made: the new view's rows and the managed dependents recreated with it.
