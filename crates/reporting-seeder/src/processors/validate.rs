@@ -546,6 +546,21 @@ pub fn unparsed_postgres(sql: &str) -> Result<(String, Vec<RelationRef>), Invali
             _ => {}
         }
     }
+    // A name defined in the query (`name AS (…)`: a CTE, or a window) is not a relation.
+    let defined: Vec<String> = words
+        .windows(3)
+        .filter_map(|w| match w {
+            [Token::Word(name), t, Token::LParen] if keyword(t, Keyword::AS) => {
+                Some(if name.quote_style.is_some() {
+                    name.value.clone()
+                } else {
+                    name.value.to_ascii_lowercase()
+                })
+            }
+            _ => None,
+        })
+        .collect();
+    reads.retain(|r| r.schema.is_some() || !defined.contains(&r.name));
     Ok((text.to_string(), reads))
 }
 
@@ -1606,6 +1621,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(reads, [rel(None, "stg")]);
+        // A CTE's name is no relation, even where a managed view has the same name.
+        let (_, reads) = unparsed_postgres(
+            "with stg as (select 1 as n from reporting.base) select n from stg where n isnull",
+        )
+        .unwrap();
+        assert_eq!(reads, [rel(Some("reporting"), "base")]);
         // What the tokens show is refused before anything reaches the server.
         let refused = |sql: &str| unparsed_postgres(sql).unwrap_err();
         assert_eq!(
