@@ -778,7 +778,7 @@ async fn bookkeeping_commits_leave_the_sessions_durability_as_configured() {
         agency_slug: "gotham".into(),
     };
     session
-        .begin_run("r1", "refresh_all", "", &[])
+        .start_run("r1", "refresh_all", "", &[])
         .await
         .unwrap();
     let id = session.record_start(routes, "r1", &view).await.unwrap();

@@ -176,7 +176,7 @@ impl Session for FakeStore {
     async fn unfinished_views(&mut self, _: &str) -> Result<Option<Vec<String>>, DbError> {
         Ok(Some(self.state().unfinished.clone()))
     }
-    async fn begin_run(&mut self, _: &str, _: &str, _: &str, _: &[String]) -> Result<(), DbError> {
+    async fn start_run(&mut self, _: &str, _: &str, _: &str, _: &[String]) -> Result<(), DbError> {
         Ok(())
     }
     async fn finish_run(&mut self, _: &str, _: &str, _: RunCounts) -> Result<(), DbError> {

@@ -21,7 +21,7 @@ use super::refresh::{decide, perform, Action};
 use super::select::{self, SelectError};
 use crate::repositories::{
     BeginError, CatalogPart, CatalogRead, HistoryId, HistoryRoutes, Managed, Outcome, Rel,
-    RunCounts, Session, StartRunError, Store, ViewLock, ViewRecord,
+    RunCounts, Session, Store, ViewLock, ViewRecord,
 };
 
 /// What a run is allowed to do.
@@ -832,10 +832,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         let keys: Vec<String> = prepared.views.iter().map(|v| v.key.clone()).collect();
         main.start_run(&run_id, job, arguments, &keys)
             .await
-            .map_err(|e| match e {
-                StartRunError::Record(e) => at("recording the run")(e),
-                StartRunError::Lock(e) => at("locking the run")(e),
-            })?;
+            .map_err(at("locking and recording the run"))?;
         tracing::info!(run_id = %run_id, views = prepared.views.len(), workers = self.settings.max_workers.get(), "run started");
 
         let statements = match main.statements_available().await {

@@ -129,11 +129,6 @@ fn host_name() -> Option<String> {
         .filter(|h| !h.is_empty())
 }
 
-const BEGIN_RUN: &str =
-    "INSERT INTO reporting.seeder_run (run_id, job, arguments, started_at, status, host, pid,
-         views, selected)
-     VALUES ($1, $2, $3, now(), 'running', $4, $5, cardinality($6::text[]), $6)";
-
 /// The run's shared lock, then its `running` row, in one statement: a signal that cancels the
 /// wait for the lock leaves no row behind (two statements sent together could lose the lock
 /// and still write the row, which the next run then took for a dead run).
@@ -165,33 +160,6 @@ pub async fn lock_and_begin_run(
                 (&pid, Type::INT4),
                 (&selected, Type::TEXT_ARRAY),
                 (&super::locks::RUN_CLASS, Type::INT4),
-            ],
-        )
-        .await?;
-    Ok(())
-}
-
-/// The run's `running` row, written once per run: sent with its parameter types in one round
-/// trip rather than prepared.
-pub async fn begin_run(
-    client: &Client,
-    run_id: &str,
-    job: &str,
-    arguments: &str,
-    selected: &[String],
-) -> Result<(), DbError> {
-    let host = host_name();
-    let pid = i32::try_from(std::process::id()).unwrap_or_default();
-    client
-        .execute_typed(
-            BEGIN_RUN,
-            &[
-                (&run_id, Type::TEXT),
-                (&job, Type::TEXT),
-                (&arguments, Type::TEXT),
-                (&host, Type::TEXT),
-                (&pid, Type::INT4),
-                (&selected, Type::TEXT_ARRAY),
             ],
         )
         .await?;

@@ -97,14 +97,6 @@ pub trait Session: Send {
     /// The views that ended `error` or `skipped` in `run_id`.
     async fn unfinished_views(&mut self, run_id: &str) -> Result<Option<Vec<String>>, DbError>;
 
-    /// The run's `running` row, with the views it selected.
-    async fn begin_run(
-        &mut self,
-        run_id: &str,
-        job: &str,
-        arguments: &str,
-        selected: &[String],
-    ) -> Result<(), DbError>;
     async fn finish_run(
         &mut self,
         run_id: &str,
@@ -244,20 +236,15 @@ pub trait Session: Send {
     }
 
     /// Takes the run's lock for the life of this session, then records the run (its `running`
-    /// row), so the row of a live run is never found without its lock. PostgreSQL sessions send
-    /// both at once. An error says which failed.
+    /// row, with the views it selected), so the row of a live run is never found without its
+    /// lock.
     async fn start_run(
         &mut self,
         run_id: &str,
         job: &str,
         arguments: &str,
         selected: &[String],
-    ) -> Result<(), StartRunError> {
-        self.lock_run(run_id).await.map_err(StartRunError::Lock)?;
-        self.begin_run(run_id, job, arguments, selected)
-            .await
-            .map_err(StartRunError::Record)
-    }
+    ) -> Result<(), DbError>;
 
     /// Ends this session's connection instead of handing it back for reuse (the default just
     /// drops it, which hands it back).
@@ -364,13 +351,6 @@ impl CatalogPart {
 pub struct CatalogError {
     pub what: CatalogPart,
     pub error: DbError,
-}
-
-/// Which half of [`Session::start_run`] failed.
-#[derive(Debug)]
-pub enum StartRunError {
-    Record(DbError),
-    Lock(DbError),
 }
 
 /// Which half of [`Session::begin_view`] failed.
@@ -524,15 +504,6 @@ impl Session for PgSession {
     async fn unfinished_views(&mut self, run_id: &str) -> Result<Option<Vec<String>>, DbError> {
         history::unfinished_views(&self.conn, run_id).await
     }
-    async fn begin_run(
-        &mut self,
-        run_id: &str,
-        job: &str,
-        arguments: &str,
-        selected: &[String],
-    ) -> Result<(), DbError> {
-        history::begin_run(&self.conn, run_id, job, arguments, selected).await
-    }
     async fn finish_run(
         &mut self,
         run_id: &str,
@@ -634,12 +605,10 @@ impl Session for PgSession {
         job: &str,
         arguments: &str,
         selected: &[String],
-    ) -> Result<(), StartRunError> {
+    ) -> Result<(), DbError> {
         // One statement, the lock first: no other run's recovery can find the row of a run
         // whose lock is free, and a cancelled wait for the lock writes no row.
-        history::lock_and_begin_run(&self.conn, run_id, job, arguments, selected)
-            .await
-            .map_err(StartRunError::Record)
+        history::lock_and_begin_run(&self.conn, run_id, job, arguments, selected).await
     }
     async fn recover(&mut self, own_run: Option<&str>) -> Result<Recovery, DbError> {
         locks::recover(&self.conn, own_run).await
