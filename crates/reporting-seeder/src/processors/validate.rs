@@ -34,7 +34,7 @@ use sqlparser::ast::{
 use sqlparser::dialect::PostgreSqlDialect;
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::{Location, Token, Tokenizer, Whitespace};
+use sqlparser::tokenizer::{Location, Token, Tokenizer, Whitespace, Word};
 
 /// PostgreSQL's `NAMEDATALEN - 1`: longer identifiers are silently truncated
 /// by the server, which would make two different manifests collide.
@@ -506,12 +506,12 @@ pub fn unparsed_postgres(sql: &str) -> Result<(String, Vec<RelationRef>), Invali
                 || keyword(t, Keyword::JOIN) =>
             {
                 let name = |k: usize| match words.get(i + k) {
-                    Some(Token::Word(w)) if w.quote_style.is_some() => Some(w.value.clone()),
                     Some(Token::Word(w))
-                        if !OPENS_A_QUERY.contains(&w.keyword)
-                            && !NOT_A_NAME.contains(&w.keyword) =>
+                        if w.quote_style.is_some()
+                            || !(OPENS_A_QUERY.contains(&w.keyword)
+                                || NOT_A_NAME.contains(&w.keyword)) =>
                     {
-                        Some(w.value.to_ascii_lowercase())
+                        Some(fold_word(w))
                     }
                     _ => None,
                 };
@@ -551,11 +551,7 @@ pub fn unparsed_postgres(sql: &str) -> Result<(String, Vec<RelationRef>), Invali
         .windows(3)
         .filter_map(|w| match w {
             [Token::Word(name), t, Token::LParen] if keyword(t, Keyword::AS) => {
-                Some(if name.quote_style.is_some() {
-                    name.value.clone()
-                } else {
-                    name.value.to_ascii_lowercase()
-                })
+                Some(fold_word(name))
             }
             _ => None,
         })
@@ -948,6 +944,14 @@ fn fold(ident: &Ident) -> String {
     match ident.quote_style {
         Some(_) => ident.value.clone(),
         None => ident.value.to_ascii_lowercase(),
+    }
+}
+
+/// [`fold`] for a word of the tokenizer's.
+fn fold_word(w: &Word) -> String {
+    match w.quote_style {
+        Some(_) => w.value.clone(),
+        None => w.value.to_ascii_lowercase(),
     }
 }
 
