@@ -85,11 +85,18 @@ async fn changed_query_is_rebuilt_keeping_indexes_grants_comment_and_owner() {
 
     let role = format!("rs_owner_{}", &db.name[8..20]);
     c.batch_execute(&format!(
-        "CREATE ROLE {role};
+        "CREATE ROLE {role}; CREATE ROLE {role}_col;
          CREATE UNIQUE INDEX v_id_key ON reporting.v (id);
          CREATE INDEX v_id_partial ON reporting.v (id) WHERE id > 2;
          GRANT SELECT ON reporting.v TO PUBLIC;
          COMMENT ON MATERIALIZED VIEW reporting.v IS 'dashboards read this; it''s important';
+         GRANT SELECT (id) ON reporting.v TO {role}_col;
+         COMMENT ON COLUMN reporting.v.id IS 'the key';
+         ALTER MATERIALIZED VIEW reporting.v ALTER COLUMN id SET STATISTICS 500;
+         ALTER MATERIALIZED VIEW reporting.v ALTER COLUMN id SET (n_distinct = -1);
+         ALTER MATERIALIZED VIEW reporting.v SET (fillfactor = 70, autovacuum_enabled = false);
+         COMMENT ON INDEX reporting.v_id_partial IS 'for the top';
+         ALTER MATERIALIZED VIEW reporting.v CLUSTER ON v_id_key;
          ALTER MATERIALIZED VIEW reporting.v OWNER TO {role};"
     ))
     .await
@@ -148,6 +155,41 @@ async fn changed_query_is_rebuilt_keeping_indexes_grants_comment_and_owner() {
     );
     assert_eq!(r.get::<_, String>(1), role);
     assert!(r.get::<_, bool>(2), "PUBLIC lost SELECT");
+    // What else the old view carried: its column grant, column comment, statistics target and
+    // options, storage parameters, index comment and CLUSTER mark.
+    let r = c
+        .query_one(
+            &format!(
+                "SELECT has_column_privilege('{role}_col', 'reporting.v', 'id', 'SELECT'),
+                        col_description('reporting.v'::regclass, 1),
+                        a.attstattarget::int4, a.attoptions::text[], c.reloptions::text[],
+                        obj_description('reporting.v_id_partial'::regclass, 'pg_class'),
+                        (SELECT indisclustered FROM pg_index WHERE indexrelid = 'reporting.v_id_key'::regclass)
+                 FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'id'
+                 WHERE c.oid = 'reporting.v'::regclass"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(r.get::<_, bool>(0), "the column grant was lost");
+    assert_eq!(r.get::<_, Option<String>>(1).as_deref(), Some("the key"));
+    assert_eq!(r.get::<_, i32>(2), 500);
+    // (Some builds note more in `attoptions` on their own: only the ones set here are checked.)
+    let column_options = r.get::<_, Vec<String>>(3);
+    assert!(
+        column_options.contains(&"n_distinct=-1".to_string()),
+        "{column_options:?}"
+    );
+    let options = r.get::<_, Vec<String>>(4);
+    for o in ["fillfactor=70", "autovacuum_enabled=false"] {
+        assert!(options.contains(&o.to_string()), "{options:?}");
+    }
+    assert_eq!(
+        r.get::<_, Option<String>>(5).as_deref(),
+        Some("for the top")
+    );
+    assert!(r.get::<_, bool>(6), "the CLUSTER mark was lost");
     // No temporary relation left behind.
     let leftovers: i64 = c
         .query_one(
@@ -163,7 +205,7 @@ async fn changed_query_is_rebuilt_keeping_indexes_grants_comment_and_owner() {
     assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
     assert_eq!(action(&db, "reporting.v").await.as_deref(), Some("refresh"));
     c.batch_execute(&format!(
-        "DROP MATERIALIZED VIEW reporting.v; DROP ROLE {role}"
+        "DROP MATERIALIZED VIEW reporting.v; DROP ROLE {role}; DROP ROLE {role}_col"
     ))
     .await
     .unwrap();

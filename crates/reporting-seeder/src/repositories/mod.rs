@@ -143,7 +143,7 @@ pub trait Session: Send {
         run_id: &str,
     ) -> Result<u64, DbError>;
     async fn refresh_view(&mut self, view: Rel<'_>, concurrently: bool) -> Result<(), DbError>;
-    /// Builds `query` under `temp`, copies indexes, grants, comment and owner from `view`, then
+    /// Builds `query` under `temp`, copies what `view` carries (indexes, grants, comments, owner, settings), then
     /// swaps the names and drops the old view in one short transaction, recreating the managed
     /// views that read it (from `managed`).
     #[allow(clippy::too_many_arguments)]

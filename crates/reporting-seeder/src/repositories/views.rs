@@ -212,9 +212,37 @@ pub async fn drop_if_exists(client: &Client, view: Rel<'_>) -> Result<(), DbErro
 
 const OLD_VIEW: &str = "
     SELECT c.oid, pg_get_userbyid(c.relowner), c.relowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user),
-           obj_description(c.oid, 'pg_class')
+           obj_description(c.oid, 'pg_class'), coalesce(c.reloptions, '{}')::text[],
+           coalesce((SELECT t.reloptions FROM pg_class t WHERE t.oid = c.reltoastrelid), '{}')::text[]
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'm'";
+
+// Per column: its comment, statistics target (NULL when the default) and options (`n_distinct`).
+const OLD_COLUMNS: &str = "
+    SELECT a.attname::text, col_description(a.attrelid, a.attnum),
+           CASE WHEN a.attstattarget >= 0 THEN a.attstattarget::int4 END,
+           coalesce(a.attoptions, '{}')::text[]
+    FROM pg_attribute a
+    WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+      AND (col_description(a.attrelid, a.attnum) IS NOT NULL OR a.attstattarget >= 0
+           OR a.attoptions IS NOT NULL)
+    ORDER BY a.attnum";
+
+// Column-level grants (`GRANT SELECT (id) ON …`), which a dashboard may hold instead of a grant
+// on the whole view.
+const OLD_COLUMN_GRANTS: &str = "
+    SELECT a.attname::text, CASE WHEN x.grantee = 0 THEN NULL ELSE pg_get_userbyid(x.grantee) END,
+           x.privilege_type, x.is_grantable
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid, aclexplode(a.attacl) x
+    WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND x.grantee <> c.relowner
+    ORDER BY a.attnum, 2, 3";
+
+// The columns a view has, to give it only the column settings that still apply.
+const COLUMNS_OF: &str = "
+    SELECT a.attname::text
+    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped";
 
 // The owner's own privileges come with ownership; every other grant is copied.
 const OLD_GRANTS: &str = "
@@ -229,7 +257,7 @@ const OLD_GRANTS: &str = "
 const OLD_INDEXES: &str = "
     SELECT ic.relname::text,
            CASE WHEN starts_with(d.def, d.prefix) THEN substr(d.def, length(d.prefix) + 1) END,
-           i.indisunique
+           i.indisunique, obj_description(i.indexrelid, 'pg_class'), i.indisclustered
     FROM pg_index i
     JOIN pg_class ic ON ic.oid = i.indexrelid
     JOIN pg_class c ON c.oid = i.indrelid
@@ -272,16 +300,59 @@ pub struct Rebuilt {
     pub dependents: Vec<String>,
 }
 
-/// A view's indexes, grants, comment and owner, to give a new view of the same name.
-#[derive(Debug, Clone)]
+/// A grant: (grantee, `None` for PUBLIC; privilege keyword; grantable).
+type Grant = (Option<String>, &'static str, bool);
+
+/// What a view carries besides its query, to give a new view of the same name: its owner,
+/// comment, grants (on the view and on its columns), storage options, indexes (with their
+/// comments and the CLUSTER mark) and its columns' comments, statistics targets and options.
+#[derive(Debug, Clone, Default)]
 struct Dress {
     owner: String,
     foreign_owner: bool,
     comment: Option<String>,
-    /// (grantee, None for PUBLIC; privilege keyword; grantable)
-    grants: Vec<(Option<String>, &'static str, bool)>,
-    /// (name, unique, definition after USING)
-    indexes: Vec<(String, bool, String)>,
+    grants: Vec<Grant>,
+    /// Storage parameters, `name=value` as `pg_class.reloptions` holds them (`fillfactor=70`).
+    options: Vec<String>,
+    /// The TOAST table's storage parameters, given back as `toast.name=value`.
+    toast_options: Vec<String>,
+    indexes: Vec<IndexDress>,
+    columns: Vec<ColumnDress>,
+}
+
+#[derive(Debug, Clone)]
+struct IndexDress {
+    name: String,
+    unique: bool,
+    /// The definition after `USING`.
+    tail: String,
+    comment: Option<String>,
+    clustered: bool,
+}
+
+/// One column's settings; given only to a new view that has a column of the same name.
+#[derive(Debug, Clone, Default)]
+struct ColumnDress {
+    name: String,
+    comment: Option<String>,
+    statistics: Option<i32>,
+    /// `name=value` as `pg_attribute.attoptions` holds them (`n_distinct=100`).
+    options: Vec<String>,
+    grants: Vec<Grant>,
+}
+
+/// A privilege keyword from the catalog, as one of the known keywords: only those are ever put
+/// into SQL.
+fn known_privilege(privilege: &str, what: &str) -> Result<&'static str, DbError> {
+    PRIVILEGES
+        .iter()
+        .find(|p| **p == privilege)
+        .copied()
+        .ok_or_else(|| {
+            DbError::other(format!(
+                "cannot copy privilege {privilege:?} of {what}: unknown privilege"
+            ))
+        })
 }
 
 async fn capture(client: &impl GenericClient, view: Rel<'_>) -> Result<(u32, Dress), DbError> {
@@ -294,8 +365,9 @@ async fn capture(client: &impl GenericClient, view: Rel<'_>) -> Result<(u32, Dre
         owner: old.try_get(1)?,
         foreign_owner: old.try_get(2)?,
         comment: old.try_get(3)?,
-        grants: Vec::new(),
-        indexes: Vec::new(),
+        options: old.try_get(4)?,
+        toast_options: old.try_get(5)?,
+        ..Dress::default()
     };
     for r in client.query(OLD_INDEXES, &[&oid]).await? {
         let name: String = r.try_get(0)?;
@@ -306,20 +378,68 @@ async fn capture(client: &impl GenericClient, view: Rel<'_>) -> Result<(u32, Dre
                 view.key()
             ))
         })?;
-        dress.indexes.push((name, r.try_get(2)?, tail));
+        dress.indexes.push(IndexDress {
+            name,
+            unique: r.try_get(2)?,
+            tail,
+            comment: r.try_get(3)?,
+            clustered: r.try_get(4)?,
+        });
     }
     for g in client.query(OLD_GRANTS, &[&oid]).await? {
         let privilege: String = g.try_get(1)?;
-        // The privilege is a keyword from the catalog; only known ones are ever put into SQL.
-        let Some(privilege) = PRIVILEGES.iter().find(|p| **p == privilege) else {
-            return Err(DbError::other(format!(
-                "cannot copy privilege {privilege:?} of {}: unknown privilege",
-                view.key()
-            )));
-        };
+        let privilege = known_privilege(&privilege, &view.key())?;
         dress.grants.push((g.try_get(0)?, privilege, g.try_get(2)?));
     }
+    for r in client.query(OLD_COLUMNS, &[&oid]).await? {
+        dress.columns.push(ColumnDress {
+            name: r.try_get(0)?,
+            comment: r.try_get(1)?,
+            statistics: r.try_get(2)?,
+            options: r.try_get(3)?,
+            grants: Vec::new(),
+        });
+    }
+    for g in client.query(OLD_COLUMN_GRANTS, &[&oid]).await? {
+        let column: String = g.try_get(0)?;
+        let privilege: String = g.try_get(2)?;
+        let privilege = known_privilege(&privilege, &format!("{}.{column}", view.key()))?;
+        let grant = (g.try_get(1)?, privilege, g.try_get(3)?);
+        match dress.columns.iter_mut().find(|c| c.name == column) {
+            Some(c) => c.grants.push(grant),
+            None => dress.columns.push(ColumnDress {
+                name: column,
+                grants: vec![grant],
+                ..ColumnDress::default()
+            }),
+        }
+    }
     Ok((oid, dress))
+}
+
+/// `(name = 'value', …)` of `name=value` storage parameters, each name (prefixed `toast.` when
+/// `toast`) quoted as an identifier and each value as a literal; `None` when a parameter has no
+/// `=`, which the catalog never holds.
+fn parameters(options: &[String], toast: bool) -> Option<Vec<String>> {
+    options
+        .iter()
+        .map(|o| {
+            let (name, value) = o.split_once('=')?;
+            Some(format!(
+                "{}{} = {}",
+                if toast { "toast." } else { "" },
+                ident(name),
+                postgres_protocol::escape::escape_literal(value)
+            ))
+        })
+        .collect()
+}
+
+fn grantee(grantee: &Option<String>) -> String {
+    grantee
+        .as_deref()
+        .map(ident)
+        .unwrap_or_else(|| "PUBLIC".to_string())
 }
 
 /// The server's error, saying which step of a rebuild it came from and what to do.
@@ -340,62 +460,142 @@ fn in_context(e: tokio_postgres::Error, step: String, then: &str) -> DbError {
 }
 
 /// Gives `target` what `dress` describes; index `n` is named `index_name(n, original)`.
+/// Column settings go only to columns `target` still has: a column the new query dropped
+/// takes its grants and comment with it (logged).
 async fn put_on(
     client: &impl GenericClient,
     target: Rel<'_>,
     dress: &Dress,
     index_name: impl Fn(usize, &str) -> String,
 ) -> Result<(), DbError> {
-    for (n, (name, unique, tail)) in dress.indexes.iter().enumerate() {
+    let quoted = target.quoted();
+    for (n, ix) in dress.indexes.iter().enumerate() {
+        let new_name = index_name(n, &ix.name);
         client
             .batch_execute(&format!(
-                "CREATE {}INDEX {} ON {} USING {tail}",
-                if *unique { "UNIQUE " } else { "" },
-                ident(&index_name(n, name)),
-                target.quoted()
+                "CREATE {}INDEX {} ON {quoted} USING {}",
+                if ix.unique { "UNIQUE " } else { "" },
+                ident(&new_name),
+                ix.tail
             ))
             .await
             .map_err(|e| {
                 in_context(
                     e,
-                    format!("copying index {name} (USING {tail}) to the rebuilt view"),
+                    format!(
+                        "copying index {} (USING {}) to the rebuilt view",
+                        ix.name, ix.tail
+                    ),
                     "the view keeps its old definition; drop or change that index if the new \
                      query no longer has what it needs",
                 )
             })?;
+        // DDL takes no bind parameters: literals are escaped by the driver's own function.
+        if let Some(comment) = &ix.comment {
+            client
+                .batch_execute(&format!(
+                    "COMMENT ON INDEX {}.{} IS {}",
+                    ident(target.schema),
+                    ident(&new_name),
+                    postgres_protocol::escape::escape_literal(comment)
+                ))
+                .await?;
+        }
+        if ix.clustered {
+            client
+                .batch_execute(&format!(
+                    "ALTER MATERIALIZED VIEW {quoted} CLUSTER ON {}",
+                    ident(&new_name)
+                ))
+                .await?;
+        }
+    }
+    let mut parameters_sql = parameters(&dress.options, false).unwrap_or_default();
+    parameters_sql.extend(parameters(&dress.toast_options, true).unwrap_or_default());
+    if !parameters_sql.is_empty() {
+        client
+            .batch_execute(&format!(
+                "ALTER MATERIALIZED VIEW {quoted} SET ({})",
+                parameters_sql.join(", ")
+            ))
+            .await?;
     }
     if dress.foreign_owner {
         client
             .batch_execute(&format!(
-                "ALTER MATERIALIZED VIEW {} OWNER TO {}",
-                target.quoted(),
+                "ALTER MATERIALIZED VIEW {quoted} OWNER TO {}",
                 ident(&dress.owner)
             ))
             .await?;
     }
-    for (grantee, privilege, grantable) in &dress.grants {
+    for (who, privilege, grantable) in &dress.grants {
         client
             .batch_execute(&format!(
-                "GRANT {privilege} ON {} TO {}{}",
-                target.quoted(),
-                grantee
-                    .as_deref()
-                    .map(ident)
-                    .unwrap_or_else(|| "PUBLIC".to_string()),
+                "GRANT {privilege} ON {quoted} TO {}{}",
+                grantee(who),
                 if *grantable { " WITH GRANT OPTION" } else { "" }
             ))
             .await?;
     }
     if let Some(comment) = &dress.comment {
-        // DDL takes no bind parameters: the one literal we embed, escaped by the driver's own
-        // escaping function.
         client
             .batch_execute(&format!(
-                "COMMENT ON MATERIALIZED VIEW {} IS {}",
-                target.quoted(),
+                "COMMENT ON MATERIALIZED VIEW {quoted} IS {}",
                 postgres_protocol::escape::escape_literal(comment)
             ))
             .await?;
+    }
+    if dress.columns.is_empty() {
+        return Ok(());
+    }
+    let present: Vec<String> = client
+        .query(COLUMNS_OF, &[&target.schema, &target.name])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<_, _>>()?;
+    for column in &dress.columns {
+        if !present.contains(&column.name) {
+            tracing::warn!(
+                view = %target.key(),
+                column = %column.name,
+                "the new query has no such column: its grants, comment and statistics settings are not carried over"
+            );
+            continue;
+        }
+        let col = ident(&column.name);
+        if let Some(comment) = &column.comment {
+            client
+                .batch_execute(&format!(
+                    "COMMENT ON COLUMN {quoted}.{col} IS {}",
+                    postgres_protocol::escape::escape_literal(comment)
+                ))
+                .await?;
+        }
+        if let Some(n) = column.statistics {
+            client
+                .batch_execute(&format!(
+                    "ALTER MATERIALIZED VIEW {quoted} ALTER COLUMN {col} SET STATISTICS {n}"
+                ))
+                .await?;
+        }
+        if let Some(options) = parameters(&column.options, false).filter(|o| !o.is_empty()) {
+            client
+                .batch_execute(&format!(
+                    "ALTER MATERIALIZED VIEW {quoted} ALTER COLUMN {col} SET ({})",
+                    options.join(", ")
+                ))
+                .await?;
+        }
+        for (who, privilege, grantable) in &column.grants {
+            client
+                .batch_execute(&format!(
+                    "GRANT {privilege} ({col}) ON {quoted} TO {}{}",
+                    grantee(who),
+                    if *grantable { " WITH GRANT OPTION" } else { "" }
+                ))
+                .await?;
+        }
     }
     Ok(())
 }
@@ -447,7 +647,7 @@ async fn dependents(
         .collect()
 }
 
-/// Builds `query` under `temp`, gives it the old view's indexes, grants, comment and owner, then
+/// Builds `query` under `temp`, gives it what the old view carried (indexes, grants, comments, owner, settings), then
 /// in one short transaction drops the old view and renames the new one. When other views read
 /// the old one, they must all be managed materialized views (`managed`: key → (query, hash)):
 /// the same transaction drops and recreates them from their manifests, dressed as they were.
@@ -577,12 +777,12 @@ async fn dress_and_swap(
         ident(view.name)
     ))
     .await?;
-    for (n, (name, _, _)) in dress.indexes.iter().enumerate() {
+    for (n, ix) in dress.indexes.iter().enumerate() {
         tx.batch_execute(&format!(
             "ALTER INDEX {}.{} RENAME TO {}",
             ident(view.schema),
             ident(&format!("{}_ix{n}", temp.name)),
-            ident(name)
+            ident(&ix.name)
         ))
         .await?;
     }
