@@ -194,6 +194,21 @@ async fn after_sigkill_the_next_run_recovers() {
     );
     let dead = last_statuses(&db, &killed_run).await;
     assert!(dead.iter().any(|(_, s)| s == "running"), "{dead:?}");
+    // Views of other people's that merely look like the tool's temporaries are not its own:
+    // one in another schema (even with the OID of a managed view), one naming no view, one
+    // whose digits are no OID.
+    let other_oid = db.oid("reporting.other").await.unwrap();
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "CREATE SCHEMA otherteam;
+             CREATE MATERIALIZED VIEW otherteam._rs_42_new AS SELECT 1 AS important;
+             CREATE MATERIALIZED VIEW otherteam._rs_{other_oid}_new AS SELECT 1 AS important;
+             CREATE MATERIALIZED VIEW reporting._rs_1_new AS SELECT 1 AS important;
+             CREATE MATERIALIZED VIEW reporting._rs_9999999999_new AS SELECT 1 AS important;"
+        ))
+        .await
+        .unwrap();
 
     let out = db.run(&["run", "refresh_all"], &[]).await;
     assert_exit(&out, 0);
@@ -222,7 +237,35 @@ async fn after_sigkill_the_next_run_recovers() {
             .any(|l| l.contains("reporting.rebuilt") && l.contains("abandoned")),
         "{text}"
     );
-    assert_eq!(temporaries(&db).await, 0, "recovery drops the leftover");
+    let kept: Vec<String> = db
+        .client()
+        .await
+        .query(
+            "SELECT relnamespace::regnamespace || '.' || relname FROM pg_class
+             WHERE relname ~ '^_rs_[0-9]+_new' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut expected = vec![
+        "otherteam._rs_42_new".to_string(),
+        format!("otherteam._rs_{other_oid}_new"),
+        "reporting._rs_1_new".into(),
+        "reporting._rs_9999999999_new".into(),
+    ];
+    expected.sort();
+    assert_eq!(
+        kept, expected,
+        "recovery drops its own leftover, and only that"
+    );
+    db.client()
+        .await
+        .batch_execute("DROP SCHEMA otherteam CASCADE; DROP MATERIALIZED VIEW reporting._rs_1_new, reporting._rs_9999999999_new")
+        .await
+        .unwrap();
     assert_eq!(
         statuses(&db).await,
         [

@@ -139,6 +139,17 @@ pub enum InvalidManifest {
         character: char,
     },
 
+    /// The name is of the form the tool gives its own temporary views, which crash recovery
+    /// drops.
+    #[error(
+        "invalid table name {table:?}: names starting with _rs_ are the tool's own temporary \
+         views (a rebuild builds under one, recovery drops them); choose another name"
+    )]
+    ReservedName {
+        /// The rejected table name (possibly shortened).
+        table: String,
+    },
+
     /// The query has no statement: empty, blank, or only comments and
     /// semicolons.
     #[error(
@@ -248,6 +259,9 @@ impl ViewName {
         };
         check_identifier(raw, NamePart::Schema, schema)?;
         check_identifier(raw, NamePart::Name, name)?;
+        if name.to_ascii_lowercase().starts_with("_rs_") {
+            return Err(InvalidManifest::ReservedName { table: echo(raw) });
+        }
         Ok(ViewName {
             schema: schema.to_ascii_lowercase(),
             name: name.to_ascii_lowercase(),
@@ -289,7 +303,7 @@ fn check_identifier(raw: &str, part: NamePart, ident: &str) -> Result<(), Invali
             part,
         });
     };
-    if !(first.is_alphabetic() || first == '_') {
+    if !(first.is_ascii_alphabetic() || first == '_' || visible_non_ascii(first)) {
         return Err(if first.is_ascii_digit() || first == '$' {
             InvalidManifest::InvalidStart {
                 table: echo(raw),
@@ -323,13 +337,44 @@ fn check_identifier(raw: &str, part: NamePart, ident: &str) -> Result<(), Invali
 }
 
 /// What PostgreSQL's lexer takes in an unquoted identifier after its first character: ASCII
-/// letters, digits, `_` and `$`, and (like PostgreSQL, which takes any non-ASCII byte) letters and
-/// digits of other scripts, so `reporting.ventes_été` names what it named for the tool this one
-/// replaces. Non-ASCII spaces, punctuation and invisible characters (a no-break space or a
-/// zero-width space pasted with a name) are refused: PostgreSQL would take them into the name.
+/// letters, digits, `_` and `$`, and (like PostgreSQL, which takes any non-ASCII byte) visible
+/// characters of other scripts, so `reporting.ventes_été` names what it named for the tool this
+/// one replaces. Non-ASCII spaces and invisible characters (a no-break space or a zero-width
+/// space pasted with a name) are refused: PostgreSQL would take them into the name.
 fn identifier_char(c: char) -> bool {
-    // For ASCII, `is_alphanumeric` is `is_ascii_alphanumeric`.
-    c.is_alphanumeric() || c == '_' || c == '$'
+    c.is_ascii_alphanumeric() || c == '_' || c == '$' || visible_non_ascii(c)
+}
+
+/// A non-ASCII character PostgreSQL takes into an unquoted identifier (it takes every non-ASCII
+/// byte) that shows when the name is read: letters and digits of any script, and the combining
+/// marks scripts such as Devanagari or Thai write words with (`नमस्ते`, a decomposed `café`).
+/// Refused: spaces, control characters, and the invisible ones (zero-width spaces and joiners,
+/// direction marks, soft hyphens, fillers, variation selectors, byte-order marks, tags).
+fn visible_non_ascii(c: char) -> bool {
+    !c.is_ascii()
+        && !c.is_whitespace()
+        && !c.is_control()
+        && !matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202F}'
+                | '\u{205F}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
 }
 
 /// The rejected input as repeated in an error message, cut short so that a
@@ -1331,15 +1376,31 @@ mod tests {
             // Only ASCII letters fold, as PostgreSQL folds unquoted names in UTF-8.
             assert_eq!((v.schema(), v.name()), (schema, name), "{raw}");
         }
-        invalid_char("reporting.ventes€", NamePart::Name, '€');
-        invalid_char("reporting.x«y»", NamePart::Name, '«');
-        invalid_char("reporting.a\u{301}", NamePart::Name, '\u{301}');
-        assert!(matches!(
-            name_err("reporting.٣x"),
-            InvalidManifest::InvalidCharacter {
-                character: '٣', ..
-            }
-        ));
+        // Any visible non-ASCII character, as PostgreSQL takes any non-ASCII byte: combining
+        // marks (Devanagari, a decomposed é), a leading digit of another script, symbols.
+        for raw in [
+            "reporting.नमस्ते",
+            "reporting.cafe\u{301}",
+            "reporting.٣x",
+            "reporting.ventes€",
+            "reporting.x«y»",
+        ] {
+            assert!(ViewName::parse(raw).is_ok(), "{raw}");
+        }
+        // The tool's own temporary names are not a manifest's.
+        for raw in ["reporting._rs_1_new", "reporting._RS_x"] {
+            assert!(
+                matches!(name_err(raw), InvalidManifest::ReservedName { .. }),
+                "{raw}"
+            );
+        }
+        assert!(ViewName::parse("reporting.rs_x").is_ok());
+        // Spaces and invisible characters pasted with a name are not.
+        invalid_char("reporting.a\u{a0}b", NamePart::Name, '\u{a0}');
+        invalid_char("reporting.a\u{200d}b", NamePart::Name, '\u{200d}');
+        invalid_char("reporting.a\u{feff}", NamePart::Name, '\u{feff}');
+        invalid_char("reporting.\u{2060}a", NamePart::Name, '\u{2060}');
+        invalid_char("reporting.a\u{e0041}", NamePart::Name, '\u{e0041}');
         // The limit is PostgreSQL's, in bytes: 31 two-byte letters fit, 32 do not.
         assert!(ViewName::parse(&format!("reporting.{}", "é".repeat(31))).is_ok());
         assert!(matches!(

@@ -211,14 +211,17 @@ const ABANDON: &str = "
     SELECT (SELECT got FROM l), (SELECT count(*) FROM h1) + (SELECT count(*) FROM h2),
            EXISTS (SELECT 1 FROM r)";
 
-// Temporary views of interrupted rebuilds, with the view each was for (when it still exists).
+// Temporary views of interrupted rebuilds, with the view each was for. Only the tool's own:
+// `_rs_<oid>_new` beside the materialized view with that OID, in its schema. Another team's
+// view that merely has such a name (in another schema, or naming no such view) is not one.
 const TEMPORARIES: &str = "
-    SELECT n.nspname::text, c.relname::text,
-           (SELECT vn.nspname || '.' || v.relname FROM pg_class v
-            JOIN pg_namespace vn ON vn.oid = v.relnamespace
-            WHERE v.oid = substring(c.relname FROM '^_rs_([0-9]+)_new$')::oid)
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.relkind = 'm' AND c.relname ~ '^_rs_[0-9]+_new$'";
+    SELECT n.nspname::text, c.relname::text, n.nspname || '.' || v.relname
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    CROSS JOIN LATERAL (SELECT substring(c.relname FROM '^_rs_([0-9]{1,10})_new$')::int8 AS n) d
+    JOIN pg_class v ON v.oid = CASE WHEN d.n <= 4294967295 THEN d.n::oid END
+        AND v.relnamespace = c.relnamespace AND v.relkind = 'm'
+    WHERE c.relkind = 'm' AND c.relname ~ '^_rs_[0-9]{1,10}_new$'";
 
 /// Marks the `running` rows of dead runs `abandoned` and drops the temporary views of rebuilds
 /// nobody is doing any more. Live runs (their lock is held) are left alone.
@@ -256,9 +259,7 @@ pub async fn recover(client: &ClientWrapper, own_run: Option<&str>) -> Result<Re
         let schema: String = r.try_get(0)?;
         let temp: String = r.try_get(1)?;
         let temp_key = format!("{schema}.{temp}");
-        let key: String = r
-            .try_get::<_, Option<String>>(2)?
-            .unwrap_or_else(|| temp_key.clone());
+        let key: String = r.try_get(2)?;
         let got: bool = client
             .query_one(
                 "SELECT pg_try_advisory_lock($1, hashtext($2))",
