@@ -669,6 +669,29 @@ async fn old_tables_with_other_column_types_work_as_they_are() {
         .unwrap()
         .get(0);
     assert_eq!(failures, 2);
+    // A counter at the column's largest value stays there instead of losing the outcome.
+    c.batch_execute(
+        "UPDATE reporting.seeder_job_status SET consecutive_failures = 32767
+         WHERE table_name = 'reporting.bad'",
+    )
+    .await
+    .unwrap();
+    let out = db
+        .run(&["run", "refresh_table", "--", "reporting.bad"], &[])
+        .await;
+    assert_exit(&out, 1);
+    assert!(!stdout(&out).contains("bookkeeping"), "{}", stdout(&out));
+    let failures: i64 = c
+        .query_one(
+            "SELECT consecutive_failures::bigint FROM reporting.seeder_job_status WHERE table_name = 'reporting.bad'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failures, 32767);
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 1);
     let out = db.run(&["run", "status"], &[]).await;
     assert_exit(&out, 1);
     assert!(

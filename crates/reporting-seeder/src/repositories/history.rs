@@ -301,13 +301,23 @@ fn finish_sql(routes: HistoryRoutes, report_type: ReportType, has_row: bool) -> 
              RETURNING id::bigint AS id, start_time, finish_time"
         )
     };
-    // consecutive_failures counts errors only: a skip leaves it as it was.
+    // consecutive_failures counts errors only: a skip leaves it as it was. It stops at the
+    // largest value the column holds (an old table's may be smallint or integer) rather than
+    // losing the outcome to an out-of-range error.
     format!(
         "WITH prev AS (
              SELECT coalesce((SELECT consecutive_failures FROM {status} WHERE table_name = $3::text), 0) AS n
              FROM {ASYNC_COMMIT}
          ), cf AS (
-             SELECT CASE $7::text WHEN 'error' THEN n + 1 WHEN 'success' THEN 0 ELSE n END AS n FROM prev
+             SELECT CASE $7::text
+                 WHEN 'error' THEN least(n::numeric + 1, (
+                     SELECT min(CASE atttypid WHEN 'int2'::regtype THEN 32767
+                                              WHEN 'int4'::regtype THEN 2147483647
+                                              ELSE 9223372036854775807 END)
+                     FROM pg_attribute
+                     WHERE attrelid IN ('{history}'::regclass, '{status}'::regclass)
+                       AND attname = 'consecutive_failures'))
+                 WHEN 'success' THEN 0 ELSE n END AS n FROM prev
          ), h AS (
              {history_write}
          ), s AS (
