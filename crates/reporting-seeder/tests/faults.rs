@@ -772,3 +772,80 @@ async fn sigterm_ends_a_wait_for_another_runs_lock_at_once() {
     assert_eq!(waiting_backends, 0);
     assert_exit(&first.wait_with_output().await.unwrap(), 0);
 }
+
+/// `retry` without `--run-id` repeats the newest run that is over: one killed before it reached
+/// any view (it recorded its selection, and no history row) is that run, and a live one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_retry_takes_a_run_killed_before_any_view_and_never_a_live_one() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    for i in 0..2 {
+        db.custom(&format!("reporting.v{i}"), "gotham", 1, "SELECT 1 AS id")
+            .await;
+    }
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    // Another session's query keeps the active-query throttle shut: the run starts, records its
+    // selection, and waits before its first view.
+    let blocker = db.client().await;
+    let blocker_pid: i32 = blocker
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let sleeping = tokio::spawn(async move {
+        let _ = blocker.batch_execute("SELECT pg_sleep(60)").await;
+    });
+    let mut child = db.spawn(
+        &["run", "refresh_all"],
+        &[("SEEDER_MAX_DB_ACTIVE_QUERIES", "1")],
+    );
+    let c = db.client().await;
+    let mut live = None;
+    for _ in 0..400 {
+        live = c
+            .query_opt(
+                "SELECT run_id FROM reporting.seeder_run
+                 WHERE status = 'running' AND cardinality(selected) = 2",
+                &[],
+            )
+            .await
+            .unwrap()
+            .map(|r| r.get::<_, String>(0));
+        if live.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let live = live.expect("the run did not start within 10 s");
+
+    // While it runs, a plain retry does not take it (its views are its own).
+    let out = db.run(&["run", "retry"], &[]).await;
+    assert!(
+        !stderr(&out).contains(&live) && !stdout(&out).contains(&live),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+
+    signal(&child, "KILL");
+    let _ = child.wait().await;
+    c.execute("SELECT pg_cancel_backend($1)", &[&blocker_pid])
+        .await
+        .unwrap();
+    let _ = sleeping.await;
+    db.wait_tool_gone().await;
+
+    let out = db.run(&["run", "retry"], &[]).await;
+    assert_exit(&out, 0);
+    let retried = db.last_run_id().await;
+    let rows = db.history(&retried).await;
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r.0.as_str(), r.1.as_str()))
+            .collect::<Vec<_>>(),
+        [("reporting.v0", "success"), ("reporting.v1", "success")],
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}

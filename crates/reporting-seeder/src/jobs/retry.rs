@@ -9,7 +9,7 @@ use crate::processors::planner::{Scope, Selection};
 
 pub const JOB: JobEntry = JobEntry {
     name: "retry",
-    description: "Run again the views that did not succeed in the last run (or --run-id): failed, skipped, cancelled or never finished",
+    description: "Run again the views that did not succeed in the last finished run (or --run-id): failed, skipped, cancelled or never finished",
     command: Cli::command,
     run,
 };
@@ -20,7 +20,7 @@ pub const JOB: JobEntry = JobEntry {
 has since been disabled or removed is left out."
 )]
 struct Cli {
-    /// The run to retry; default the newest.
+    /// The run to retry; default the newest that is over and had views.
     #[arg(long, value_parser = crate::cli::args::parse_run_id, value_name = "RUN_ID")]
     run_id: Option<String>,
     #[command(flatten)]

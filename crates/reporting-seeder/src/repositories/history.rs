@@ -439,15 +439,20 @@ fn whole_seconds(ms: u64) -> i32 {
     i32::try_from(ms.div_ceil(1000)).unwrap_or(i32::MAX)
 }
 
-/// The newest run that had views (one that selected none has nothing to retry).
+/// The newest run that is over (a live one is no run to repeat: its views are locked by it) and
+/// had views: ones it selected (recorded at its start: a run killed before it reached any view
+/// has them all to retry) or history rows (runs from before that record). One that selected none
+/// has nothing to retry.
 pub async fn last_run_id(client: &Client) -> Result<Option<String>, DbError> {
     Ok(client
         .query_opt(
             "SELECT r.run_id FROM reporting.seeder_run r
-             WHERE EXISTS (SELECT 1 FROM reporting.seeder_view_run v WHERE v.run_id = r.run_id)
+             WHERE r.status <> 'running'
+               AND (cardinality(r.selected) > 0
+                OR EXISTS (SELECT 1 FROM reporting.seeder_view_run v WHERE v.run_id = r.run_id)
                 OR EXISTS (SELECT 1 FROM reporting.seeder_run_history h WHERE h.run_id = r.run_id)
                 OR EXISTS (SELECT 1 FROM reporting.seeder_canned_run_history h
-                           WHERE h.run_id = r.run_id)
+                           WHERE h.run_id = r.run_id))
              ORDER BY r.started_at DESC LIMIT 1",
             &[],
         )
