@@ -493,6 +493,9 @@ async fn two_runs_at_once_refresh_each_view_exactly_once() {
             why.contains("locked by run") || why.contains("already refreshed by run"),
             "{why}"
         );
+        // The logs (all a cron job may keep) say why, too.
+        let logs = format!("{}{}", stderr(&a), stderr(&b));
+        assert!(logs.contains(&why), "{why} not in the logs:\n{logs}");
     }
 }
 

@@ -1393,16 +1393,16 @@ async fn ready<C: Clock>(
             let by = by
                 .map(|r| format!("run {r}"))
                 .unwrap_or_else(|| "another run".to_string());
-            return Err(skipped(format!(
-                "locked by {by}: it is refreshing this view now"
-            )));
+            let reason = format!("locked by {by}: it is refreshing this view now");
+            tracing::warn!(view = %view.key, %reason, "skipped");
+            return Err(skipped(reason));
         }
         Ok(ViewLock::AlreadyDone(by)) => {
             guard.record(BreakerOutcome::OwnError);
             *up_to_date = true;
-            return Err(skipped(format!(
-                "already refreshed by run {by} since this run started"
-            )));
+            let reason = format!("already refreshed by run {by} since this run started");
+            tracing::info!(view = %view.key, %reason, "up to date");
+            return Err(skipped(reason));
         }
         Err(BeginError::Start(e)) => return Err(fail("record the start", e)),
         Err(BeginError::Lock(e)) => return Err(fail("take the view's lock", e)),
