@@ -708,3 +708,65 @@ async fn old_tables_with_other_column_types_work_as_they_are() {
     assert!(!stderr(&out).contains("error:"), "{}", stderr(&out));
     assert_eq!(db.history(&db.last_run_id().await).await.len(), 2);
 }
+
+/// `enabled` as operators' tables hold it: missing (every row enabled), a number or text, or
+/// NULL (not enabled), in both manifest tables alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabled_columns_of_other_types_or_missing_are_read_alike() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let c = db.client().await;
+    db.custom("reporting.on", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let off = db
+        .custom("reporting.off", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let null = db
+        .custom("reporting.null", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.canned("reporting.c_on", "SELECT 1 AS id", &[(1, "gotham")])
+        .await;
+    db.canned("reporting.c_null", "SELECT 1 AS id", &[(1, "gotham")])
+        .await;
+    c.batch_execute(&format!(
+        "ALTER TABLE reporting.seeder_custom_report_manifest
+             ALTER COLUMN enabled DROP NOT NULL, ALTER COLUMN enabled DROP DEFAULT,
+             ALTER COLUMN enabled TYPE text USING CASE WHEN enabled THEN 'Yes' ELSE 'no' END;
+         UPDATE reporting.seeder_custom_report_manifest SET enabled = ' 0 ' WHERE id = {off};
+         UPDATE reporting.seeder_custom_report_manifest SET enabled = NULL WHERE id = {null};
+         ALTER TABLE reporting.seeder_canned_report_manifest
+             ALTER COLUMN enabled DROP NOT NULL, ALTER COLUMN enabled DROP DEFAULT,
+             ALTER COLUMN enabled TYPE smallint USING enabled::int;
+         UPDATE reporting.seeder_canned_report_manifest m SET enabled = NULL
+         FROM reporting.seeder_canned_report r
+         WHERE r.id = m.canned_report_id AND r.table_name = 'reporting.c_null';"
+    ))
+    .await
+    .unwrap();
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 0);
+    let mut built: Vec<String> = db
+        .history(&db.last_run_id().await)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    built.sort();
+    assert_eq!(
+        built,
+        ["reporting.c_on", "reporting.on"],
+        "{}",
+        stdout(&out)
+    );
+
+    // Without the column at all, every row is enabled.
+    c.batch_execute(
+        "ALTER TABLE reporting.seeder_custom_report_manifest DROP COLUMN enabled;
+         ALTER TABLE reporting.seeder_canned_report_manifest DROP COLUMN enabled;",
+    )
+    .await
+    .unwrap();
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 0);
+    assert_eq!(db.history(&db.last_run_id().await).await.len(), 5);
+}

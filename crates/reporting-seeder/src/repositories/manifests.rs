@@ -37,30 +37,42 @@ pub struct ManifestRow {
     pub lock_timeout: Option<String>,
 }
 
-// Optional columns are read through to_jsonb(row), which has a key only for the columns the
-// table has: a canned manifest table without `enabled` (as the old Django model has it) means
-// every mapping is enabled; `statement_timeout` / `lock_timeout`, where a table has them, override
-// the run's timeouts for that view.
-const CUSTOM: &str = "
-    SELECT m.id::bigint, m.table_name::text, coalesce(m.report_name, '')::text, m.agency_id::bigint,
-           m.agency_slug::text, m.query::text, m.enabled,
-           to_jsonb(m) ->> 'statement_timeout', to_jsonb(m) ->> 'lock_timeout'
-    FROM reporting.seeder_custom_report_manifest m";
+// Optional columns are read through to_jsonb(row), once per row, which has a key only for the
+// columns the table has: a manifest table without `enabled` (as the old Django model has the
+// canned one) means every row is enabled; `statement_timeout` / `lock_timeout`, where a table has
+// them, override the run's timeouts for that view. `enabled` may be a boolean, a number or text
+// (`1`, `t`, `yes`, `on`…); NULL or anything else is not enabled, in both tables, as the old tool's
+// `enabled = true` filter had it.
+const ENABLED: &str = "CASE WHEN NOT (j ? 'enabled') THEN true
+           ELSE coalesce(lower(btrim(j ->> 'enabled')) IN ('true', 't', '1', 'yes', 'y', 'on'), false) END";
 
-const CANNED: &str = "
-    SELECT m.id::bigint, r.id::bigint, r.table_name::text, coalesce(r.report_name, '')::text,
-           m.agency_id::bigint, m.agency_slug::text, r.query::text,
-           coalesce((to_jsonb(m) ->> 'enabled')::boolean, true),
-           to_jsonb(r) ->> 'statement_timeout', to_jsonb(r) ->> 'lock_timeout'
-    FROM reporting.seeder_canned_report_manifest m
-    JOIN reporting.seeder_canned_report r ON r.id = m.canned_report_id";
+fn custom_sql() -> String {
+    format!(
+        "SELECT m.id::bigint, m.table_name::text, coalesce(m.report_name, '')::text, m.agency_id::bigint,
+                m.agency_slug::text, m.query::text, {ENABLED},
+                j ->> 'statement_timeout', j ->> 'lock_timeout'
+         FROM reporting.seeder_custom_report_manifest m CROSS JOIN LATERAL (SELECT to_jsonb(m) AS j) x"
+    )
+}
+
+fn canned_sql() -> String {
+    format!(
+        "SELECT m.id::bigint, r.id::bigint, r.table_name::text, coalesce(r.report_name, '')::text,
+                m.agency_id::bigint, m.agency_slug::text, r.query::text, {ENABLED},
+                to_jsonb(r) ->> 'statement_timeout', to_jsonb(r) ->> 'lock_timeout'
+         FROM reporting.seeder_canned_report_manifest m
+         CROSS JOIN LATERAL (SELECT to_jsonb(m) AS j) x
+         JOIN reporting.seeder_canned_report r ON r.id = m.canned_report_id"
+    )
+}
 
 /// Every manifest row, enabled or not (the caller tells "disabled" from "unknown").
 pub async fn load(client: &Client) -> Result<Vec<ManifestRow>, DbError> {
     // Both sent at once: one round trip where there would be two.
+    let (custom_sql, canned_sql) = (custom_sql(), canned_sql());
     let (custom, canned) = tokio::join!(
-        client.query_typed(CUSTOM, &[]),
-        client.query_typed(CANNED, &[])
+        client.query_typed(&custom_sql, &[]),
+        client.query_typed(&canned_sql, &[])
     );
     let (custom, canned) = (custom?, canned?);
     let mut rows = Vec::with_capacity(custom.len() + canned.len());
