@@ -69,6 +69,10 @@ pub struct PlannedView {
     pub record: ViewRecord,
     /// Every agency the view serves (a shared canned view serves several).
     pub agencies: Vec<String>,
+    /// The report types of the manifests naming it: a custom manifest and a canned report with
+    /// the same table and query are one view, which `type:canned` selects as well as
+    /// `type:custom`.
+    pub types: Vec<ReportType>,
     /// The manifest's own timeouts (milliseconds), overriding the run's.
     pub timeouts: Timeouts,
     pub plan: ViewPlan,
@@ -127,6 +131,10 @@ pub enum PlanError {
     UnknownAgency(String),
     #[error("agency {0:?} has only disabled manifests; enable one to refresh it")]
     DisabledAgency(String),
+    #[error(
+        "agency {0:?} has no enabled {1} report; leave out --report-type to refresh its others"
+    )]
+    AgencyLacksType(String, &'static str),
 }
 
 const SLUG_COLUMN_BYTES: usize = 255;
@@ -222,7 +230,7 @@ pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Plan, PlanErr
     let in_scope = views
         .iter()
         .map(|v| {
-            selection.report_type.admits(v.record.report_type)
+            v.types.iter().any(|t| selection.report_type.admits(*t))
                 && match &selection.scope {
                     Scope::All => true,
                     Scope::Agency(slug) => v.agencies.contains(slug),
@@ -231,7 +239,17 @@ pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Plan, PlanErr
                     Scope::Retry(_) => false,
                 }
         })
-        .collect();
+        .collect::<Vec<bool>>();
+    if let Scope::Agency(slug) = &selection.scope {
+        if !in_scope.iter().any(|s| *s) {
+            let wanted = match selection.report_type {
+                TypeFilter::Custom => "custom",
+                TypeFilter::Canned => "canned",
+                TypeFilter::All => "",
+            };
+            return Err(PlanError::AgencyLacksType(slug.clone(), wanted));
+        }
+    }
     Ok(Plan { views, in_scope })
 }
 
@@ -273,9 +291,15 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
         }
     }
     let distinct_queries = {
-        let mut q: Vec<&str> = group.iter().map(|r| r.query.trim()).collect();
+        let mut q: Vec<&str> = group.iter().map(|r| r.query.as_str()).collect();
         q.sort();
         q.dedup();
+        if q.len() > 1 {
+            // Different texts may still be one query (`SELECT 1` and `SELECT 1;`).
+            q = q.into_iter().map(super::validate::normalized).collect();
+            q.sort();
+            q.dedup();
+        }
         q.len()
     };
     let timeouts =
@@ -319,10 +343,14 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
             },
         }
     };
+    let mut types: Vec<ReportType> = group.iter().map(|r| r.report_type).collect();
+    types.sort();
+    types.dedup();
     PlannedView {
         key,
         record,
         agencies: agency_list,
+        types,
         timeouts: timeouts.unwrap_or_default(),
         plan,
     }
@@ -430,6 +458,41 @@ mod tests {
         assert_eq!(shared.record.agency_slug, "gotham,metropolis");
         assert_eq!(shared.record.agency_id, 5);
         assert!(matches!(shared.plan, ViewPlan::Valid { .. }));
+    }
+
+    #[test]
+    fn a_custom_manifest_and_a_canned_report_of_one_query_are_one_view_of_both_types() {
+        let mut rows = vec![
+            custom(1, "reporting.same", "gotham", true),
+            canned(10, 100, "reporting.same", 1, "gotham"),
+        ];
+        // The same query, written with a semicolon and a comment after it.
+        rows[0].query = "SELECT 1 AS id;\n".into();
+        rows[1].query = "SELECT 1 AS id -- shared".into();
+        for report_type in [TypeFilter::All, TypeFilter::Custom, TypeFilter::Canned] {
+            let selection = Selection {
+                scope: Scope::Agency("gotham".into()),
+                report_type,
+                ..Selection::default()
+            };
+            let p = plan(&rows, &selection).unwrap();
+            assert_eq!(keys(&p), ["reporting.same"], "{report_type:?}");
+            assert!(
+                matches!(p.views[0].plan, ViewPlan::Valid { .. }),
+                "{:?}",
+                p.views[0].plan
+            );
+        }
+        // An agency with nothing of the type asked for is a usage error, not an empty run.
+        let selection = Selection {
+            scope: Scope::Agency("gotham".into()),
+            report_type: TypeFilter::Canned,
+            ..Selection::default()
+        };
+        assert_eq!(
+            plan(&rows[..1], &selection).map(|_| ()),
+            Err(PlanError::AgencyLacksType("gotham".into(), "canned"))
+        );
     }
 
     #[test]

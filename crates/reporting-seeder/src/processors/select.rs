@@ -79,7 +79,7 @@ impl Atom {
     fn matches(&self, v: &PlannedView) -> bool {
         match self {
             Atom::Agency(slug) => v.agencies.iter().any(|a| a == slug),
-            Atom::Type(t) => v.record.report_type == *t,
+            Atom::Type(t) => v.types.contains(t),
             Atom::Table(pattern) => glob(pattern, &v.key),
         }
     }

@@ -1010,6 +1010,13 @@ fn fold_part(part: &ObjectNamePart) -> String {
     }
 }
 
+/// The query as it is built and hashed: what surrounds its statement (whitespace, semicolons,
+/// trailing comments) cut off; the trimmed text when it does not tokenize. Two manifests whose
+/// queries differ only there name one query.
+pub fn normalized(sql: &str) -> &str {
+    strip_trailing(sql).unwrap_or_else(|_| sql.trim())
+}
+
 /// Returns `sql` without leading whitespace and without anything after the
 /// last token of the statement: trailing whitespace, semicolons and comments.
 fn strip_trailing(sql: &str) -> Result<&str, InvalidManifest> {
@@ -1030,8 +1037,18 @@ fn strip_trailing(sql: &str) -> Result<&str, InvalidManifest> {
         })
         .ok_or(InvalidManifest::EmptyQuery)?;
     let end = byte_offset(sql, last.span.end).ok_or(InvalidManifest::UnsafeTrailingText)?;
-    // Leading semicolons go too (`;SELECT 1` is one statement, as psql runs it).
-    let start = tokens
+    // Leading semicolons go too (`;SELECT 1` is one statement, as psql runs it), with any
+    // comment before the last of them (`/* c */ ; SELECT 1`); a leading comment without one
+    // stays part of the query.
+    let leading = tokens
+        .iter()
+        .take_while(|t| matches!(t.token, Token::Whitespace(_) | Token::SemiColon))
+        .count();
+    let after_semicolons = tokens[..leading]
+        .iter()
+        .rposition(|t| t.token == Token::SemiColon)
+        .map_or(0, |i| i + 1);
+    let start = tokens[after_semicolons..]
         .iter()
         .find(|t| {
             !matches!(
@@ -1670,6 +1687,19 @@ mod tests {
             validate_query_and_reads(";SELECT 1 AS n").unwrap().0,
             "SELECT 1 AS n"
         );
+        // Nor with a comment before one; a leading comment alone stays with the query.
+        for (sql, text) in [
+            ("/* c */ ; SELECT 1 AS n", "SELECT 1 AS n"),
+            ("-- c\n;; /* d */ SELECT 1 AS n", "/* d */ SELECT 1 AS n"),
+            ("/* c */ SELECT 1 AS n;", "/* c */ SELECT 1 AS n"),
+            ("/* c */ ; select 1 isnull as n", "select 1 isnull as n"),
+        ] {
+            let got = validate_query_and_reads(sql)
+                .map(|(q, _)| q)
+                .or_else(|_| unparsed_postgres(sql).map(|(q, _)| q))
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            assert_eq!(got, text, "{sql}");
+        }
         // The relations it reads, from the names after FROM and JOIN outside function calls.
         let (_, reads) = unparsed_postgres(
             "select a.n, extract(year from now()) from reporting.base a \
