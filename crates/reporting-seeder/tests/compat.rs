@@ -770,3 +770,124 @@ async fn enabled_columns_of_other_types_or_missing_are_read_alike() {
     assert_exit(&out, 0);
     assert_eq!(db.history(&db.last_run_id().await).await.len(), 5);
 }
+
+/// An old view the tool cannot adopt by a rebuild (a hand-made view reads it, or the role may not
+/// create in the schema) is refreshed in place, as the old tool refreshed it, with a warning,
+/// instead of failing every run; a changed query it cannot rebuild is an error found up front.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_views_that_cannot_be_adopted_are_refreshed_in_place() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let c = db.client().await;
+    let role = format!("{}_runner", db.name);
+    db.custom(
+        "reporting.read_by_hand",
+        "gotham",
+        1,
+        "SELECT count(*) AS n FROM reporting.src",
+    )
+    .await;
+    let owned = db
+        .custom(
+            "reporting.owned",
+            "gotham",
+            1,
+            "SELECT count(*) AS n FROM reporting.src",
+        )
+        .await;
+    // Built as the old tool built them: no recorded hash.
+    c.batch_execute(&format!(
+        "CREATE TABLE reporting.src AS SELECT 1 AS i;
+         CREATE MATERIALIZED VIEW reporting.read_by_hand AS SELECT count(*) AS n FROM reporting.src;
+         CREATE MATERIALIZED VIEW reporting.owned AS SELECT count(*) AS n FROM reporting.src;
+         CREATE VIEW public.hand_made AS SELECT * FROM reporting.read_by_hand;
+         INSERT INTO reporting.src VALUES (2);
+         CREATE ROLE \"{role}\" LOGIN;
+         GRANT USAGE ON SCHEMA reporting TO \"{role}\";
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA reporting TO \"{role}\";
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA reporting TO \"{role}\";
+         ALTER MATERIALIZED VIEW reporting.owned OWNER TO \"{role}\";"
+    ))
+    .await
+    .unwrap();
+    let oids = (
+        db.oid("reporting.read_by_hand").await,
+        db.oid("reporting.owned").await,
+    );
+    let (scheme, rest) = db.url.split_once("://").unwrap();
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    let as_role = format!("{scheme}://{role}@{host}");
+
+    let by_hand = db
+        .run(
+            &["run", "refresh_table", "--", "reporting.read_by_hand"],
+            &[],
+        )
+        .await;
+    let by_role = db
+        .run(
+            &["run", "refresh_table", "--", "reporting.owned"],
+            &[("DATABASE_URL", &as_role)],
+        )
+        .await;
+    let states: i64 = c
+        .query_one("SELECT count(*) FROM reporting.seeder_view_state", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // A changed query (a view built from a recorded one) the role cannot rebuild: an error
+    // saying what to grant, before anything is built.
+    db.set_query(owned, "SELECT count(*) + 0 AS n FROM reporting.src")
+        .await;
+    c.batch_execute(
+        "INSERT INTO reporting.seeder_view_state (table_name, query_hash, built_at, built_by_run_id)
+         VALUES ('reporting.owned', 'an older query', now(), 'test')",
+    )
+    .await
+    .unwrap();
+    let changed = db
+        .run(
+            &["run", "refresh_table", "--", "reporting.owned"],
+            &[("DATABASE_URL", &as_role)],
+        )
+        .await;
+    let counts: (i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT n FROM reporting.read_by_hand), (SELECT n FROM reporting.owned)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    c.batch_execute(&format!(
+        "DROP VIEW public.hand_made; DROP MATERIALIZED VIEW reporting.owned;
+         REVOKE ALL ON ALL TABLES IN SCHEMA reporting FROM \"{role}\";
+         REVOKE ALL ON ALL SEQUENCES IN SCHEMA reporting FROM \"{role}\";
+         REVOKE ALL ON SCHEMA reporting FROM \"{role}\"; DROP ROLE \"{role}\";"
+    ))
+    .await
+    .unwrap();
+
+    for out in [&by_hand, &by_role] {
+        assert_exit(out, 0);
+        assert!(stderr(out).contains("not adoptable now"), "{}", stderr(out));
+        assert!(stdout(out).contains("refresh"), "{}", stdout(out));
+    }
+    assert!(stderr(&by_hand).contains("public.hand_made"));
+    assert!(stderr(&by_role).contains("GRANT CREATE ON SCHEMA"));
+    assert_eq!(counts, (2, 2), "both refreshed");
+    assert_eq!(
+        (db.oid("reporting.read_by_hand").await, oids.1.map(|_| ())),
+        (oids.0, Some(())),
+        "refreshed in place"
+    );
+    assert_eq!(states, 0, "neither is taken for adopted");
+    assert_exit(&changed, 1);
+    assert!(
+        stdout(&changed).contains("GRANT CREATE ON SCHEMA"),
+        "{}",
+        stdout(&changed)
+    );
+}

@@ -460,9 +460,13 @@ pub async fn prepare(
     // A rebuild that would have to drop a view no usable manifest manages stops at its swap,
     // after building the new view for nothing: found now, it is an error before anything runs
     // (and plan shows it). One catalog read per view to rebuild, for those only.
+    //
+    // A view built without a recorded hash (by the old tool, or by hand) that cannot be adopted
+    // so is refreshed in place instead, as the old tool refreshed it: its definition stays
+    // unchecked against the manifest, and each run tries the adoption again.
     let mut actions = actions;
     for (slot, &i) in actions.iter_mut().zip(&keep) {
-        let (Ok(Action::Rebuild { oid, .. }), ViewPlan::Valid { name, .. }) =
+        let (Ok(Action::Rebuild { oid, adopt }), ViewPlan::Valid { name, .. }) =
             (&*slot, &planned.views[i].plan)
         else {
             continue;
@@ -471,11 +475,27 @@ pub async fn prepare(
             schema: name.schema(),
             name: name.name(),
         };
-        if let Some(why) = session
+        let Some(why) = session
             .rebuild_blocker(rel, *oid, &managed)
             .await
             .map_err(at("reading what reads the views to rebuild"))?
-        {
+        else {
+            continue;
+        };
+        if *adopt {
+            let state = states
+                .get(&planned.views[i].key)
+                .cloned()
+                .unwrap_or_default();
+            tracing::warn!(
+                view = %planned.views[i].key,
+                reason = %why,
+                "built without a recorded query hash (by the old tool or by hand) and not adoptable now: refreshed in place, its definition unchecked against the manifest"
+            );
+            *slot = Ok(Action::Refresh {
+                concurrently: refresh_concurrently && state.has_concurrent_index && state.populated,
+            });
+        } else {
             *slot = Err(why);
         }
     }

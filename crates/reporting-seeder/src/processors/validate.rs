@@ -126,8 +126,9 @@ pub enum InvalidManifest {
     /// identifier (whitespace, quotes, punctuation, invisible characters).
     #[error(
         "invalid table name {table:?}: the {part} part contains invalid character \
-         {character:?} (U+{code:04X}); use only letters, digits, underscores and $, \
-         without whitespace, quotes or punctuation",
+         {character:?} (U+{code:04X}); use only letters, digits, underscores and $ (and \
+         visible characters of other scripts), without whitespace, quotes, ASCII punctuation \
+         or invisible characters",
         code = u32::from(*.character)
     )]
     InvalidCharacter {

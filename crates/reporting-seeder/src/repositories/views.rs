@@ -621,19 +621,45 @@ const DEPENDENTS: &str = "
     GROUP BY 1, 2, 3
     ORDER BY 4, 1, 2";
 
-/// (schema, name, relkind) of everything depending on `oid`, each after what it reads.
-/// Why a rebuild of the view with `oid` would stop (a view reading it that no usable manifest
-/// manages, which the swap would have to drop), checked before anything is built; `None` when
-/// it would not.
+/// Why a rebuild of the view with `oid` would stop, checked before anything is built: the role
+/// may not create the new view in the schema, or a view reading it that no usable manifest
+/// manages would have to be dropped by the swap. `None` when it would not stop.
 pub async fn rebuild_blocker(
     client: &impl GenericClient,
     view: Rel<'_>,
     oid: u32,
     managed: &Managed,
 ) -> Result<Option<String>, DbError> {
+    let may_create: bool = client
+        .query_one(
+            "SELECT has_schema_privilege(current_user, $1::text, 'CREATE')",
+            &[&view.schema],
+        )
+        .await?
+        .try_get(0)?;
+    if !may_create {
+        return Ok(Some(format!(
+            "cannot rebuild {}: role {} may not create in schema {} (the new view is built \
+             beside the old one); GRANT CREATE ON SCHEMA {} to it, or run the tool as the \
+             schema's owner",
+            view.key(),
+            current_user(client).await?,
+            view.schema,
+            ident(view.schema)
+        )));
+    }
     let deps = dependents(client, oid).await?;
     Ok(unmanaged(view, &deps, managed).map(|e| e.message))
 }
+
+async fn current_user(client: &impl GenericClient) -> Result<String, DbError> {
+    Ok(client
+        .query_one("SELECT current_user::text", &[])
+        .await?
+        .try_get(0)?)
+}
+
+/// (schema, name, relkind) of everything depending on `oid`, each after what it reads.
 
 async fn dependents(
     client: &impl GenericClient,
