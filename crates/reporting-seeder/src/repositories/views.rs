@@ -660,7 +660,6 @@ async fn current_user(client: &impl GenericClient) -> Result<String, DbError> {
 }
 
 /// (schema, name, relkind) of everything depending on `oid`, each after what it reads.
-
 async fn dependents(
     client: &impl GenericClient,
     oid: u32,
