@@ -868,8 +868,7 @@ async fn names_in_other_scripts_work_as_they_do_unquoted() {
     let (s, e) = status(&rows, "rapports.ventes\u{a0}x");
     assert_eq!(s, "error");
     assert!(
-        e.as_deref()
-            .is_some_and(|e| e.contains("invalid character") && e.contains("U+00A0")),
+        e.is_some_and(|e| e.contains("invalid character") && e.contains("U+00A0")),
         "{e:?}"
     );
     assert_eq!(status(&rows, "rapports.résumé_Été").0, "success");
