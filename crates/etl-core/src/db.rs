@@ -69,7 +69,10 @@ impl ConnectionSettings {
                 let mut config = tokio_postgres::Config::new();
                 config
                     .host(env.get("DB_HOST").unwrap_or("localhost"))
-                    .port(env.parse_or("DB_PORT", 5432u16, "expected a port number (1-65535)")?)
+                    .port(
+                        env.parse_or("DB_PORT", DEFAULT_PORT, "expected a port number (1-65535)")?
+                            .get(),
+                    )
                     .dbname(env.get("DB_NAME").unwrap_or("postgres"))
                     .user(env.get("DB_USER").unwrap_or("postgres"));
                 if let Some(password) = env.get_raw("DB_PASSWORD").filter(|p| !p.is_empty()) {
@@ -225,13 +228,19 @@ type ParsedUrl = (
 
 /// The URL's connection config, with `sslmode` (all of libpq's names) and `sslrootcert` taken out
 /// for the TLS settings, since tokio-postgres knows only some of them.
+const DEFAULT_PORT: std::num::NonZeroU16 = match std::num::NonZeroU16::new(5432) {
+    Some(p) => p,
+    None => std::num::NonZeroU16::MAX,
+};
+
 fn parse_database_url(raw: &str) -> Result<ParsedUrl, ConfigError> {
     let invalid = |reason: String| ConfigError::InvalidSecret {
         var: "DATABASE_URL".to_string(),
         reason,
     };
     // url's errors never repeat the input, so the password cannot leak through them.
-    let mut url = url::Url::parse(raw.trim()).map_err(|e| {
+    let raw = without_empty_host(raw.trim());
+    let mut url = url::Url::parse(&raw).map_err(|e| {
         invalid(format!(
             "{e}; expected postgres://user:password@host:port/dbname"
         ))
@@ -267,7 +276,50 @@ fn parse_database_url(raw: &str) -> Result<ParsedUrl, ConfigError> {
     let config = tokio_postgres::Config::from_str(url.as_str()).map_err(|_| {
         invalid("could not be parsed as a PostgreSQL connection URL; expected postgres://user:password@host:port/dbname".to_string())
     })?;
+    if config.get_ports().contains(&0) {
+        return Err(invalid(
+            "port 0 is no port; expected postgres://user:password@host:port/dbname with a port from 1 to 65535".to_string(),
+        ));
+    }
     Ok((config, mode, root))
+}
+
+/// `postgres://user:password@/db?host=/run/postgresql`, which libpq takes (the host in a query
+/// parameter, a socket directory), as `postgres:///db?host=…&user=user&password=password`: the
+/// URL parser refuses a user with an empty host. Percent-encoding is kept (a `+`, which means
+/// itself in the user part and a space in a query, is encoded); anything else is returned as it
+/// was.
+fn without_empty_host(raw: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return raw.into();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let Some(userinfo) = authority.strip_suffix('@') else {
+        return raw.into();
+    };
+    if userinfo.contains('@') {
+        return raw.into();
+    }
+    let (user, password) = match userinfo.split_once(':') {
+        Some((u, p)) => (u, Some(p)),
+        None => (userinfo, None),
+    };
+    let mut params = vec![format!("user={}", user.replace('+', "%2B"))];
+    if let Some(p) = password {
+        params.push(format!("password={}", p.replace('+', "%2B")));
+    }
+    let (path, query) = match tail.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (tail, None),
+    };
+    let mut out = format!("{scheme}://{path}?");
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        out.push_str(q);
+        out.push('&');
+    }
+    out.push_str(&params.join("&"));
+    out.into()
 }
 
 fn describe(config: &tokio_postgres::Config) -> String {
@@ -768,6 +820,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn a_url_with_a_user_and_no_host_takes_its_host_from_the_query_as_libpq_does() {
+        let (config, _, _) =
+            parse_database_url("postgres://al+ice:p%40ss+w@/reports?host=/run/postgresql").unwrap();
+        assert_eq!(config.get_user(), Some("al+ice"));
+        assert_eq!(config.get_password(), Some(&b"p@ss+w"[..]));
+        assert_eq!(config.get_dbname(), Some("reports"));
+        assert_eq!(
+            config.get_hosts(),
+            [tokio_postgres::config::Host::Unix("/run/postgresql".into())]
+        );
+        let (config, _, _) = parse_database_url("postgresql://bob@").unwrap();
+        assert_eq!(config.get_user(), Some("bob"));
+        assert!(config.get_hosts().is_empty());
+    }
+
+    #[test]
+    fn port_zero_is_a_configuration_error() {
+        for env in [
+            Env::from_pairs([("DB_PORT", "0")]),
+            Env::from_pairs([("DATABASE_URL", "postgres://u@h:0/d")]),
+        ] {
+            let err = ConnectionSettings::from_env(&env, "t")
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("DB_PORT") || err.contains("DATABASE_URL"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
