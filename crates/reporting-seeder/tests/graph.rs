@@ -168,6 +168,35 @@ async fn a_cycle_is_reported_once_and_the_rest_goes_on() {
         "{}",
         stderr(&out)
     );
+    // A run that selects none of it does not hear of it; a view reading itself is said so.
+    db.custom(
+        "reporting.selfish",
+        "gotham",
+        1,
+        "SELECT * FROM reporting.selfish",
+    )
+    .await;
+    let out = db
+        .run(
+            &["run", "refresh_table", "--", "reporting.fine"],
+            &[("RUST_LOG", "error")],
+        )
+        .await;
+    assert_exit(&out, 0);
+    assert!(!stderr(&out).contains("cycle"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("itself"), "{}", stderr(&out));
+    let out = db
+        .run(
+            &["run", "refresh_table", "--", "reporting.selfish"],
+            &[("RUST_LOG", "error")],
+        )
+        .await;
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("reporting.selfish reads itself"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// The upstream's query changes: it is rebuilt, and the view reading it is recreated in the same

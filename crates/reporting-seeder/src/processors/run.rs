@@ -384,20 +384,28 @@ pub async fn prepare(
         tell(keep.len());
     }
 
+    // Only the cycles the run touches: one among views it does not select is no news to it
+    // (and logged at ERROR on every run of another agency, it would drown the run's own).
     let mut cycle_of: HashMap<usize, usize> = HashMap::new();
     let cycles: Vec<String> = deps
         .cycles
         .iter()
+        .filter(|members| members.iter().any(|&m| mask[m]))
         .enumerate()
         .map(|(c, members)| {
             for &m in members {
                 cycle_of.insert(m, c);
             }
             let names: Vec<&str> = members.iter().map(|&m| planned.views[m].key.as_str()).collect();
-            format!(
-                "dependency cycle between {}: each reads another, so none can be built first; change one of their queries",
-                names.join(", ")
-            )
+            match names.as_slice() {
+                [one] => format!(
+                    "{one} reads itself, so it cannot be built; change its query"
+                ),
+                _ => format!(
+                    "dependency cycle between {}: each reads another, so none can be built first; change one of their queries",
+                    names.join(", ")
+                ),
+            }
         })
         .collect();
 
