@@ -521,6 +521,11 @@ pub fn classify(err: &tokio_postgres::Error) -> FailureKind {
 }
 
 pub fn classify_sqlstate(code: &str) -> FailureKind {
+    // The query's own doing, though in classes that otherwise mean trouble: a file it names
+    // that does not exist or already does (`pg_read_file`), a temp_file_limit it went over.
+    if matches!(code, "58P01" | "58P02" | "53400") {
+        return FailureKind::OwnError;
+    }
     let trouble = code.starts_with("08") // connection exception
         || code.starts_with("53") // insufficient resources: disk full, out of memory, too many connections
         || code.starts_with("58") // system error (I/O)
@@ -725,7 +730,9 @@ mod tests {
                 "{code}"
             );
         }
-        for code in ["42601", "42703", "22012", "42P01", "23505"] {
+        for code in [
+            "42601", "42703", "22012", "42P01", "23505", "58P01", "58P02", "53400",
+        ] {
             assert_eq!(classify_sqlstate(code), FailureKind::OwnError, "{code}");
         }
     }

@@ -1364,9 +1364,9 @@ async fn wait_for_breaker<C: Clock>(shared: &Shared<C>) -> Result<Ticket, Outcom
         };
         if !logged {
             logged = true;
-            tracing::info!(
+            tracing::warn!(
                 probe_in_s = wait.as_secs(),
-                "circuit breaker open: waiting for it to allow a probe"
+                "circuit breaker open after consecutive database failures: no view starts until it allows a probe"
             );
         }
         let nap = wait.clamp(Duration::from_millis(10), Duration::from_millis(200));
