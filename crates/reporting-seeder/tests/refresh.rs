@@ -480,8 +480,8 @@ async fn manifests_sharing_an_invalid_name_keep_separate_records() {
     assert_eq!(
         status,
         [
-            (format!(" (manifest {first})"), 1),
-            (format!(" (manifest {second})"), 1)
+            (format!("(no table name) (manifest {first})"), 1),
+            (format!("(no table name) (manifest {second})"), 1)
         ]
     );
     let view_runs: i64 = c

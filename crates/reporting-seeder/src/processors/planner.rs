@@ -139,6 +139,9 @@ pub enum PlanError {
 
 const SLUG_COLUMN_BYTES: usize = 255;
 
+/// How much of an invalid table name is kept as its key (and recorded): longer ones are cut.
+const INVALID_NAME_CHARS: usize = 100;
+
 fn key_of(table_name: &str) -> String {
     ViewName::parse(table_name)
         .map(|n| n.to_string())
@@ -217,13 +220,25 @@ pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Plan, PlanErr
     for v in &views {
         *seen.entry(v.key.clone()).or_default() += 1;
     }
+    // So are names too long to record (the history's table_name is indexed, and an old table's
+    // may be varchar(255)): cut to 100 characters. An empty name says so.
     for v in views.iter_mut() {
-        if seen.get(&v.key).is_some_and(|n| *n > 1) && matches!(v.plan, ViewPlan::Invalid(_)) {
+        let shared = seen.get(&v.key).is_some_and(|n| *n > 1);
+        let long = v.key.chars().count() > INVALID_NAME_CHARS;
+        if matches!(v.plan, ViewPlan::Invalid(_)) && (shared || long || v.key.is_empty()) {
             let which = match v.record.report_type {
                 ReportType::Custom => "manifest",
                 ReportType::Canned => "canned report",
             };
-            v.key = format!("{} ({which} {})", v.key, v.record.manifest_id);
+            let name = if v.key.is_empty() {
+                "(no table name)".to_string()
+            } else if long {
+                let cut: String = v.key.chars().take(INVALID_NAME_CHARS).collect();
+                format!("{cut}…")
+            } else {
+                v.key.clone()
+            };
+            v.key = format!("{name} ({which} {})", v.record.manifest_id);
             v.record.table_name = v.key.clone();
         }
     }
@@ -508,13 +523,21 @@ mod tests {
         assert_eq!(
             keys(&p),
             [
-                " (manifest 1)",
-                " (manifest 2)",
+                "(no table name) (manifest 1)",
+                "(no table name) (manifest 2)",
                 "no_schema",
                 "reporting.ok"
             ]
         );
-        assert_eq!(p.views[1].record.table_name, " (manifest 2)");
+        assert_eq!(p.views[1].record.table_name, "(no table name) (manifest 2)");
+        // A name too long to record is cut, and named with its manifest.
+        let long = format!("reporting.{}", "x".repeat(6000));
+        let cut = plan(&[custom(9, &long, "gotham", true)], &Selection::default()).unwrap();
+        assert_eq!(
+            cut.views[0].key,
+            format!("reporting.{}… (manifest 9)", "x".repeat(90))
+        );
+        assert!(matches!(cut.views[0].plan, ViewPlan::Invalid(_)));
         let ids: Vec<i64> = p.views.iter().map(|v| v.record.manifest_id).collect();
         assert_eq!(ids, [1, 2, 3, 4]);
         assert!(matches!(p.views[0].plan, ViewPlan::Invalid(_)));
