@@ -1092,6 +1092,10 @@ async fn reopen_if_lost(
     }
 }
 
+/// How much of an error message is kept: PostgreSQL's can echo a whole token of the query
+/// (100 KB of it), which would be a 100 KB summary line, log line and history cell.
+const ERROR_BYTES: usize = 2000;
+
 fn failed(duration_ms: u64, error: String) -> Outcome {
     Outcome {
         status: "error",
@@ -1099,10 +1103,22 @@ fn failed(duration_ms: u64, error: String) -> Outcome {
         duration_ms,
         rows: 0,
         bytes: 0,
-        error: Some(error),
+        error: Some(cut_error(error)),
         attempts: 1,
         statement: None,
     }
+}
+
+/// `error`, or its first [`ERROR_BYTES`] (at a character boundary) and how long it was.
+fn cut_error(error: String) -> String {
+    if error.len() <= ERROR_BYTES {
+        return error;
+    }
+    let mut end = ERROR_BYTES;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… (cut; {} bytes in all)", &error[..end], error.len())
 }
 
 fn skipped(reason: String) -> Outcome {
@@ -1704,7 +1720,7 @@ async fn refresh_with_retries<C: Clock>(
                     "attempt {attempt} of {max_attempts}: {}",
                     e.message
                 ));
-                tracing::warn!(view = %view.key, action = action.label(), attempt, error = %e, "refresh failed");
+                tracing::warn!(view = %view.key, action = action.label(), attempt, error = %cut_error(e.to_string()), "refresh failed");
                 if e.is_transient() && attempt < max_attempts {
                     if e.connection_lost() {
                         // The connection is gone, and its locks with it: start over on a new one.
@@ -1791,6 +1807,24 @@ impl<C: Clock> Drop for TicketGuard<'_, C> {
 /// A poisoned lock only means another task panicked mid-update of plain data: keep going.
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::*;
+
+    #[test]
+    fn huge_errors_are_cut_at_a_character_boundary() {
+        assert_eq!(cut_error("short".into()), "short");
+        let long = format!("syntax error at or near \"{}\"", "é".repeat(50_000));
+        let cut = cut_error(long.clone());
+        assert!(cut.len() < ERROR_BYTES + 40, "{}", cut.len());
+        assert!(cut.starts_with("syntax error at or near"));
+        assert!(
+            cut.ends_with(&format!("… (cut; {} bytes in all)", long.len())),
+            "{cut}"
+        );
+    }
 }
 
 #[cfg(test)]
