@@ -1105,4 +1105,28 @@ async fn dependents_recreated_outside_the_selection_are_recorded() {
             rebuilt("reporting.top"),
         ]
     );
+    // With their figures, and no error text on a success (the old history's readers take a
+    // set `errors` for a failure).
+    let figures: Vec<(String, Option<i64>, Option<String>)> = db
+        .client()
+        .await
+        .query(
+            "SELECT v.table_name, v.rows, h.errors FROM reporting.seeder_view_run v
+             JOIN reporting.seeder_run_history h ON h.run_id = v.run_id AND h.table_name = v.table_name
+             WHERE v.run_id = $1 AND v.table_name IN ('reporting.rollup', 'reporting.top')
+             ORDER BY 1",
+            &[&db.last_run_id().await],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        figures,
+        [
+            ("reporting.rollup".to_string(), Some(1), None),
+            ("reporting.top".to_string(), Some(1), None)
+        ]
+    );
 }

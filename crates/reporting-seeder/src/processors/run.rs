@@ -1668,13 +1668,23 @@ async fn refresh_with_retries<C: Clock>(
                         let Some(record) = shared.prepared.managed.records.get(d) else {
                             continue;
                         };
+                        // Analyzed like any view built, which gives its figures; its action says
+                        // what happened, and a success carries no error text.
+                        let stats = match d.split_once('.') {
+                            Some((schema, name)) => session
+                                .analyze_view(Rel { schema, name })
+                                .await
+                                .map_err(|e| tracing::warn!(view = %d, error = %e, "could not analyze a view recreated with its upstream"))
+                                .ok(),
+                            None => None,
+                        };
+                        tracing::info!(view = %d, upstream = %view.key, "recreated by the rebuild of its upstream (not selected in this run)");
                         let note = Outcome {
                             status: "success",
                             action: Some(Action::RebuiltWithUpstream.label()),
-                            error: Some(format!(
-                                "recreated by the rebuild of {}, which it reads (not selected in this run)",
-                                view.key
-                            )),
+                            rows: stats.map_or(0, |s| s.rows),
+                            bytes: stats.map_or(0, |s| s.bytes),
+                            error: None,
                             attempts: 1,
                             ..skipped(String::new())
                         };

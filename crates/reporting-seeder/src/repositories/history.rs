@@ -407,10 +407,12 @@ pub async fn record_finish(
 }
 
 // The last five successful durations per view, through the (table_name, finished_at) index.
+// A view recreated by its upstream's rebuild did not time its own work: not one of them.
 const RECENT_DURATIONS: &str = "
     SELECT k.t, (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x.d)
                  FROM (SELECT r.duration_ms AS d FROM reporting.seeder_view_run r
                        WHERE r.table_name = k.t AND r.status = 'success'
+                         AND r.action IS DISTINCT FROM 'rebuilt with upstream'
                        ORDER BY r.finished_at DESC LIMIT 5) x)::bigint
     FROM unnest($1::text[]) AS k(t)";
 
