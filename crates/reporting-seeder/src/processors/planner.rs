@@ -276,7 +276,12 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
         .collect();
     agencies.sort();
     agencies.dedup();
-    let mut slugs: Vec<&str> = agencies.iter().map(|(_, s)| *s).collect();
+    // A mapping without a slug adds none (no `,metropolis`).
+    let mut slugs: Vec<&str> = agencies
+        .iter()
+        .map(|(_, s)| *s)
+        .filter(|s| !s.is_empty())
+        .collect();
     slugs.sort();
     slugs.dedup();
     let agency_list: Vec<String> = slugs.iter().map(|s| s.to_string()).collect();

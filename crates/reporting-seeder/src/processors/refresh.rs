@@ -49,15 +49,16 @@ pub fn decide(
     };
     if state.relkind != Some('m') {
         let kind = match state.relkind {
-            Some('r') | Some('p') => "table",
-            Some('v') => "view",
-            Some('i') | Some('I') => "index",
-            Some('S') => "sequence",
-            Some('f') => "foreign table",
-            _ => "relation",
+            Some('r') | Some('p') => "a table",
+            Some('v') => "a view",
+            Some('i') | Some('I') => "an index",
+            Some('S') => "a sequence",
+            Some('f') => "a foreign table",
+            Some('c') => "a composite type",
+            _ => "a relation",
         };
         return Err(format!(
-            "{key} exists and is a {kind}, not a materialized view; it is left alone: rename it or change the manifest's table_name"
+            "{key} exists and is {kind}, not a materialized view; it is left alone: rename it or change the manifest's table_name"
         ));
     }
     match &state.stored_hash {
@@ -285,6 +286,14 @@ mod tests {
         };
         let err = decide(&table, "h", false, "s.v").unwrap_err();
         assert!(err.contains("is a table"), "{err}");
+        for (kind, said) in [('i', "is an index"), ('c', "is a composite type")] {
+            let other = ViewState {
+                relkind: Some(kind),
+                ..matview(Some("h"))
+            };
+            let err = decide(&other, "h", false, "s.v").unwrap_err();
+            assert!(err.contains(said), "{err}");
+        }
     }
 
     #[test]
