@@ -699,9 +699,43 @@ async fn a_role_lacking_privileges_is_a_configuration_error() {
             panic!("{job}: exit {code}: {err}");
         }
     }
-    c.batch_execute(&format!("DROP ROLE \"{role}\""))
-        .await
-        .unwrap();
+    // A role that may read but not write the control tables cannot store a snapshot: the same
+    // configuration error, not a view's failure.
+    db.custom("reporting.v", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    c.batch_execute(&format!(
+        "GRANT USAGE ON SCHEMA reporting TO \"{role}\";
+         GRANT SELECT ON ALL TABLES IN SCHEMA reporting TO \"{role}\";"
+    ))
+    .await
+    .unwrap();
+    let out = db
+        .run(
+            &[
+                "run",
+                "capture_release_snapshot",
+                "--",
+                "--table-name",
+                "reporting.v",
+                "--release-tag",
+                "x",
+            ],
+            &[("DATABASE_URL", &url)],
+        )
+        .await;
+    c.batch_execute(&format!(
+        "REVOKE ALL ON ALL TABLES IN SCHEMA reporting FROM \"{role}\";
+         REVOKE ALL ON SCHEMA reporting FROM \"{role}\"; DROP ROLE \"{role}\""
+    ))
+    .await
+    .unwrap();
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("lacks a privilege"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// pg_stat_statements installed in the database but not loaded by the server (not in

@@ -201,6 +201,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             .await
             .map_err(|e| run_error(RunError::Unavailable(e)))?;
         let mut all_ok = true;
+        // A store refused for lack of a privilege: the role is misconfigured (exit 2, as for
+        // the refresh jobs), not a view's failure.
+        let mut refused = None;
         let mut out = Vec::new();
         let mut seen_columns = std::collections::BTreeSet::new();
         for view in views {
@@ -209,6 +212,12 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                 Ok(s) => s,
                 Err(error) => {
                     all_ok = false;
+                    if error.code.as_deref() == Some("42501") {
+                        refused = Some(RunError::Database {
+                            context: "storing a snapshot",
+                            error: error.clone(),
+                        });
+                    }
                     let message = format!("storing the snapshot of {}: {error}", view.key);
                     tracing::error!(view = %view.key, "{message}");
                     match cli.output {
@@ -259,6 +268,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             if !seen_columns.is_empty() && !seen_columns.contains(c) {
                 tracing::warn!("--top-values-columns: no captured view has a column {c:?}");
             }
+        }
+        if let Some(e) = refused {
+            return Err(run_error(e));
         }
         Ok::<_, JobError>(if all_ok {
             ExitStatus::Success
