@@ -159,27 +159,128 @@ pub fn parse_duration(raw: &str) -> Option<std::time::Duration> {
 }
 
 /// Loads `path` into the process environment without overriding variables already set.
-/// A missing file is fine; a malformed one is a configuration error.
+/// A missing file is fine; a malformed one is a configuration error. Values are read as the
+/// tool this one replaces read them (python-dotenv): see [`as_python_dotenv`].
 pub fn load_dotenv(path: &Path) -> Result<(), ConfigError> {
     if !path.exists() {
         return Ok(());
     }
-    dotenvy::from_path(path).map_err(|err| ConfigError::DotEnv {
+    let failed = |reason: String| ConfigError::DotEnv {
         path: path.display().to_string(),
-        reason: dotenv_reason(path, &err),
-    })
+        reason,
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| failed(format!("could not read it: {e}")))?;
+    let text = as_python_dotenv(&text);
+    dotenvy::from_read(std::io::Cursor::new(text.as_bytes()))
+        .map_err(|err| failed(dotenv_reason(&text, &err)))
+}
+
+/// `.env` text as python-dotenv reads it, written for dotenvy: a `$` not followed by `{` is
+/// itself (python-dotenv expands only `${NAME}`; dotenvy would expand `$word` in `pa$word` to
+/// nothing), and an unquoted value runs to the end of its line, spaces and all, up to a ` #`
+/// comment (dotenvy refuses `NAME=a b`). Quoted values, comments and escapes are left as they are.
+pub fn as_python_dotenv(text: &str) -> String {
+    #[derive(PartialEq)]
+    enum At {
+        Key,
+        Value,
+        Single,
+        Double,
+        Comment,
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut at = At::Key;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match at {
+            At::Key => {
+                if c == '#' && out.lines().last().is_none_or(|l| l.trim().is_empty()) {
+                    at = At::Comment;
+                } else if c == '=' {
+                    at = At::Value;
+                }
+                out.push(c);
+            }
+            At::Comment => {
+                if c == '\n' {
+                    at = At::Key;
+                }
+                out.push(c);
+            }
+            At::Single => {
+                if c == '\'' {
+                    at = At::Value;
+                }
+                out.push(c);
+            }
+            At::Value | At::Double => {
+                match c {
+                    '\\' => {
+                        out.push(c);
+                        if let Some(next) = chars.next() {
+                            out.push(next);
+                        }
+                    }
+                    '$' if chars.peek() != Some(&'{') => out.push_str("\\$"),
+                    '"' => {
+                        at = if at == At::Double {
+                            At::Value
+                        } else {
+                            At::Double
+                        };
+                        out.push(c);
+                    }
+                    '\'' if at == At::Value => {
+                        at = At::Single;
+                        out.push(c);
+                    }
+                    '\n' if at == At::Value => {
+                        at = At::Key;
+                        out.push(c);
+                    }
+                    ' ' | '\t' if at == At::Value => {
+                        // A run of blanks: trailing, before a comment, or inside the value.
+                        let mut run = String::from(c);
+                        while let Some(&b) = chars.peek().filter(|b| **b == ' ' || **b == '\t') {
+                            run.push(b);
+                            chars.next();
+                        }
+                        match chars.peek() {
+                            None | Some('\n') | Some('\r') => {}
+                            Some('#') => {
+                                while chars.peek().is_some_and(|c| *c != '\n') {
+                                    chars.next();
+                                }
+                            }
+                            Some(_) => {
+                                for b in run.chars() {
+                                    if b == ' ' {
+                                        out.push_str("\\ ");
+                                    } else {
+                                        out.push(b);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    _ => out.push(c),
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Why `.env` could not be read, without its content: dotenvy's own message quotes the line,
 /// and the line may hold a password.
-fn dotenv_reason(path: &Path, err: &dotenvy::Error) -> String {
+fn dotenv_reason(text: &str, err: &dotenvy::Error) -> String {
     match err {
         dotenvy::Error::LineParse(line, at) => {
-            let number = std::fs::read_to_string(path).ok().and_then(|text| {
-                text.lines()
-                    .position(|l| !line.is_empty() && l.contains(line.trim_end()))
-                    .map(|i| i + 1)
-            });
+            let number = text
+                .lines()
+                .position(|l| !line.is_empty() && l.contains(line.trim_end()))
+                .map(|i| i + 1);
             format!(
                 "{} is not NAME=value (at character {}); quote a value that holds spaces or \
                  quotes, e.g. NAME=\"a b\"",
@@ -204,7 +305,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("etl-core-dotenv-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         for (i, content) in [
-            "DB_HOST=127.0.0.1\nDB_PASSWORD=S3cret PW x\n",
+            "DB_HOST=127.0.0.1\nDB_PASSWORD=S3cret\\qPW x\n",
             "DB_PASSWORD=\"S3cretPW\n",
         ]
         .iter()
@@ -219,6 +320,36 @@ mod tests {
         let err = load_dotenv(&dir.join("env0")).unwrap_err().to_string();
         assert!(err.contains("line 2"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dotenv_values_read_as_python_dotenv_reads_them() {
+        let text = "# a comment with $HOME and 'quotes\nDB_PASSWORD=pa$word\nQUOTED=\"pa$word\"\n\
+                    SINGLE='pa$word'\nSPACED=a b  c   # note\nTRAILING=x   \nBRACED=${DOTENV_TEST_NOT_SET}z\n\
+                    ESCAPED=\"a\\\"b\"\nexport EXPORTED=e f\nEMPTY=\nHASH=a#b\n";
+        let pairs: Vec<(String, String)> =
+            dotenvy::from_read_iter(std::io::Cursor::new(as_python_dotenv(text)))
+                .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
+                .collect();
+        let got: Vec<(&str, &str)> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("DB_PASSWORD", "pa$word"),
+                ("QUOTED", "pa$word"),
+                ("SINGLE", "pa$word"),
+                ("SPACED", "a b  c"),
+                ("TRAILING", "x"),
+                ("BRACED", "z"),
+                ("ESCAPED", "a\"b"),
+                ("EXPORTED", "e f"),
+                ("EMPTY", ""),
+                ("HASH", "a#b"),
+            ]
+        );
     }
 
     #[test]
