@@ -464,9 +464,20 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
     let status = match outcome {
         Ok(status) => status,
         Err(e) => {
-            if json {
+            if json && tracing::enabled!(tracing::Level::ERROR) {
                 // One JSON object per line, the fatal error included.
                 tracing::error!(exit_code = e.status as i32, "{}", e.message);
+            } else if json {
+                // Logging filtered off (`RUST_LOG=off`): the fatal error is still said, in the
+                // shape of the other lines, as text mode says it whatever the filter.
+                let unfiltered = tracing_subscriber::fmt()
+                    .json()
+                    .with_target(false)
+                    .with_writer(std::io::stderr)
+                    .finish();
+                tracing::subscriber::with_default(unfiltered, || {
+                    tracing::error!(exit_code = e.status as i32, "{}", e.message);
+                });
             } else {
                 let _ = writeln!(std::io::stderr(), "error: {}", e.message);
             }

@@ -401,6 +401,18 @@ async fn with_json_logs_a_fatal_error_is_a_json_line_too() {
         "{fatal}"
     );
     assert_eq!(fatal["fields"]["exit_code"], 2);
+    // Logging filtered off, the fatal error is still said (as text mode says it).
+    let out = db
+        .run(
+            &["run", "refresh_all", "--", "--select", "agency:nobody"],
+            &[("RUST_LOG", "off"), ("SEEDER_LOG_FORMAT", "json")],
+        )
+        .await;
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    let line: serde_json::Value = serde_json::from_str(err.trim())
+        .unwrap_or_else(|e| panic!("not one JSON line ({e}): {err}"));
+    assert_eq!(line["fields"]["exit_code"], 2, "{line}");
 }
 
 /// A results or metrics file in a directory that does not exist is a usage error before any

@@ -31,13 +31,17 @@ const ABOUT: &str =
 manifest tables, then creates, refreshes or rebuilds one materialized view per enabled query, in \
 parallel, behind a circuit breaker, recording a history row per view.
 
-Configuration (environment, or a .env file in the working directory that never overrides it): \
-DATABASE_URL, or DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD; SEEDER_MAX_WORKERS (8), \
-SEEDER_MAX_FAILURES (5), SEEDER_RESET_SECONDS (300), SEEDER_REFRESH_CONCURRENTLY (false); \
-RUST_LOG, SEEDER_LOG_FORMAT=json.
+Configuration (environment, or a .env file in the working directory that never overrides it; \
+the README's Configuration section says what each does): DATABASE_URL, or DB_HOST, DB_PORT, \
+DB_NAME, DB_USER, DB_PASSWORD; DB_SSLMODE (prefer), DB_SSLROOTCERT; SEEDER_MAX_WORKERS (8), \
+SEEDER_MAX_FAILURES (5), SEEDER_RESET_SECONDS (300), SEEDER_REFRESH_CONCURRENTLY (false), \
+SEEDER_STATEMENT_TIMEOUT (off), SEEDER_LOCK_TIMEOUT (5s), SEEDER_MAX_RETRIES (2), \
+SEEDER_BATCH_SIZE (8), SEEDER_START_DELAY_MS (0), SEEDER_MAX_DB_ACTIVE_QUERIES (off); RUST_LOG, \
+SEEDER_LOG_FORMAT=json.
 
-Exit codes: 0 every selected view is up to date; 1 a view failed or was skipped; 2 usage or \
-configuration error; 3 the database could not be reached at start; 130/143 interrupted.";
+Exit codes: 0 every selected view is up to date (refreshed, or already refreshed by a run \
+started at the same time); 1 a view failed or was skipped; 2 usage or configuration error; 3 the \
+database could not be reached at start; 130/143 interrupted.";
 
 pub fn main() -> ExitCode {
     etl_core::job::main(BIN, ABOUT, JOBS)
