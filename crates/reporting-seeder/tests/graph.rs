@@ -628,6 +628,24 @@ async fn retry_runs_again_what_failed_or_was_skipped_in_order() {
     )
     .await
     .unwrap();
+    // plan --retry says what retry will run, and which run it repeats.
+    let out = db
+        .run(&["run", "plan", "--", "--retry", "--output", "json"], &[])
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["retried_run"], failed_run.as_str(), "{json}");
+    let mut planned: Vec<&str> = json["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["table"].as_str())
+        .collect();
+    planned.sort();
+    assert_eq!(
+        planned,
+        ["reporting.rollup", "reporting.stg", "reporting.top"]
+    );
     let out = db.run(&["run", "retry"], &[]).await;
     assert_exit(&out, 0);
     assert_eq!(

@@ -28,8 +28,14 @@ struct Cli {
     #[arg(long, value_name = "SLUG", conflicts_with = "table")]
     agency: Option<String>,
     /// Plan a refresh_table of this view.
-    #[arg(long, value_name = "SCHEMA.TABLE")]
+    #[arg(long, value_name = "SCHEMA.TABLE", conflicts_with = "retry")]
     table: Option<String>,
+    /// Plan a `retry`: the views that did not succeed in the last finished run (or --run-id).
+    #[arg(long, conflicts_with = "agency")]
+    retry: bool,
+    /// With --retry: the run to repeat.
+    #[arg(long, value_parser = crate::cli::args::parse_run_id, value_name = "RUN_ID", requires = "retry")]
+    run_id: Option<String>,
     #[command(flatten)]
     report_type: ReportTypeArg,
     #[command(flatten)]
@@ -43,6 +49,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
     Box::pin(async move {
         let cli: Cli = super::args(&matches)?;
         let scope = match (cli.agency, cli.table) {
+            _ if cli.retry => Scope::Retry(cli.run_id),
             (Some(slug), _) => Scope::Agency(slug),
             (None, Some(table)) => Scope::Table(table),
             (None, None) => Scope::All,
