@@ -151,10 +151,16 @@ pub fn apply(
             *c |= h;
         }
     }
+    // An exclusion that matches nothing leaves nothing out, and is only a warning: a scheduler's
+    // defensive `--exclude table:x` must not stop every run once x's manifest is disabled.
     for s in exclude {
         let hits = expand(s, plan, deps);
         if !hits.contains(&true) {
-            return Err(SelectError::MatchesNothing(s.text.clone()));
+            tracing::warn!(
+                selector = %s.text,
+                "--exclude matches no enabled view: nothing is left out for it"
+            );
+            continue;
         }
         for (c, h) in chosen.iter_mut().zip(hits) {
             *c &= !h;
@@ -335,9 +341,10 @@ mod tests {
             chosen(&p, &d, &["agency:atlantis"], &[]),
             Err(SelectError::MatchesNothing("agency:atlantis".into()))
         );
+        // An exclusion matching nothing leaves everything in.
         assert_eq!(
             chosen(&p, &d, &[], &["table:nope.*"]),
-            Err(SelectError::MatchesNothing("table:nope.*".into()))
+            chosen(&p, &d, &[], &[])
         );
     }
 
