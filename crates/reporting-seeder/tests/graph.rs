@@ -461,6 +461,26 @@ async fn every_selector_and_operator() {
         assert_exit(&out, 2);
         assert!(stderr(&out).contains(bad), "{}", stderr(&out));
     }
+    // An exclusion matching nothing leaves nothing out, with a warning.
+    let out = db
+        .run(
+            &[
+                "run",
+                "refresh_table",
+                "reporting.rollup",
+                "--exclude",
+                "table:reporting.gone",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("table:reporting.gone"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(ran(&db).await, ["reporting.rollup"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
