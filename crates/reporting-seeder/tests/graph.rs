@@ -466,8 +466,9 @@ async fn every_selector_and_operator() {
         .run(
             &[
                 "run",
-                "refresh_table",
-                "reporting.rollup",
+                "refresh_all",
+                "--select",
+                "table:reporting.rollup",
                 "--exclude",
                 "table:reporting.gone",
             ],
@@ -1167,4 +1168,31 @@ async fn dependents_recreated_outside_the_selection_are_recorded() {
             ("reporting.top".to_string(), Some(1), None)
         ]
     );
+}
+
+/// An unqualified name resolves as PostgreSQL resolves it: a table first on the search path
+/// shadows a managed view of that name further down, so the reader does not wait for (or get
+/// skipped with) that view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_first_on_the_search_path_shadows_a_managed_view() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.client()
+        .await
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET search_path = reporting, public;
+             CREATE TABLE reporting.pb (x int); INSERT INTO reporting.pb VALUES (7);",
+            db.name
+        ))
+        .await
+        .unwrap();
+    db.custom("public.pb", "gotham", 1, "SELECT 1 / 0 AS x")
+        .await;
+    db.custom("reporting.reads_pb", "gotham", 1, "SELECT x FROM pb")
+        .await;
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 1);
+    let rows = last(&db).await;
+    assert_eq!(status(&rows, "public.pb").0, "error");
+    assert_eq!(status(&rows, "reporting.reads_pb").0, "success", "{rows:?}");
 }

@@ -75,14 +75,17 @@ fn walk(start: usize, edges: &[Vec<usize>]) -> Vec<usize> {
 }
 
 /// Builds the graph. `reads[i]` are the relations view `i`'s query reads; an unqualified name is
-/// the managed view of that name in the first schema of `search_path` (the schemas the tool's
-/// session resolves names in) that has one. `catalog` are (reader, read) pairs of `schema.name`
-/// keys from `pg_depend`, for views built from their current query.
+/// resolved as PostgreSQL resolves it: in the first schema of `search_path` (the schemas the
+/// tool's session resolves names in) that has a relation of that name, a managed view (built or
+/// to be built) or any relation in `existing` (`schema.name`; a table there shadows a managed
+/// view further down the path, and the name reads no managed view). `catalog` are (reader, read)
+/// pairs of `schema.name` keys from `pg_depend`, for views built from their current query.
 pub fn build(
     views: &[PlannedView],
     reads: &[Vec<RelationRef>],
     catalog: &[(String, String)],
     search_path: &[String],
+    existing: &std::collections::HashSet<String>,
 ) -> Dependencies {
     // Invalid manifests are nodes too: a view reading one whose query no longer validates
     // must wait for it, and be skipped when it fails, not refreshed from its stale contents.
@@ -103,7 +106,9 @@ pub fn build(
                 Some(schema) => index.get(format!("{schema}.{}", r.name).as_str()).copied(),
                 None => search_path
                     .iter()
-                    .find_map(|schema| index.get(format!("{schema}.{}", r.name).as_str()).copied()),
+                    .map(|schema| format!("{schema}.{}", r.name))
+                    .find(|key| index.contains_key(key.as_str()) || existing.contains(key))
+                    .and_then(|key| index.get(key.as_str()).copied()),
             };
             if let Some(u) = found {
                 add(d, u);
@@ -210,7 +215,7 @@ mod tests {
             vec![],
         ];
         let catalog = vec![("reporting.other".to_string(), "reporting.stg".to_string())];
-        let d = build(&v, &reads, &catalog, &["public".to_string()]);
+        let d = build(&v, &reads, &catalog, &["public".to_string()], &none());
         assert_eq!(d.upstream, vec![vec![], vec![0, 2], vec![], vec![0]]);
         assert!(d.cycles.is_empty());
         assert_eq!(d.with_downstream(0), vec![0, 1, 3]);
@@ -223,14 +228,28 @@ mod tests {
         let reads = vec![vec![], vec![], vec![r(None, "stg")]];
         let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            build(&v, &reads, &[], &path(&["reporting", "public"])).upstream[2],
+            build(&v, &reads, &[], &path(&["reporting", "public"]), &none()).upstream[2],
             vec![0]
         );
         assert_eq!(
-            build(&v, &reads, &[], &path(&["public", "reporting"])).upstream[2],
+            build(&v, &reads, &[], &path(&["public", "reporting"]), &none()).upstream[2],
             vec![1]
         );
-        assert!(build(&v, &reads, &[], &path(&["other"])).upstream[2].is_empty());
+        assert!(build(&v, &reads, &[], &path(&["other"]), &none()).upstream[2].is_empty());
+        // A table `other.stg` first on the path shadows both: the name reads no managed view.
+        let table: std::collections::HashSet<String> = ["other.stg".to_string()].into();
+        assert!(
+            build(&v, &reads, &[], &path(&["other", "reporting"]), &table).upstream[2].is_empty()
+        );
+        // One after the managed view does not.
+        assert_eq!(
+            build(&v, &reads, &[], &path(&["reporting", "other"]), &table).upstream[2],
+            vec![0]
+        );
+    }
+
+    fn none() -> std::collections::HashSet<String> {
+        std::collections::HashSet::new()
     }
 
     #[test]
@@ -243,7 +262,7 @@ mod tests {
             vec![r(Some("s"), "a")],
             vec![r(Some("s"), "self")],
         ];
-        let d = build(&v, &reads, &[], &["public".to_string()]);
+        let d = build(&v, &reads, &[], &["public".to_string()], &none());
         assert_eq!(d.cycles, vec![vec![0, 1, 2], vec![4]]);
         // Inside the cycle no edge is kept; the view reading a cycle member still waits for it.
         assert_eq!(
@@ -256,7 +275,7 @@ mod tests {
     fn restrict_keeps_edges_among_the_selected_only() {
         let v = views(&["s.a", "s.b", "s.c"]);
         let reads = vec![vec![], vec![r(Some("s"), "a")], vec![r(Some("s"), "b")]];
-        let d = build(&v, &reads, &[], &["public".to_string()]);
+        let d = build(&v, &reads, &[], &["public".to_string()], &none());
         let g = d.restrict(&[2, 1]);
         assert_eq!(g.upstream, vec![vec![1], vec![]]);
     }

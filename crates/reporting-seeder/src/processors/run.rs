@@ -349,6 +349,7 @@ pub async fn prepare(
         states,
         dependencies,
         search_path,
+        on_search_path,
         recent_ms: recent,
     } = session
         .read_catalog(&names, &durations_for)
@@ -377,7 +378,13 @@ pub async fn prepare(
                 == hashes.get(reader.as_str()).copied()
         })
         .collect();
-    let deps = graph::build(&planned.views, &reads, &catalog, &search_path);
+    let deps = graph::build(
+        &planned.views,
+        &reads,
+        &catalog,
+        &search_path,
+        &on_search_path,
+    );
     let mask = select::apply(&planned, &deps, &selection.select, &selection.exclude)?;
     let keep: Vec<usize> = (0..planned.views.len()).filter(|&i| mask[i]).collect();
     if let Some(tell) = on_count.take() {

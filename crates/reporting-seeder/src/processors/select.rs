@@ -259,7 +259,13 @@ mod tests {
             name: n.into(),
         };
         let reads = vec![vec![rel("stg")], vec![rel("gotham_rollup")], vec![], vec![]];
-        let d = build(&p.views, &reads, &[], &["public".to_string()]);
+        let d = build(
+            &p.views,
+            &reads,
+            &[],
+            &["public".to_string()],
+            &Default::default(),
+        );
         (p, d)
     }
 

@@ -228,6 +228,7 @@ pub trait Session: Send {
                 .search_path()
                 .await
                 .map_err(CatalogPart::SearchPath.failed())?,
+            on_search_path: Default::default(),
             recent_ms: self
                 .recent_durations(keys)
                 .await
@@ -327,6 +328,8 @@ pub struct CatalogRead {
     pub dependencies: Vec<(String, String)>,
     /// The schemas the session resolves unqualified names in, in order.
     pub search_path: Vec<String>,
+    /// Relations in those schemas named as a managed view is (`schema.name`).
+    pub on_search_path: std::collections::HashSet<String>,
     /// The median of each key's recent successful durations (ms); absent when none succeeded.
     pub recent_ms: HashMap<String, u64>,
 }
@@ -586,16 +589,24 @@ impl Session for PgSession {
         keys: &[String],
     ) -> Result<CatalogRead, CatalogError> {
         let conn = &self.conn;
-        let (states, dependencies, search_path, recent_ms) = tokio::join!(
+        let mut names: Vec<&str> = views.iter().map(|v| v.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        let (states, dependencies, search_path, on_search_path, recent_ms) = tokio::join!(
             views::inspect(conn, views),
             views::dependencies(conn, views),
             views::search_path(conn),
+            views::on_search_path(conn, &names),
             history::recent_durations(conn, keys),
         );
         Ok(CatalogRead {
             states: states.map_err(CatalogPart::Views.failed())?,
             dependencies: dependencies.map_err(CatalogPart::Dependencies.failed())?,
             search_path: search_path.map_err(CatalogPart::SearchPath.failed())?,
+            on_search_path: on_search_path
+                .map_err(CatalogPart::SearchPath.failed())?
+                .into_iter()
+                .collect(),
             recent_ms: recent_ms.map_err(CatalogPart::RecentDurations.failed())?,
         })
     }

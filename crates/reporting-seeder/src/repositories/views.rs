@@ -1011,3 +1011,19 @@ pub async fn search_path(client: &Client) -> Result<Vec<String>, DbError> {
         .await?
         .try_get(0)?)
 }
+
+/// The relations of any kind, as `schema.name`, in the search path's schemas whose name is one
+/// of `names` (the managed views' names): an unqualified name resolves to the first of them,
+/// which may be a table of that name that shadows a managed view further down the path.
+pub async fn on_search_path(client: &Client, names: &[&str]) -> Result<Vec<String>, DbError> {
+    Ok(client
+        .query_typed_one(
+            "SELECT ARRAY(SELECT n.nspname || '.' || c.relname
+                          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                          WHERE n.nspname = ANY (current_schemas(false))
+                            AND c.relname = ANY ($1::text[]))::text[]",
+            &[(&names, Type::TEXT_ARRAY)],
+        )
+        .await?
+        .try_get(0)?)
+}
