@@ -440,9 +440,21 @@ impl PostgresClient {
                 recycling_method: RecyclingMethod::Fast,
             },
         );
+        // tokio-postgres's connect_timeout bounds each TCP connect only: a server (or a stuck
+        // pooler, or a black-holed path) that accepts the socket and never answers would hang
+        // the handshake for good. The whole of a connection's opening is bounded too.
+        let hosts = u32::try_from(settings.config.get_hosts().len().max(1)).unwrap_or(u32::MAX);
+        let per_host = settings
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let pool = Pool::builder(manager)
             .max_size(max_connections.max(1))
             .runtime(Runtime::Tokio1)
+            .create_timeout(Some(
+                per_host.saturating_mul(hosts) + per_host.min(Duration::from_secs(5)),
+            ))
             .build()
             .map_err(|e| DbError::other(format!("could not build the connection pool: {e}")))?;
         Ok(PostgresClient {
@@ -479,6 +491,17 @@ impl DatabaseClient for PostgresClient {
     async fn connection(&self) -> Result<Connection, DbError> {
         self.pool.get().await.map_err(|err| match err {
             deadpool_postgres::PoolError::Backend(e) => DbError::connect(&e, &self.target),
+            deadpool_postgres::PoolError::Timeout(_) => DbError {
+                kind: FailureKind::DatabaseTrouble,
+                code: None,
+                connect: true,
+                message: format!(
+                    "could not connect to {}: the server accepted the connection but did not \
+                     answer in time (connect_timeout, default 10 s, and as long again, at most \
+                     5 s, for the handshake)",
+                    self.target
+                ),
+            },
             other => DbError {
                 kind: FailureKind::DatabaseTrouble,
                 code: None,

@@ -119,18 +119,34 @@ impl Interrupt {
     }
 }
 
+/// Installs the SIGINT and SIGTERM handlers at once (inside the runtime, before the job starts:
+/// a signal arriving while the job's first statement waits is the job's to handle), and returns
+/// the task that watches them.
 #[cfg(unix)]
-async fn watch_signals(interrupt: Interrupt, json: bool) {
+fn watch_signals(interrupt: Interrupt, json: bool) -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        tracing::warn!(
-            "could not install signal handlers; SIGINT/SIGTERM will end the process at once"
-        );
-        return;
-    };
+    );
+    async move {
+        let (Ok(int), Ok(term)) = handlers else {
+            tracing::warn!(
+                "could not install signal handlers; SIGINT/SIGTERM will end the process at once"
+            );
+            return;
+        };
+        watch(int, term, interrupt, json).await
+    }
+}
+
+#[cfg(unix)]
+async fn watch(
+    mut int: tokio::signal::unix::Signal,
+    mut term: tokio::signal::unix::Signal,
+    interrupt: Interrupt,
+    json: bool,
+) {
     loop {
         let status = tokio::select! {
             _ = int.recv() => ExitStatus::Interrupted,

@@ -137,6 +137,50 @@ fn unreachable_database_exits_3_without_showing_the_password() {
     assert!(!all.contains("hunter2secret"), "{all}");
 }
 
+/// A server that accepts the connection and never answers (a stuck pooler, a black-holed
+/// path): exit 3 once the connect timeout and the handshake's allowance are spent, and a signal
+/// meanwhile ends the run at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_never_answers_is_unreachable_and_a_signal_ends_the_wait() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted, mut connected) = tokio::sync::mpsc::unbounded_channel();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            sockets.push(socket);
+            let _ = accepted.send(());
+        }
+    });
+    let url = format!("postgres://u:pw@127.0.0.1:{port}/db?connect_timeout=1&sslmode=disable");
+    let run = || {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_reporting-seeder"));
+        c.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &url)
+            .args(["run", "refresh_all"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        c
+    };
+    let out = tokio::time::timeout(std::time::Duration::from_secs(30), run().output())
+        .await
+        .expect("the run hung")
+        .unwrap();
+    assert_exit(&out, 3);
+    assert!(stderr(&out).contains("did not answer"), "{}", stderr(&out));
+
+    while connected.try_recv().is_ok() {}
+    let child = run().spawn().unwrap();
+    // Signalled once it waits for the server (which holds the connection it opened).
+    connected.recv().await.unwrap();
+    signal(&child, "TERM");
+    let out = child.wait_with_output().await.unwrap();
+    assert_exit(&out, 143);
+    held.abort();
+}
+
 #[test]
 fn dotenv_is_read_but_never_overrides_the_environment() {
     let dir = tempfile::tempdir().unwrap();

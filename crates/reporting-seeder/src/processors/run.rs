@@ -786,7 +786,14 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         selection: &Selection,
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
-        let mut main = connect(self.store.as_ref()).await?;
+        // A server that takes its time to answer (or never does) is no reason to outlive a
+        // signal: nothing has started yet.
+        let mut main = tokio::select! {
+            main = connect(self.store.as_ref()) => main?,
+            _ = self.interrupt.cancelled() => {
+                return Err(RunError::Interrupted(self.interrupt.signal_name()))
+            }
+        };
         let mut warming = Vec::new();
         let workers = self.settings.max_workers.get();
         let (ready, ready_count) = tokio::sync::watch::channel(0usize);
