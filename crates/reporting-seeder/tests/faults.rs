@@ -852,3 +852,24 @@ async fn plain_retry_takes_a_run_killed_before_any_view_and_never_a_live_one() {
         stderr(&out)
     );
 }
+
+/// A manifest table locked by someone else past the lock timeout, before any view started:
+/// nothing ran, so the orchestrator is told to retry later (exit 3), not that a view failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_stopped_by_a_lock_timeout_is_exit_3() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.v", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let mut locker = db.client().await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE reporting.seeder_custom_report_manifest IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let out = db
+        .run(&["run", "refresh_all"], &[("SEEDER_LOCK_TIMEOUT", "200ms")])
+        .await;
+    tx.rollback().await.unwrap();
+    assert_exit(&out, 3);
+    assert!(stderr(&out).contains("nothing ran"), "{}", stderr(&out));
+}

@@ -165,6 +165,16 @@ pub fn run_error(e: RunError) -> JobError {
                  the reporting schema or its control tables: grant it, or use a role that has it"
             ))
         }
+        // Before any view started (every RunError::Database is): the database in trouble
+        // (connection lost, a lock or statement timeout, shutting down) is "retry later", as
+        // when it cannot be reached at all.
+        RunError::Database { ref error, .. }
+            if error.kind == etl_core::FailureKind::DatabaseTrouble =>
+        {
+            JobError::unavailable(format!(
+                "{e}; nothing ran, try again when the database is reachable and less busy"
+            ))
+        }
         RunError::Database { .. } | RunError::Interrupted(_) => JobError::failed(e.to_string()),
     }
 }
