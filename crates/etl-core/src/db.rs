@@ -601,6 +601,21 @@ impl DbError {
             );
             return e;
         }
+        if e.message.contains("invalid configuration") {
+            // The client's own settings fall short of what the server asks (no password for a
+            // server that wants one): nothing to wait out.
+            e.code = Some(CLIENT_CONFIGURATION.to_string());
+            e.message = format!(
+                "could not connect to {target}: {}{}",
+                e.message,
+                if e.message.contains("password missing") {
+                    "; the server asks for a password: set it in DATABASE_URL or DB_PASSWORD"
+                } else {
+                    ""
+                }
+            );
+            return e;
+        }
         if certificate_rejected(err) {
             // Not the database being down: retrying will not help, the settings must change.
             e.code = Some(CERTIFICATE_REJECTED.to_string());
@@ -652,6 +667,7 @@ impl DbError {
         self.code.as_deref().is_some_and(|c| {
             c == CERTIFICATE_REJECTED
                 || c == TLS_UNSUPPORTED
+                || c == CLIENT_CONFIGURATION
                 || c.starts_with("28")
                 || c == SqlState::INVALID_CATALOG_NAME.code()
                 || c == SqlState::UNDEFINED_OBJECT.code()
@@ -664,6 +680,10 @@ impl DbError {
 /// The code a [`DbError`] carries when the server's TLS certificate was refused (not a
 /// SQLSTATE: PostgreSQL never saw the session).
 pub const CERTIFICATE_REJECTED: &str = "tls-certificate";
+
+/// The code a [`DbError`] carries when the client's settings cannot make the connection the
+/// server asks for (a password the server wants and none was given).
+pub const CLIENT_CONFIGURATION: &str = "client-configuration";
 
 /// The code a [`DbError`] carries when sslmode requires TLS and the server offers none.
 pub const TLS_UNSUPPORTED: &str = "tls-unsupported";

@@ -181,6 +181,38 @@ async fn a_server_that_never_answers_is_unreachable_and_a_signal_ends_the_wait()
     held.abort();
 }
 
+/// A server that asks for a password none was given for: a configuration error (exit 2, saying
+/// where to set it), not an outage to retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_the_server_asks_for_and_none_given_is_exit_2() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut startup = [0u8; 1024];
+            let _ = socket.read(&mut startup).await;
+            // AuthenticationCleartextPassword.
+            let _ = socket.write_all(b"R\0\0\0\x08\0\0\0\x03").await;
+            let _ = socket.read(&mut startup).await;
+        }
+    });
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_reporting-seeder"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "DATABASE_URL",
+            format!("postgres://someone@127.0.0.1:{port}/db?sslmode=disable"),
+        )
+        .args(["run", "refresh_all"])
+        .output()
+        .await
+        .unwrap();
+    server.abort();
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("DB_PASSWORD"), "{}", stderr(&out));
+}
+
 #[test]
 fn dotenv_is_read_but_never_overrides_the_environment() {
     let dir = tempfile::tempdir().unwrap();
