@@ -191,20 +191,27 @@ pub fn as_python_dotenv(text: &str) -> String {
     }
     let mut out = String::with_capacity(text.len() + 16);
     let mut at = At::Key;
+    // Only blanks so far on this line: a `#` now starts a comment line.
+    let mut blank_so_far = true;
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
         match at {
             At::Key => {
-                if c == '#' && out.lines().last().is_none_or(|l| l.trim().is_empty()) {
+                if c == '\n' {
+                    blank_so_far = true;
+                } else if c == '#' && blank_so_far {
                     at = At::Comment;
                 } else if c == '=' {
                     at = At::Value;
+                } else if !c.is_whitespace() {
+                    blank_so_far = false;
                 }
                 out.push(c);
             }
             At::Comment => {
                 if c == '\n' {
                     at = At::Key;
+                    blank_so_far = true;
                 }
                 out.push(c);
             }
@@ -237,6 +244,7 @@ pub fn as_python_dotenv(text: &str) -> String {
                     }
                     '\n' if at == At::Value => {
                         at = At::Key;
+                        blank_so_far = true;
                         out.push(c);
                     }
                     ' ' | '\t' if at == At::Value => {
@@ -326,7 +334,8 @@ mod tests {
     fn dotenv_values_read_as_python_dotenv_reads_them() {
         let text = "# a comment with $HOME and 'quotes\nDB_PASSWORD=pa$word\nQUOTED=\"pa$word\"\n\
                     SINGLE='pa$word'\nSPACED=a b  c   # note\nTRAILING=x   \nBRACED=${DOTENV_TEST_NOT_SET}z\n\
-                    ESCAPED=\"a\\\"b\"\nexport EXPORTED=e f\nEMPTY=\nHASH=a#b\n";
+                    ESCAPED=\"a\\\"b\"\nexport EXPORTED=e f\nEMPTY=\nHASH=a#b\n\
+                    # later: it's a=b 'x\n  # indented $X\nLAST=pa$s w\n";
         let pairs: Vec<(String, String)> =
             dotenvy::from_read_iter(std::io::Cursor::new(as_python_dotenv(text)))
                 .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
@@ -348,6 +357,7 @@ mod tests {
                 ("EXPORTED", "e f"),
                 ("EMPTY", ""),
                 ("HASH", "a#b"),
+                ("LAST", "pa$s w"),
             ]
         );
     }
