@@ -19,12 +19,17 @@ pub enum TypeFilter {
 }
 
 impl TypeFilter {
-    fn admits(self, t: ReportType) -> bool {
+    /// The one report type it admits; `None` when it admits both.
+    fn only(self) -> Option<ReportType> {
         match self {
-            TypeFilter::All => true,
-            TypeFilter::Custom => t == ReportType::Custom,
-            TypeFilter::Canned => t == ReportType::Canned,
+            TypeFilter::All => None,
+            TypeFilter::Custom => Some(ReportType::Custom),
+            TypeFilter::Canned => Some(ReportType::Canned),
         }
+    }
+
+    fn admits(self, t: ReportType) -> bool {
+        self.only().is_none_or(|only| only == t)
     }
 }
 
@@ -255,14 +260,10 @@ pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Plan, PlanErr
                 }
         })
         .collect::<Vec<bool>>();
-    if let Scope::Agency(slug) = &selection.scope {
+    // The agency has enabled views (checked above), but none of the one type asked for.
+    if let (Scope::Agency(slug), Some(only)) = (&selection.scope, selection.report_type.only()) {
         if !in_scope.iter().any(|s| *s) {
-            let wanted = match selection.report_type {
-                TypeFilter::Custom => "custom",
-                TypeFilter::Canned => "canned",
-                TypeFilter::All => "",
-            };
-            return Err(PlanError::AgencyLacksType(slug.clone(), wanted));
+            return Err(PlanError::AgencyLacksType(slug.clone(), only.as_str()));
         }
     }
     Ok(Plan { views, in_scope })

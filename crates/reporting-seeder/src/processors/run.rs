@@ -1684,13 +1684,13 @@ async fn refresh_with_retries<C: Clock>(
                         };
                         // Analyzed like any view built, which gives its figures; its action says
                         // what happened, and a success carries no error text.
-                        let stats = match d.split_once('.') {
-                            Some((schema, name)) => session
-                                .analyze_view(Rel { schema, name })
+                        let stats = match ViewName::parse(d) {
+                            Ok(name) => session
+                                .analyze_view(Rel { schema: name.schema(), name: name.name() })
                                 .await
                                 .map_err(|e| tracing::warn!(view = %d, error = %e, "could not analyze a view recreated with its upstream"))
                                 .ok(),
-                            None => None,
+                            Err(_) => None,
                         };
                         tracing::info!(view = %d, upstream = %view.key, "recreated by the rebuild of its upstream (not selected in this run)");
                         let note = Outcome {
@@ -1834,7 +1834,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod cut_tests {
+mod tests {
     use super::*;
 
     #[test]
@@ -1849,11 +1849,6 @@ mod cut_tests {
             "{cut}"
         );
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
     use crate::processors::fake::{own_error, trouble, FakeStore};
     use crate::repositories::{ManifestRow, ReportType, ViewState};
     use std::sync::atomic::{AtomicU64, Ordering};

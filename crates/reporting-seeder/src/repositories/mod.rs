@@ -484,7 +484,7 @@ impl Session for PgSession {
         views::dependencies(&self.conn, readers).await
     }
     async fn search_path(&mut self) -> Result<Vec<String>, DbError> {
-        views::search_path(&self.conn).await
+        Ok(views::search_path(&self.conn, &[]).await?.0)
     }
     async fn last_run_id(&mut self) -> Result<Option<String>, DbError> {
         history::last_run_id(&self.conn).await
@@ -592,21 +592,19 @@ impl Session for PgSession {
         let mut names: Vec<&str> = views.iter().map(|v| v.name).collect();
         names.sort_unstable();
         names.dedup();
-        let (states, dependencies, search_path, on_search_path, recent_ms) = tokio::join!(
+        let (states, dependencies, search_path, recent_ms) = tokio::join!(
             views::inspect(conn, views),
             views::dependencies(conn, views),
-            views::search_path(conn),
-            views::on_search_path(conn, &names),
+            views::search_path(conn, &names),
             history::recent_durations(conn, keys),
         );
+        let (search_path, on_search_path) =
+            search_path.map_err(CatalogPart::SearchPath.failed())?;
         Ok(CatalogRead {
             states: states.map_err(CatalogPart::Views.failed())?,
             dependencies: dependencies.map_err(CatalogPart::Dependencies.failed())?,
-            search_path: search_path.map_err(CatalogPart::SearchPath.failed())?,
-            on_search_path: on_search_path
-                .map_err(CatalogPart::SearchPath.failed())?
-                .into_iter()
-                .collect(),
+            search_path,
+            on_search_path: on_search_path.into_iter().collect(),
             recent_ms: recent_ms.map_err(CatalogPart::RecentDurations.failed())?,
         })
     }

@@ -417,29 +417,34 @@ async fn capture(client: &impl GenericClient, view: Rel<'_>) -> Result<(u32, Dre
     Ok((oid, dress))
 }
 
-/// `(name = 'value', …)` of `name=value` storage parameters, each name (prefixed `toast.` when
-/// `toast`) quoted as an identifier and each value as a literal; `None` when a parameter has no
-/// `=`, which the catalog never holds.
-fn parameters(options: &[String], toast: bool) -> Option<Vec<String>> {
+/// `name = 'value'` of each `name=value` storage parameter, the name (prefixed `toast.` when
+/// `toast`) quoted as an identifier and the value as a literal.
+fn parameters(options: &[String], toast: bool) -> Vec<String> {
     options
         .iter()
-        .map(|o| {
-            let (name, value) = o.split_once('=')?;
-            Some(format!(
+        .filter_map(|o| o.split_once('='))
+        .map(|(name, value)| {
+            format!(
                 "{}{} = {}",
                 if toast { "toast." } else { "" },
                 ident(name),
                 postgres_protocol::escape::escape_literal(value)
-            ))
+            )
         })
         .collect()
 }
 
-fn grantee(grantee: &Option<String>) -> String {
-    grantee
-        .as_deref()
-        .map(ident)
-        .unwrap_or_else(|| "PUBLIC".to_string())
+/// `GRANT privilege [(column)] ON view TO grantee [WITH GRANT OPTION]`.
+fn grant_sql(view: &str, column: Option<&str>, (grantee, privilege, grantable): &Grant) -> String {
+    format!(
+        "GRANT {privilege}{} ON {view} TO {}{}",
+        column.map(|c| format!(" ({c})")).unwrap_or_default(),
+        grantee
+            .as_deref()
+            .map(ident)
+            .unwrap_or_else(|| "PUBLIC".to_string()),
+        if *grantable { " WITH GRANT OPTION" } else { "" }
+    )
 }
 
 /// The server's error, saying which step of a rebuild it came from and what to do.
@@ -510,8 +515,8 @@ async fn put_on(
                 .await?;
         }
     }
-    let mut parameters_sql = parameters(&dress.options, false).unwrap_or_default();
-    parameters_sql.extend(parameters(&dress.toast_options, true).unwrap_or_default());
+    let mut parameters_sql = parameters(&dress.options, false);
+    parameters_sql.extend(parameters(&dress.toast_options, true));
     if !parameters_sql.is_empty() {
         client
             .batch_execute(&format!(
@@ -528,13 +533,9 @@ async fn put_on(
             ))
             .await?;
     }
-    for (who, privilege, grantable) in &dress.grants {
+    for grant in &dress.grants {
         client
-            .batch_execute(&format!(
-                "GRANT {privilege} ON {quoted} TO {}{}",
-                grantee(who),
-                if *grantable { " WITH GRANT OPTION" } else { "" }
-            ))
+            .batch_execute(&grant_sql(&quoted, None, grant))
             .await?;
     }
     if let Some(comment) = &dress.comment {
@@ -579,7 +580,8 @@ async fn put_on(
                 ))
                 .await?;
         }
-        if let Some(options) = parameters(&column.options, false).filter(|o| !o.is_empty()) {
+        let options = parameters(&column.options, false);
+        if !options.is_empty() {
             client
                 .batch_execute(&format!(
                     "ALTER MATERIALIZED VIEW {quoted} ALTER COLUMN {col} SET ({})",
@@ -587,13 +589,9 @@ async fn put_on(
                 ))
                 .await?;
         }
-        for (who, privilege, grantable) in &column.grants {
+        for grant in &column.grants {
             client
-                .batch_execute(&format!(
-                    "GRANT {privilege} ({col}) ON {quoted} TO {}{}",
-                    grantee(who),
-                    if *grantable { " WITH GRANT OPTION" } else { "" }
-                ))
+                .batch_execute(&grant_sql(&quoted, Some(&col), grant))
                 .await?;
         }
     }
@@ -630,33 +628,25 @@ pub async fn rebuild_blocker(
     oid: u32,
     managed: &Managed,
 ) -> Result<Option<String>, DbError> {
-    let may_create: bool = client
+    let may = client
         .query_one(
-            "SELECT has_schema_privilege(current_user, $1::text, 'CREATE')",
+            "SELECT has_schema_privilege(current_user, $1::text, 'CREATE'), current_user::text",
             &[&view.schema],
         )
-        .await?
-        .try_get(0)?;
-    if !may_create {
+        .await?;
+    if !may.try_get::<_, bool>(0)? {
         return Ok(Some(format!(
             "cannot rebuild {}: role {} may not create in schema {} (the new view is built \
              beside the old one); GRANT CREATE ON SCHEMA {} to it, or run the tool as the \
              schema's owner",
             view.key(),
-            current_user(client).await?,
+            may.try_get::<_, String>(1)?,
             view.schema,
             ident(view.schema)
         )));
     }
     let deps = dependents(client, oid).await?;
     Ok(unmanaged(view, &deps, managed).map(|e| e.message))
-}
-
-async fn current_user(client: &impl GenericClient) -> Result<String, DbError> {
-    Ok(client
-        .query_one("SELECT current_user::text", &[])
-        .await?
-        .try_get(0)?)
 }
 
 /// (schema, name, relkind) of everything depending on `oid`, each after what it reads.
@@ -1004,26 +994,23 @@ pub async fn active_queries(client: &Client) -> Result<i64, DbError> {
         .try_get(0)?)
 }
 
-/// The schemas unqualified names resolve in (existing ones, in search_path order).
-pub async fn search_path(client: &Client) -> Result<Vec<String>, DbError> {
-    Ok(client
-        .query_typed_one("SELECT current_schemas(false)::text[]", &[])
-        .await?
-        .try_get(0)?)
-}
-
-/// The relations of any kind, as `schema.name`, in the search path's schemas whose name is one
-/// of `names` (the managed views' names): an unqualified name resolves to the first of them,
-/// which may be a table of that name that shadows a managed view further down the path.
-pub async fn on_search_path(client: &Client, names: &[&str]) -> Result<Vec<String>, DbError> {
-    Ok(client
+/// The schemas unqualified names resolve in (existing ones, in search_path order), and the
+/// relations of any kind in them, as `schema.name`, whose name is one of `names` (the managed
+/// views' names): an unqualified name resolves to the first of those, which may be a table that
+/// shadows a managed view further down the path.
+pub async fn search_path(
+    client: &Client,
+    names: &[&str],
+) -> Result<(Vec<String>, Vec<String>), DbError> {
+    let r = client
         .query_typed_one(
-            "SELECT ARRAY(SELECT n.nspname || '.' || c.relname
+            "SELECT current_schemas(false)::text[],
+                    ARRAY(SELECT n.nspname || '.' || c.relname
                           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                           WHERE n.nspname = ANY (current_schemas(false))
                             AND c.relname = ANY ($1::text[]))::text[]",
             &[(&names, Type::TEXT_ARRAY)],
         )
-        .await?
-        .try_get(0)?)
+        .await?;
+    Ok((r.try_get(0)?, r.try_get(1)?))
 }
