@@ -814,9 +814,7 @@ async fn old_views_that_cannot_be_adopted_are_refreshed_in_place() {
         db.oid("reporting.read_by_hand").await,
         db.oid("reporting.owned").await,
     );
-    let (scheme, rest) = db.url.split_once("://").unwrap();
-    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
-    let as_role = format!("{scheme}://{role}@{host}");
+    let as_role = db.url_as(&role);
 
     let by_hand = db
         .run(

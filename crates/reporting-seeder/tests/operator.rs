@@ -684,10 +684,7 @@ async fn a_role_lacking_privileges_is_a_configuration_error() {
     c.batch_execute(&format!("CREATE ROLE \"{role}\" LOGIN"))
         .await
         .unwrap();
-    // postgres://user@host/db → postgres://role@host/db
-    let (scheme, rest) = db.url.split_once("://").unwrap();
-    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
-    let url = format!("{scheme}://{role}@{host}");
+    let url = db.url_as(&role);
     for job in ["status", "refresh_all"] {
         let out = db.run(&["run", job], &[("DATABASE_URL", &url)]).await;
         let code = code(&out);

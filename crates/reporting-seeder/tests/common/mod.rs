@@ -59,6 +59,13 @@ impl TestDb {
         db
     }
 
+    /// This database's URL with `role` as the user: postgres://user@host/db → postgres://role@host/db.
+    pub fn url_as(&self, role: &str) -> String {
+        let (scheme, rest) = self.url.split_once("://").unwrap();
+        let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+        format!("{scheme}://{role}@{host}")
+    }
+
     pub async fn client(&self) -> Client {
         connect(&self.url).await
     }
