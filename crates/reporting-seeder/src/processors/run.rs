@@ -787,8 +787,11 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
         // A server that takes its time to answer (or never does) is no reason to outlive a
-        // signal: nothing has started yet.
+        // signal: nothing has started yet. A connection that is already there when the signal is
+        // (both ready at once) is taken, so the outcome does not depend on a coin toss: the start
+        // below then notices the signal and records every view `cancelled`.
         let mut main = tokio::select! {
+            biased;
             main = connect(self.store.as_ref()) => main?,
             _ = self.interrupt.cancelled() => {
                 return Err(RunError::Interrupted(self.interrupt.signal_name()))
