@@ -1536,6 +1536,7 @@ async fn refresh_with_retries<C: Clock>(
                         && attempt < max_attempts
                         && !shared.interrupt.is_interrupted()
                     {
+                        tracing::warn!(view = %view.key, attempt, error = %cut_error(e.message.clone()), "could not get a connection; retrying");
                         errors.push(format!(
                             "attempt {attempt} of {max_attempts}: {}",
                             e.message
@@ -1592,10 +1593,9 @@ async fn refresh_with_retries<C: Clock>(
                 Ok(()) => done.locked = true,
                 Err(failure) if lost.is_some() && !shared.interrupt.is_interrupted() => {
                     lost = None;
-                    errors.push(format!(
-                        "attempt {attempt} of {max_attempts}: {}",
-                        failure.error.unwrap_or_default()
-                    ));
+                    let error = failure.error.unwrap_or_default();
+                    tracing::warn!(view = %view.key, attempt, error = %cut_error(error.clone()), "the connection was lost while the view got ready; retrying");
+                    errors.push(format!("attempt {attempt} of {max_attempts}: {error}"));
                     // A new connection next time round; this one is dropped.
                     tokio::select! {
                         _ = tokio::time::sleep(backoff(settings.retry_base, attempt)) => continue,
