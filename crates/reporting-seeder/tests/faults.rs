@@ -530,6 +530,64 @@ async fn a_refresh_blocked_by_a_reader_times_out_and_is_retried() {
     assert_exit(&db.run(&["run", "refresh_all"], &env).await, 0);
 }
 
+/// A rebuild's swap needs the old view to itself: while a report holds it, each attempt times out.
+/// The new view is built once and only the swap is tried again, so a slow query does not run
+/// once per attempt on a database that is already busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_blocked_by_a_reader_is_retried_without_building_again() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let id = db
+        .custom("reporting.busy", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let client = db.client().await;
+    // Each run of the new query takes one number: the sequence counts the builds.
+    client
+        .batch_execute("CREATE SEQUENCE public.builds")
+        .await
+        .unwrap();
+    db.set_query(id, "SELECT nextval('public.builds') AS n")
+        .await;
+    let reader = db.client().await;
+    reader
+        .batch_execute("BEGIN; SELECT * FROM reporting.busy")
+        .await
+        .unwrap();
+    let env = [("SEEDER_LOCK_TIMEOUT", "200ms")];
+    let out = db.run(&["run", "refresh_all"], &env).await;
+    assert_exit(&out, 1);
+    let (status, attempts, errors) = db.view_run("reporting.busy").await;
+    assert_eq!((status.as_str(), attempts), ("error", 3));
+    assert!(errors.unwrap().contains("lock timeout"));
+    let builds: i64 = client
+        .query_one("SELECT last_value FROM public.builds", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(builds, 1, "three swaps, one build");
+    assert_eq!(
+        temporaries(&db).await,
+        0,
+        "the new view is dropped at the end"
+    );
+    // Readers kept the old view throughout.
+    let old: i32 = reader
+        .query_one("SELECT id FROM reporting.busy", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(old, 1);
+    reader.batch_execute("COMMIT").await.unwrap();
+    assert_exit(&db.run(&["run", "refresh_all"], &env).await, 0);
+    let n: i64 = client
+        .query_one("SELECT n FROM reporting.busy", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "built once more, then swapped in");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_that_times_out_is_not_retried_and_names_the_timeout() {
     let db = TestDb::new().await;

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use etl_core::{DbError, FailureKind};
 
 use crate::repositories::{
-    Canceller, HistoryId, HistoryRoutes, ManifestRow, Outcome, Rebuilt, Recovery, Rel, RunCounts,
+    Built, Canceller, HistoryId, HistoryRoutes, ManifestRow, Outcome, Recovery, Rel, RunCounts,
     RunRow, Session, StatementTotals, StatusRow, Store, ViewLock, ViewRecord, ViewRunRow,
     ViewState, ViewStats,
 };
@@ -46,6 +46,12 @@ pub struct FakeState {
     pub interrupt_after_rebuild: Option<etl_core::job::Interrupt>,
     /// Failures of the first attempt to take a key's lock (then it is taken).
     pub lock_fails_once: HashMap<String, DbError>,
+    /// Failures of a rebuild's swap, one per swap of the key, in order (then it succeeds).
+    pub swap_failures: HashMap<String, Vec<DbError>>,
+    /// The key of every swap tried, in order.
+    pub swaps: Vec<String>,
+    /// Every temporary view dropped, by `schema.name`.
+    pub dropped_temporaries: Vec<String>,
 }
 
 #[derive(Clone, Default)]
@@ -225,19 +231,32 @@ impl Session for FakeStore {
         };
         self.ddl(what, view.key()).await
     }
-    async fn rebuild_view(
+    async fn build_view(&mut self, view: Rel<'_>, _: &str, _: &str) -> Result<Built, DbError> {
+        self.ddl("rebuild", view.key()).await?;
+        Ok(Built::fake(1))
+    }
+    async fn swap_view(
         &mut self,
         view: Rel<'_>,
         _: &str,
-        _: &str,
+        _: &Built,
         _: &str,
         _: &str,
         _: u64,
         _: &crate::repositories::Managed,
-    ) -> Result<Rebuilt, DbError> {
-        self.ddl("rebuild", view.key()).await?;
+    ) -> Result<Vec<String>, DbError> {
         let (dependents, interrupt) = {
-            let s = self.state();
+            let mut s = self.state();
+            s.swaps.push(view.key());
+            if let Some(e) = s.swap_failures.get_mut(&view.key()).and_then(|q| {
+                if q.is_empty() {
+                    None
+                } else {
+                    Some(q.remove(0))
+                }
+            }) {
+                return Err(e);
+            }
             (
                 s.rebuilt_dependents
                     .get(&view.key())
@@ -249,10 +268,10 @@ impl Session for FakeStore {
         if let Some(i) = interrupt {
             i.trigger(etl_core::ExitStatus::Terminated);
         }
-        Ok(Rebuilt {
-            rows: 1,
-            dependents,
-        })
+        Ok(dependents)
+    }
+    async fn drop_temporary(&mut self, temp: Rel<'_>) {
+        self.state().dropped_temporaries.push(temp.key());
     }
     async fn lock_run(&mut self, _: &str) -> Result<(), DbError> {
         Ok(())

@@ -3,7 +3,7 @@
 use etl_core::DbError;
 
 use crate::repositories::{
-    Managed, Rel, Session, StatementDelta, StatementFigures, StatementTotals, ViewState,
+    Built, Managed, Rel, Session, StatementDelta, StatementFigures, StatementTotals, ViewState,
 };
 
 /// What a view needs.
@@ -124,6 +124,11 @@ pub fn per_run(now: &StatementTotals, before: Option<&StatementTotals>) -> State
 /// Performs `action`, then `ANALYZE`. Rows are exact for a create or rebuild (PostgreSQL's
 /// command tag), and `ANALYZE`'s count otherwise. A refresh and its `ANALYZE` are one
 /// transaction sent at once, unless pg_stat_statements figures must be read in between.
+///
+/// A rebuild swaps in the new view `kept` holds, when an earlier call left one there, instead of
+/// running the query again. When the swap fails for a reason worth trying again on the same
+/// connection (a reader held the old view past the lock timeout, a deadlock) and `keep`, the new
+/// view is left in `kept` for the next call; otherwise, and whatever else fails, it is dropped.
 #[allow(clippy::too_many_arguments)]
 pub async fn perform(
     session: &mut dyn Session,
@@ -135,6 +140,8 @@ pub async fn perform(
     lock_timeout_ms: u64,
     managed: &Managed,
     probe: Option<(&dyn StatementProbe, i32)>,
+    kept: &mut Option<Built>,
+    keep: bool,
 ) -> Result<Done, DbError> {
     if let (Action::Refresh { concurrently }, None) = (action, probe) {
         // Nothing to read between the refresh and ANALYZE: both go at once.
@@ -158,19 +165,33 @@ pub async fn perform(
             None
         }
         Action::Rebuild { oid, .. } => {
-            let rebuilt = session
-                .rebuild_view(
-                    name,
-                    &temp_name(oid),
-                    query,
-                    hash,
-                    run_id,
-                    lock_timeout_ms,
-                    managed,
-                )
-                .await?;
-            dependents = rebuilt.dependents;
-            Some(rebuilt.rows)
+            let temp = temp_name(oid);
+            let built = match kept.take() {
+                Some(built) => built,
+                None => session.build_view(name, &temp, query).await?,
+            };
+            let swapped = session
+                .swap_view(name, &temp, &built, hash, run_id, lock_timeout_ms, managed)
+                .await;
+            match swapped {
+                Ok(d) => {
+                    dependents = d;
+                    Some(built.rows)
+                }
+                Err(e) => {
+                    if keep && e.is_transient() && !e.connection_lost() {
+                        *kept = Some(built);
+                    } else {
+                        session
+                            .drop_temporary(Rel {
+                                schema: name.schema,
+                                name: &temp,
+                            })
+                            .await;
+                    }
+                    return Err(e);
+                }
+            }
         }
         Action::RebuiltWithUpstream => None,
     };

@@ -20,7 +20,7 @@ use super::planner::{
 use super::refresh::{decide, perform, Action};
 use super::select::{self, SelectError};
 use crate::repositories::{
-    BeginError, CatalogPart, CatalogRead, HistoryId, HistoryRoutes, Managed, Outcome, Rel,
+    BeginError, Built, CatalogPart, CatalogRead, HistoryId, HistoryRoutes, Managed, Outcome, Rel,
     RunCounts, Session, Store, ViewLock, ViewRecord,
 };
 
@@ -1505,6 +1505,34 @@ async fn refresh_with_retries<C: Clock>(
     hash: &str,
     guard: &mut TicketGuard<'_, C>,
 ) -> Attempted {
+    // A rebuild whose swap is to be tried again keeps its new view here between attempts.
+    let mut kept = None;
+    let mut done = attempts(shared, view, &name, action, query, hash, guard, &mut kept).await;
+    // The attempts ended (a signal, a failure that is not worth trying again) with it unused.
+    if kept.is_some() {
+        if let (Some(session), Action::Rebuild { oid, .. }) = (done.session.as_mut(), action) {
+            session
+                .drop_temporary(Rel {
+                    schema: name.schema(),
+                    name: &super::refresh::temp_name(oid),
+                })
+                .await;
+        }
+    }
+    done
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn attempts<C: Clock>(
+    shared: &Shared<C>,
+    view: &PlannedView,
+    name: &super::validate::ViewName,
+    action: Action,
+    query: &str,
+    hash: &str,
+    guard: &mut TicketGuard<'_, C>,
+    kept: &mut Option<Built>,
+) -> Attempted {
     let settings = &shared.settings;
     let began = Instant::now();
     let ms = |b: Instant| u64::try_from(b.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -1662,6 +1690,8 @@ async fn refresh_with_retries<C: Clock>(
                     .as_ref()
                     .zip(pid)
                     .map(|(p, pid)| (p as &dyn super::refresh::StatementProbe, pid)),
+                kept,
+                attempt < max_attempts,
             );
             tokio::pin!(work);
             tokio::select! {
@@ -1753,6 +1783,8 @@ async fn refresh_with_retries<C: Clock>(
                         // The connection is gone, and its locks with it: start over on a new one.
                         done.session = None;
                         done.locked = false;
+                    } else if kept.is_some() {
+                        tracing::info!(view = %view.key, "the new view is kept: the next attempt only swaps it in");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff(settings.retry_base, attempt)) => continue,
@@ -2524,5 +2556,119 @@ mod tests {
             .as_deref()
             .unwrap_or_default()
             .contains("is a table"));
+    }
+
+    fn lock_timeout() -> DbError {
+        let mut e = trouble("canceling statement due to lock timeout");
+        e.code = Some("55P03".into());
+        e
+    }
+
+    #[tokio::test]
+    async fn a_swap_that_timed_out_is_tried_again_without_building_again() {
+        let s = store(vec![manifest(1, "s.changed", "SELECT 2")]);
+        {
+            let mut st = s.state();
+            st.views.insert("s.changed".into(), built_from("stale"));
+            st.swap_failures
+                .insert("s.changed".into(), vec![lock_timeout(), lock_timeout()]);
+        }
+        let r = run(&s, 1, 5).await;
+        let v = &r.results[0].outcome;
+        assert_eq!(
+            (v.status, v.action, v.attempts),
+            ("success", Some("rebuild"), 3)
+        );
+        assert!(
+            v.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("attempt 2 of 3"),
+            "{v:?}"
+        );
+        let st = s.state();
+        let builds = st
+            .calls
+            .iter()
+            .filter(|(what, _)| what == "rebuild")
+            .count();
+        assert_eq!(builds, 1, "the query ran once: {:?}", st.calls);
+        assert_eq!(st.swaps, ["s.changed"; 3]);
+        assert!(
+            st.dropped_temporaries.is_empty(),
+            "{:?}",
+            st.dropped_temporaries
+        );
+    }
+
+    #[tokio::test]
+    async fn a_swap_that_never_gets_its_lock_drops_the_new_view_once() {
+        let s = store(vec![manifest(1, "s.changed", "SELECT 2")]);
+        {
+            let mut st = s.state();
+            st.views.insert("s.changed".into(), built_from("stale"));
+            st.swap_failures
+                .insert("s.changed".into(), vec![lock_timeout(); 3]);
+        }
+        let r = run(&s, 1, 5).await;
+        let v = &r.results[0].outcome;
+        assert_eq!((v.status, v.attempts), ("error", 3), "{v:?}");
+        let st = s.state();
+        assert_eq!(st.calls.iter().filter(|(w, _)| w == "rebuild").count(), 1);
+        assert_eq!(st.dropped_temporaries, ["s._rs_7_new"]);
+    }
+
+    #[tokio::test]
+    async fn a_swap_refused_for_its_own_reasons_drops_the_new_view_and_is_not_retried() {
+        let s = store(vec![manifest(1, "s.changed", "SELECT 2")]);
+        {
+            let mut st = s.state();
+            st.views.insert("s.changed".into(), built_from("stale"));
+            st.swap_failures.insert(
+                "s.changed".into(),
+                vec![own_error(
+                    "cannot rebuild s.changed: view s.reader reads it",
+                )],
+            );
+        }
+        let r = run(&s, 1, 5).await;
+        let v = &r.results[0].outcome;
+        assert_eq!((v.status, v.attempts), ("error", 1), "{v:?}");
+        let st = s.state();
+        assert_eq!(st.swaps.len(), 1);
+        assert_eq!(st.dropped_temporaries, ["s._rs_7_new"]);
+    }
+
+    #[tokio::test]
+    async fn a_swap_waiting_to_be_tried_again_when_a_signal_comes_drops_the_new_view() {
+        let s = store(vec![manifest(1, "s.changed", "SELECT 2")]);
+        {
+            let mut st = s.state();
+            st.views.insert("s.changed".into(), built_from("stale"));
+            st.swap_failures
+                .insert("s.changed".into(), vec![lock_timeout(); 3]);
+        }
+        let interrupt = Interrupt::new();
+        let mut settings = settings(1, 5);
+        // Long enough that the signal below comes during the wait between attempts.
+        settings.retry_base = Duration::from_secs(600);
+        let processor = RunProcessor::new(Arc::new(s.clone()), settings, TestClock::default())
+            .with_interrupt(interrupt.clone());
+        let watcher = {
+            let s = s.clone();
+            async move {
+                while s.state().swaps.is_empty() {
+                    tokio::task::yield_now().await;
+                }
+                interrupt.trigger(etl_core::ExitStatus::Terminated);
+            }
+        };
+        let selection = Selection::default();
+        let (r, ()) = tokio::join!(processor.run("test", "", &selection), watcher);
+        let r = r.unwrap();
+        assert_eq!(r.results[0].outcome.status, "cancelled");
+        let st = s.state();
+        assert_eq!(st.swaps.len(), 1);
+        assert_eq!(st.dropped_temporaries, ["s._rs_7_new"]);
     }
 }

@@ -30,7 +30,7 @@ pub use manifests::{ManifestRow, ReportType};
 pub use reports::{RunRow, StatusRow, ViewRunRow};
 pub use snapshots::{Sample, Snapshot, Snapshots};
 pub use statements::StatementTotals;
-pub use views::{Managed, Rebuilt, ViewState, ViewStats};
+pub use views::{Built, Managed, ViewState, ViewStats};
 
 /// A relation name as two parts; always quoted when put into SQL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -143,20 +143,31 @@ pub trait Session: Send {
         run_id: &str,
     ) -> Result<u64, DbError>;
     async fn refresh_view(&mut self, view: Rel<'_>, concurrently: bool) -> Result<(), DbError>;
-    /// Builds `query` under `temp`, copies what `view` carries (indexes, grants, comments, owner, settings), then
-    /// swaps the names and drops the old view in one short transaction, recreating the managed
-    /// views that read it (from `managed`).
-    #[allow(clippy::too_many_arguments)]
-    async fn rebuild_view(
+    /// Builds `query` under `temp` beside `view` and copies what `view` carries (indexes,
+    /// grants, comments, owner, settings), leaving nothing under `temp` when it fails.
+    async fn build_view(
         &mut self,
         view: Rel<'_>,
         temp: &str,
         query: &str,
+    ) -> Result<Built, DbError>;
+    /// Swaps `temp` (from [`Session::build_view`]) for `view` and drops the old view in one short
+    /// transaction under `lock_timeout_ms`, recreating the managed views that read it (from
+    /// `managed`); returns those. `temp` stays when it fails.
+    #[allow(clippy::too_many_arguments)]
+    async fn swap_view(
+        &mut self,
+        view: Rel<'_>,
+        temp: &str,
+        built: &Built,
         hash: &str,
         run_id: &str,
         lock_timeout_ms: u64,
         managed: &Managed,
-    ) -> Result<Rebuilt, DbError>;
+    ) -> Result<Vec<String>, DbError>;
+    /// Drops a rebuild's temporary view, if it is there (a failure is logged, not returned: the
+    /// next run's recovery drops what is left).
+    async fn drop_temporary(&mut self, temp: Rel<'_>);
     /// Holds the run's own lock for the life of this session (so a later run can tell it is alive).
     async fn lock_run(&mut self, run_id: &str) -> Result<(), DbError>;
     /// Marks dead runs' `running` rows abandoned and drops leftover temporary views.
@@ -558,27 +569,38 @@ impl Session for PgSession {
     async fn refresh_view(&mut self, view: Rel<'_>, concurrently: bool) -> Result<(), DbError> {
         views::refresh(&self.conn, view, concurrently).await
     }
-    async fn rebuild_view(
+    async fn build_view(
         &mut self,
         view: Rel<'_>,
         temp: &str,
         query: &str,
+    ) -> Result<Built, DbError> {
+        views::build(&mut self.conn, view, temp, query).await
+    }
+    async fn swap_view(
+        &mut self,
+        view: Rel<'_>,
+        temp: &str,
+        built: &Built,
         hash: &str,
         run_id: &str,
         lock_timeout_ms: u64,
         managed: &Managed,
-    ) -> Result<Rebuilt, DbError> {
-        views::rebuild(
+    ) -> Result<Vec<String>, DbError> {
+        views::swap(
             &mut self.conn,
             view,
             temp,
-            query,
+            built,
             hash,
             run_id,
             lock_timeout_ms,
             managed,
         )
         .await
+    }
+    async fn drop_temporary(&mut self, temp: Rel<'_>) {
+        views::drop_temporary(&self.conn, temp).await
     }
     async fn lock_run(&mut self, run_id: &str) -> Result<(), DbError> {
         locks::lock_run(&self.conn, run_id).await

@@ -293,13 +293,6 @@ pub struct Managed {
     pub records: HashMap<String, super::ViewRecord>,
 }
 
-/// What a rebuild made: the new view's rows and the managed dependents recreated with it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Rebuilt {
-    pub rows: u64,
-    pub dependents: Vec<String>,
-}
-
 /// A grant: (grantee, `None` for PUBLIC; privilege keyword; grantable).
 type Grant = (Option<String>, &'static str, bool);
 
@@ -662,50 +655,160 @@ async fn dependents(
         .collect()
 }
 
-/// Builds `query` under `temp`, gives it what the old view carried (indexes, grants, comments, owner, settings), then
-/// in one short transaction drops the old view and renames the new one. When other views read
-/// the old one, they must all be managed materialized views (`managed`: key → (query, hash)):
-/// the same transaction drops and recreates them from their manifests, dressed as they were.
-/// A dependent no manifest manages stops the rebuild with an error naming it.
-#[allow(clippy::too_many_arguments)]
-pub async fn rebuild(
+/// A rebuild's new view, built under its temporary name and dressed as the old view is, waiting
+/// for its swap. A swap that failed (a reader held the old view past the lock timeout) can be
+/// tried again with it, on the same session, without running the query again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Built {
+    /// The new view's rows (PostgreSQL's command tag).
+    pub rows: u64,
+    /// The old view's OID, whose dependents the swap recreates.
+    oid: u32,
+    /// The old view's index names, in the order the copies were made on the new view.
+    indexes: Vec<String>,
+}
+
+#[cfg(test)]
+impl Built {
+    /// What a fake session's build returns.
+    pub fn fake(rows: u64) -> Self {
+        Built {
+            rows,
+            ..Built::default()
+        }
+    }
+}
+
+/// Builds `query` under `temp` and gives it what `view` carries (indexes, grants, comments,
+/// owner, settings), outside any transaction that touches the old view: readers never wait for
+/// it. Whatever fails, nothing is left under `temp`.
+pub async fn build(
     client: &mut Client,
     view: Rel<'_>,
     temp: &str,
     query: &str,
-    hash: &str,
-    run_id: &str,
-    lock_timeout_ms: u64,
-    managed: &Managed,
-) -> Result<Rebuilt, DbError> {
+) -> Result<Built, DbError> {
     let temp_rel = Rel {
         schema: view.schema,
         name: temp,
     };
     drop_if_exists(client, temp_rel).await?;
-    // Built outside any transaction that touches the old view: readers never wait for it.
     let rows = client
         .execute(&create_sql(&temp_rel.quoted(), query), &[])
         .await?;
-    match dress_and_swap(
-        client,
-        view,
-        temp_rel,
-        hash,
-        run_id,
-        lock_timeout_ms,
-        managed,
-    )
-    .await
-    {
-        Ok(dependents) => Ok(Rebuilt { rows, dependents }),
-        Err(e) => {
-            if let Err(cleanup) = drop_if_exists(client, temp_rel).await {
-                tracing::warn!(view = %temp_rel.key(), error = %cleanup, "could not drop the temporary view; the next rebuild drops it");
-            }
-            Err(e)
-        }
+    let dressed = async {
+        let (oid, dress) = capture(&*client, view).await?;
+        put_on(&*client, temp_rel, &dress, |n, _| format!("{temp}_ix{n}")).await?;
+        Ok::<_, DbError>(Built {
+            rows,
+            oid,
+            indexes: dress.indexes.into_iter().map(|ix| ix.name).collect(),
+        })
     }
+    .await;
+    if dressed.is_err() {
+        drop_temporary(client, temp_rel).await;
+    }
+    dressed
+}
+
+/// Drops a rebuild's temporary view, saying so when it cannot (the next run's recovery drops it).
+pub async fn drop_temporary(client: &Client, temp: Rel<'_>) {
+    if let Err(cleanup) = drop_if_exists(client, temp).await {
+        tracing::warn!(view = %temp.key(), error = %cleanup, "could not drop the temporary view; the next run drops it");
+    }
+}
+
+/// In one short transaction under `lock_timeout_ms`, drops the old view and gives `temp` (made
+/// by [`build`]) its name and its indexes' names. When other views read the old one, they must
+/// all be managed materialized views (`managed`: key → (query, hash)): the same transaction
+/// drops and recreates them from their manifests, dressed as they were. A dependent no manifest
+/// manages stops the swap with an error naming it. `temp` is left as it is when the swap fails:
+/// the caller tries again or drops it.
+#[allow(clippy::too_many_arguments)]
+pub async fn swap(
+    client: &mut Client,
+    view: Rel<'_>,
+    temp: &str,
+    built: &Built,
+    hash: &str,
+    run_id: &str,
+    lock_timeout_ms: u64,
+    managed: &Managed,
+) -> Result<Vec<String>, DbError> {
+    let temp = Rel {
+        schema: view.schema,
+        name: temp,
+    };
+    let deps = dependents(&*client, built.oid).await?;
+    if let Some(e) = unmanaged(view, &deps, managed) {
+        return Err(e);
+    }
+    let mut dep_dress = Vec::with_capacity(deps.len());
+    for (s, n, _) in &deps {
+        dep_dress.push(capture(&*client, Rel { schema: s, name: n }).await?.1);
+    }
+
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT set_config('lock_timeout', $1, true)",
+        &[&format!("{lock_timeout_ms}ms")],
+    )
+    .await?;
+    // The dependents first, deepest first, then the view, each without CASCADE: should anything
+    // else have come to depend on one of them since the check, its DROP fails and the whole
+    // swap rolls back, so nothing unmanaged is ever dropped.
+    for (s, n, _) in deps.iter().rev() {
+        tx.batch_execute(&format!(
+            "DROP MATERIALIZED VIEW {}",
+            Rel { schema: s, name: n }.quoted()
+        ))
+        .await?;
+    }
+    tx.batch_execute(&format!("DROP MATERIALIZED VIEW {}", view.quoted()))
+        .await?;
+    tx.batch_execute(&format!(
+        "ALTER MATERIALIZED VIEW {} RENAME TO {}",
+        temp.quoted(),
+        ident(view.name)
+    ))
+    .await?;
+    for (n, ix) in built.indexes.iter().enumerate() {
+        tx.batch_execute(&format!(
+            "ALTER INDEX {}.{} RENAME TO {}",
+            ident(view.schema),
+            ident(&format!("{}_ix{n}", temp.name)),
+            ident(ix)
+        ))
+        .await?;
+    }
+    tx.execute(UPSERT_STATE, &[&view.key(), &hash, &run_id])
+        .await?;
+    let mut recreated = Vec::with_capacity(deps.len());
+    for ((s, n, _), d) in deps.iter().zip(&dep_dress) {
+        let key = format!("{s}.{n}");
+        let Some((query, dep_hash)) = managed.views.get(&key) else {
+            continue;
+        };
+        let rel = Rel { schema: s, name: n };
+        tx.execute(&create_sql(&rel.quoted(), query), &[])
+            .await
+            .map_err(|e| {
+                in_context(
+                    e,
+                    format!(
+                        "recreating {key}, which reads {}, from its manifest's query",
+                        view.key()
+                    ),
+                    "both keep their old definitions; fix that manifest's query",
+                )
+            })?;
+        put_on(&tx, rel, d, |_, original| original.to_string()).await?;
+        tx.execute(UPSERT_STATE, &[&key, dep_hash, &run_id]).await?;
+        recreated.push(key);
+    }
+    tx.commit().await?;
+    Ok(recreated)
 }
 
 fn unmanaged(
@@ -743,91 +846,6 @@ fn unmanaged(
             if bad.len() == 1 { "" } else { "s" },
         ),
     })
-}
-
-async fn dress_and_swap(
-    client: &mut Client,
-    view: Rel<'_>,
-    temp: Rel<'_>,
-    hash: &str,
-    run_id: &str,
-    lock_timeout_ms: u64,
-    managed: &Managed,
-) -> Result<Vec<String>, DbError> {
-    let (oid, dress) = capture(&*client, view).await?;
-    put_on(&*client, temp, &dress, |n, _| {
-        format!("{}_ix{n}", temp.name)
-    })
-    .await?;
-    let deps = dependents(&*client, oid).await?;
-    if let Some(e) = unmanaged(view, &deps, managed) {
-        return Err(e);
-    }
-    let mut dep_dress = Vec::with_capacity(deps.len());
-    for (s, n, _) in &deps {
-        dep_dress.push(capture(&*client, Rel { schema: s, name: n }).await?.1);
-    }
-
-    let tx = client.transaction().await?;
-    tx.execute(
-        "SELECT set_config('lock_timeout', $1, true)",
-        &[&format!("{lock_timeout_ms}ms")],
-    )
-    .await?;
-    // The dependents first, deepest first, then the view, each without CASCADE: should anything
-    // else have come to depend on one of them since the check, its DROP fails and the whole
-    // swap rolls back, so nothing unmanaged is ever dropped.
-    for (s, n, _) in deps.iter().rev() {
-        tx.batch_execute(&format!(
-            "DROP MATERIALIZED VIEW {}",
-            Rel { schema: s, name: n }.quoted()
-        ))
-        .await?;
-    }
-    tx.batch_execute(&format!("DROP MATERIALIZED VIEW {}", view.quoted()))
-        .await?;
-    tx.batch_execute(&format!(
-        "ALTER MATERIALIZED VIEW {} RENAME TO {}",
-        temp.quoted(),
-        ident(view.name)
-    ))
-    .await?;
-    for (n, ix) in dress.indexes.iter().enumerate() {
-        tx.batch_execute(&format!(
-            "ALTER INDEX {}.{} RENAME TO {}",
-            ident(view.schema),
-            ident(&format!("{}_ix{n}", temp.name)),
-            ident(&ix.name)
-        ))
-        .await?;
-    }
-    tx.execute(UPSERT_STATE, &[&view.key(), &hash, &run_id])
-        .await?;
-    let mut recreated = Vec::with_capacity(deps.len());
-    for ((s, n, _), d) in deps.iter().zip(&dep_dress) {
-        let key = format!("{s}.{n}");
-        let Some((query, dep_hash)) = managed.views.get(&key) else {
-            continue;
-        };
-        let rel = Rel { schema: s, name: n };
-        tx.execute(&create_sql(&rel.quoted(), query), &[])
-            .await
-            .map_err(|e| {
-                in_context(
-                    e,
-                    format!(
-                        "recreating {key}, which reads {}, from its manifest's query",
-                        view.key()
-                    ),
-                    "both keep their old definitions; fix that manifest's query",
-                )
-            })?;
-        put_on(&tx, rel, d, |_, original| original.to_string()).await?;
-        tx.execute(UPSERT_STATE, &[&key, dep_hash, &run_id]).await?;
-        recreated.push(key);
-    }
-    tx.commit().await?;
-    Ok(recreated)
 }
 
 /// The (reader, read) pairs of materialized views, by `schema.name`, from `pg_depend`, through
