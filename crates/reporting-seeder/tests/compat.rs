@@ -889,3 +889,60 @@ async fn old_views_that_cannot_be_adopted_are_refreshed_in_place() {
         stdout(&changed)
     );
 }
+
+/// A manifest naming a schema the tool's role may not use is that view's error: the run reads the
+/// catalog without touching the schema, and every other view is refreshed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_in_a_schema_the_role_cannot_use_fails_alone() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let c = db.client().await;
+    let role = format!("{}_runner", db.name);
+    db.custom("reporting.ok1", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.custom(
+        "secret.newone",
+        "gotham",
+        1,
+        "SELECT id + 1 AS id FROM reporting.ok1",
+    )
+    .await;
+    c.batch_execute(&format!(
+        "CREATE SCHEMA secret;
+         CREATE ROLE \"{role}\" LOGIN;
+         GRANT USAGE, CREATE ON SCHEMA reporting TO \"{role}\";
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA reporting TO \"{role}\";
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA reporting TO \"{role}\";"
+    ))
+    .await
+    .unwrap();
+    let as_role = db.url_as(&role);
+    let env = [("DATABASE_URL", as_role.as_str())];
+    // Twice: the second run knows both views from the first.
+    let first = db.run(&["run", "refresh_all"], &env).await;
+    let plan = db.run(&["run", "plan"], &env).await;
+    let out = db.run(&["run", "refresh_all"], &env).await;
+    let ok = db.oid("reporting.ok1").await.is_some();
+    c.batch_execute(&format!(
+        "DROP MATERIALIZED VIEW IF EXISTS reporting.ok1;
+         REVOKE ALL ON ALL TABLES IN SCHEMA reporting FROM \"{role}\";
+         REVOKE ALL ON ALL SEQUENCES IN SCHEMA reporting FROM \"{role}\";
+         REVOKE ALL ON SCHEMA reporting FROM \"{role}\"; DROP ROLE \"{role}\";"
+    ))
+    .await
+    .unwrap();
+    assert_exit(&first, 1);
+    assert_exit(&plan, 0);
+    assert_exit(&out, 1);
+    assert!(ok, "the other view was built: {}", stderr(&out));
+    let (status, _, errors) = db.view_run("secret.newone").await;
+    assert_eq!(status, "error");
+    assert!(
+        errors
+            .unwrap_or_default()
+            .contains("permission denied for schema secret"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(db.view_run("reporting.ok1").await.0, "success");
+}

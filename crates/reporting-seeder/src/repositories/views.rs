@@ -853,14 +853,14 @@ fn unmanaged(
 /// readers in `readers` only: a run never uses a pair whose reader it does not build, and a
 /// `refresh_table` on a database of ten thousand views reads one view's pairs instead of all.
 ///
-/// The readers' OIDs are computed once, up front (`to_regclass` of each quoted name, `NULL` when
-/// missing, in an `ARRAY(…)` sub-select the server runs once), and each reader's rule is found by
-/// its reader, rather than by joining `pg_namespace`, `pg_class` and `pg_rewrite` on names: the
-/// planner orders a five-way join instead of a seven-way one (whose plan took 7–11 ms of the run's
-/// connection while nine backends started on two cores). With the names joined as a set instead,
-/// the planner, misled by a stale estimate of how many materialized views `pg_class` holds, ran
-/// `to_regclass` once per (view, name) pair: 4,608 calls for 48 views, 25 ms of a W2 run's start.
-/// BENCHMARKS.md has what each form saved a whole run.
+/// The readers' OIDs are computed once, up front (the names looked up in `pg_namespace` and
+/// `pg_class`, in an `ARRAY(…)` sub-select the server runs once), and each reader's rule is found
+/// by its reader, rather than by joining `pg_namespace`, `pg_class` and `pg_rewrite` on names in
+/// the main query: the planner orders a five-way join instead of a seven-way one (whose plan took
+/// 7–11 ms of the run's connection while nine backends started on two cores). The names are looked
+/// up in the catalog rather than by `to_regclass`, which fails the whole query with "permission
+/// denied for schema" when one view's schema is one the role may not use (that view's own work
+/// fails, saying so, and the others go on). BENCHMARKS.md has what each form saved a whole run.
 pub async fn dependencies(
     client: &Client,
     readers: &[Rel<'_>],
@@ -879,8 +879,10 @@ pub async fn dependencies(
                   AND d.objid = (SELECT r.oid FROM pg_rewrite r
                                  WHERE r.ev_class = dc.oid AND r.rulename = '_RETURN')
                  WHERE dc.oid = ANY (ARRAY(
-                         SELECT to_regclass(quote_ident(w.schema_name) || '.' || quote_ident(w.view_name))::oid
-                         FROM unnest($1::text[], $2::text[]) AS w(schema_name, view_name)))
+                         SELECT c.oid
+                         FROM unnest($1::text[], $2::text[]) AS w(schema_name, view_name)
+                         JOIN pg_namespace n ON n.nspname = w.schema_name
+                         JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.view_name))
                    AND dc.relkind = 'm'
                  UNION
                  SELECT reach.reader, d.refobjid
