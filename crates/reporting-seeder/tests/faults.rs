@@ -172,7 +172,9 @@ async fn after_sigkill_the_next_run_recovers() {
     db.set_query(id, "SELECT 3 AS id FROM (SELECT pg_sleep(1)) s")
         .await;
     let mut child = db.spawn(&["run", "refresh_all"], &[]);
-    db.wait_active("%pg_sleep(1)%", 1).await;
+    // A rebuild fills its new view by REFRESH: that is the statement running the query.
+    db.wait_active("REFRESH MATERIALIZED VIEW %_rs_%_new%", 1)
+        .await;
     let killed_run = db.last_run_id().await;
     signal(&child, "KILL");
     let _ = child.wait().await;
@@ -406,7 +408,10 @@ async fn sigterm_cancels_running_statements_on_the_server() {
     }
     // Two workers, both busy with the 30 s views; the three quick ones wait.
     let child = db.spawn(&["run", "refresh_all"], &[("SEEDER_MAX_WORKERS", "2")]);
-    db.wait_active("%pg_sleep(30)%", 2).await;
+    // A rebuild fills its new view by REFRESH: that is the statement running the query.
+    db.wait_active("%pg_sleep(30)%", 1).await;
+    db.wait_active("REFRESH MATERIALIZED VIEW %_rs_%_new%", 1)
+        .await;
     let started = std::time::Instant::now();
     signal(&child, "TERM");
     let out = child.wait_with_output().await.unwrap();
@@ -631,6 +636,68 @@ async fn a_manifest_that_times_out_is_not_retried_and_names_the_timeout() {
     );
     assert_eq!(db.view_run("reporting.own_budget").await.0, "success");
     assert!(db.oid("reporting.too_slow").await.is_none());
+}
+
+/// A view recreated inside its upstream's rebuild runs its query under its own manifest's
+/// statement timeout, as it does when refreshed on its own; the others keep the run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dependent_recreated_with_its_upstream_keeps_its_own_statement_timeout() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let up = db
+        .custom("reporting.up", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.custom(
+        "reporting.slow_down",
+        "gotham",
+        1,
+        "SELECT id FROM reporting.up, (SELECT pg_sleep(0.6)) s",
+    )
+    .await;
+    db.custom(
+        "reporting.quick_down",
+        "gotham",
+        1,
+        "SELECT id FROM reporting.up",
+    )
+    .await;
+    let c = db.client().await;
+    c.batch_execute(
+        "ALTER TABLE reporting.seeder_custom_report_manifest ADD COLUMN statement_timeout text;
+         UPDATE reporting.seeder_custom_report_manifest SET statement_timeout = '10s' WHERE table_name = 'reporting.slow_down'",
+    )
+    .await
+    .unwrap();
+    let env = [("SEEDER_STATEMENT_TIMEOUT", "300ms")];
+    assert_exit(&db.run(&["run", "refresh_all"], &env).await, 0);
+    db.set_query(up, "SELECT 2 AS id").await;
+    let out = db.run(&["run", "refresh_all"], &env).await;
+    assert_exit(&out, 0);
+    let ids: (i32, i32) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT id FROM reporting.slow_down), (SELECT id FROM reporting.quick_down)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(ids, (2, 2), "both recreated from the new upstream");
+    // The override was the swap's only: the session is back to the run's timeout.
+    c.batch_execute(
+        "UPDATE reporting.seeder_custom_report_manifest SET statement_timeout = NULL WHERE table_name = 'reporting.slow_down'",
+    )
+    .await
+    .unwrap();
+    db.set_query(up, "SELECT 3 AS id").await;
+    let out = db.run(&["run", "refresh_all"], &env).await;
+    assert_exit(&out, 1);
+    assert!(
+        stdout(&out).contains("statement timeout"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

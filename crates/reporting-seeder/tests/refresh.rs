@@ -1075,3 +1075,59 @@ async fn views_of_one_new_schema_are_built_together() {
         "the quick view waited for the slow one: {got:?}"
     );
 }
+
+/// A reader whose snapshot was taken before a rebuild (a `REPEATABLE READ` report, a release
+/// snapshot's capture) sees the rebuilt view and the views recreated with it filled, as after a
+/// plain refresh, never empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_is_seen_whole_by_snapshots_taken_before_it() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let up = db
+        .custom(
+            "reporting.up",
+            "gotham",
+            1,
+            "SELECT g FROM generate_series(1, 10) AS s(g)",
+        )
+        .await;
+    db.custom("reporting.down", "gotham", 1, "SELECT g FROM reporting.up")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    db.set_query(up, "SELECT g FROM generate_series(1, 20) AS s(g)")
+        .await;
+    let reader = db.client().await;
+    reader
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT 1")
+        .await
+        .unwrap();
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 0);
+    assert!(stdout(&out).contains("rebuild"), "{}", stdout(&out));
+    let seen: (i64, i64) = {
+        let r = reader
+            .query_one(
+                "SELECT (SELECT count(*) FROM reporting.up), (SELECT count(*) FROM reporting.down)",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    reader.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(seen, (20, 20));
+    let (status, rows): (String, i64) = {
+        let r = db
+            .client()
+            .await
+            .query_one(
+                "SELECT status, records_processed FROM reporting.seeder_run_history
+                 WHERE table_name = 'reporting.up' ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((status.as_str(), rows), ("success", 20));
+}

@@ -176,7 +176,8 @@ pub async fn perform(
             match swapped {
                 Ok(d) => {
                     dependents = d;
-                    Some(built.rows)
+                    // `REFRESH` filled it and counts nothing: `ANALYZE` gives the rows.
+                    None
                 }
                 Err(e) => {
                     if keep && e.is_transient() && !e.connection_lost() {

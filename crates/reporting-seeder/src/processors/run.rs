@@ -424,6 +424,9 @@ pub async fn prepare(
                     .views
                     .insert(v.key.clone(), (query.clone(), hash.clone()));
                 managed.records.insert(v.key.clone(), v.record.clone());
+                if let Some(ms) = v.timeouts.statement_ms {
+                    managed.statement_ms.insert(v.key.clone(), ms);
+                }
             }
             ViewPlan::Invalid(why) => {
                 let why = why.lines().next().unwrap_or_default();

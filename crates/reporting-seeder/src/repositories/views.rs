@@ -95,6 +95,16 @@ fn create_sql(target: &str, query: &str) -> String {
     format!("CREATE MATERIALIZED VIEW {target} AS\n{query}")
 }
 
+/// A view that replaces another one readers may be looking at: created empty, then filled by
+/// `REFRESH`, whose rows (written frozen) are visible to every snapshot. Rows `CREATE … AS`
+/// writes are visible only to snapshots taken after it commits, so a reader in a `REPEATABLE
+/// READ` transaction (a release snapshot's capture, a report) would find the rebuilt view empty
+/// once the swap put it in the old one's place.
+fn create_empty_sql(target: &str, query: &str) -> String {
+    // The query keeps a line of its own; validation removed any trailing comment from it.
+    format!("CREATE MATERIALIZED VIEW {target} AS\n{query}\nWITH NO DATA")
+}
+
 /// Creates the view's schema when it is missing, then the view, and records the query it was
 /// built from, in one transaction sent as one flight: `BEGIN`, the state row, the `CREATE` and
 /// `COMMIT` go together and run in order, so a first build waits for one round trip instead of
@@ -291,6 +301,9 @@ pub struct Managed {
     /// The valid managed views' records, for the history row of one a rebuild recreates
     /// outside the run's selection.
     pub records: HashMap<String, super::ViewRecord>,
+    /// The statement timeout (ms) of those whose manifest sets one: recreated with a rebuilt
+    /// upstream, each runs its query under its own.
+    pub statement_ms: HashMap<String, u64>,
 }
 
 /// A grant: (grantee, `None` for PUBLIC; privilege keyword; grantable).
@@ -660,8 +673,6 @@ async fn dependents(
 /// tried again with it, on the same session, without running the query again.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Built {
-    /// The new view's rows (PostgreSQL's command tag).
-    pub rows: u64,
     /// The old view's OID, whose dependents the swap recreates.
     oid: u32,
     /// The old view's index names, in the order the copies were made on the new view.
@@ -671,11 +682,8 @@ pub struct Built {
 #[cfg(test)]
 impl Built {
     /// What a fake session's build returns.
-    pub fn fake(rows: u64) -> Self {
-        Built {
-            rows,
-            ..Built::default()
-        }
+    pub fn fake() -> Self {
+        Built::default()
     }
 }
 
@@ -693,14 +701,14 @@ pub async fn build(
         name: temp,
     };
     drop_if_exists(client, temp_rel).await?;
-    let rows = client
-        .execute(&create_sql(&temp_rel.quoted(), query), &[])
+    client
+        .execute(&create_empty_sql(&temp_rel.quoted(), query), &[])
         .await?;
     let dressed = async {
+        refresh(client, temp_rel, false).await?;
         let (oid, dress) = capture(&*client, view).await?;
         put_on(&*client, temp_rel, &dress, |n, _| format!("{temp}_ix{n}")).await?;
         Ok::<_, DbError>(Built {
-            rows,
             oid,
             indexes: dress.indexes.into_iter().map(|ix| ix.name).collect(),
         })
@@ -785,24 +793,54 @@ pub async fn swap(
     tx.execute(UPSERT_STATE, &[&view.key(), &hash, &run_id])
         .await?;
     let mut recreated = Vec::with_capacity(deps.len());
+    // Each dependent runs its query under its manifest's statement timeout, when it has one.
+    let base_timeout: Option<String> = if deps
+        .iter()
+        .any(|(s, n, _)| managed.statement_ms.contains_key(&format!("{s}.{n}")))
+    {
+        Some(
+            tx.query_one("SELECT current_setting('statement_timeout')", &[])
+                .await?
+                .try_get(0)?,
+        )
+    } else {
+        None
+    };
+    let mut changed_timeout = false;
     for ((s, n, _), d) in deps.iter().zip(&dep_dress) {
         let key = format!("{s}.{n}");
         let Some((query, dep_hash)) = managed.views.get(&key) else {
             continue;
         };
         let rel = Rel { schema: s, name: n };
-        tx.execute(&create_sql(&rel.quoted(), query), &[])
-            .await
-            .map_err(|e| {
-                in_context(
-                    e,
-                    format!(
-                        "recreating {key}, which reads {}, from its manifest's query",
-                        view.key()
-                    ),
-                    "both keep their old definitions; fix that manifest's query",
-                )
-            })?;
+        async {
+            let timeout = match (managed.statement_ms.get(&key), &base_timeout) {
+                (Some(ms), _) => Some(format!("{ms}ms")),
+                // After one with its own: back to the swap's.
+                (None, Some(base)) if changed_timeout => Some(base.clone()),
+                _ => None,
+            };
+            if let Some(t) = timeout {
+                changed_timeout = managed.statement_ms.contains_key(&key);
+                tx.execute("SELECT set_config('statement_timeout', $1, true)", &[&t])
+                    .await?;
+            }
+            tx.execute(&create_empty_sql(&rel.quoted(), query), &[])
+                .await?;
+            tx.batch_execute(&format!("REFRESH MATERIALIZED VIEW {}", rel.quoted()))
+                .await
+        }
+        .await
+        .map_err(|e| {
+            in_context(
+                e,
+                format!(
+                    "recreating {key}, which reads {}, from its manifest's query",
+                    view.key()
+                ),
+                "both keep their old definitions; fix that manifest's query",
+            )
+        })?;
         put_on(&tx, rel, d, |_, original| original.to_string()).await?;
         tx.execute(UPSERT_STATE, &[&key, dep_hash, &run_id]).await?;
         recreated.push(key);
