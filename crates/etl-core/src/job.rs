@@ -162,8 +162,10 @@ async fn watch(
             interrupt.signal_name()
         );
         if json {
-            // A log shipper reads JSON lines only.
-            tracing::warn!("{message}");
+            // A log shipper reads JSON lines only, and this one whatever the filter.
+            json_always(tracing::enabled!(tracing::Level::WARN), || {
+                tracing::warn!("{message}")
+            });
         } else {
             // Not `eprintln!`: it panics when stderr is a closed pipe.
             let _ = writeln!(std::io::stderr(), "{message}");
@@ -480,19 +482,12 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
     let status = match outcome {
         Ok(status) => status,
         Err(e) => {
-            if json && tracing::enabled!(tracing::Level::ERROR) {
+            // What the process exits with: a signal's status wins over the job's.
+            let exit = interrupt.status().unwrap_or(e.status);
+            if json {
                 // One JSON object per line, the fatal error included.
-                tracing::error!(exit_code = e.status as i32, "{}", e.message);
-            } else if json {
-                // Logging filtered off (`RUST_LOG=off`): the fatal error is still said, in the
-                // shape of the other lines, as text mode says it whatever the filter.
-                let unfiltered = tracing_subscriber::fmt()
-                    .json()
-                    .with_target(false)
-                    .with_writer(std::io::stderr)
-                    .finish();
-                tracing::subscriber::with_default(unfiltered, || {
-                    tracing::error!(exit_code = e.status as i32, "{}", e.message);
+                json_always(tracing::enabled!(tracing::Level::ERROR), || {
+                    tracing::error!(exit_code = exit as i32, "{}", e.message)
                 });
             } else {
                 let _ = writeln!(std::io::stderr(), "error: {}", e.message);
@@ -501,6 +496,23 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
         }
     };
     interrupt.status().unwrap_or(status).into()
+}
+
+/// Emits a JSON log line through the job's logger when its filter keeps the line's level, and
+/// otherwise (`RUST_LOG=off`) through one that keeps everything: the lines an operator must see
+/// (a signal's notice, the fatal error) are said in the shape of the others, as text mode says
+/// them whatever the filter.
+fn json_always(enabled: bool, emit: impl FnOnce()) {
+    if enabled {
+        emit();
+    } else {
+        let unfiltered = tracing_subscriber::fmt()
+            .json()
+            .with_target(false)
+            .with_writer(std::io::stderr)
+            .finish();
+        tracing::subscriber::with_default(unfiltered, emit);
+    }
 }
 
 #[cfg(test)]

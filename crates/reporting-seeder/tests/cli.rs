@@ -178,6 +178,50 @@ async fn a_server_that_never_answers_is_unreachable_and_a_signal_ends_the_wait()
     signal(&child, "TERM");
     let out = child.wait_with_output().await.unwrap();
     assert_exit(&out, 143);
+
+    // Every job that connects ends at once too, and with JSON logs filtered off, the notice and
+    // the fatal line are still JSON lines, the latter with the code the process exits with.
+    // Without connect_timeout the wait would last 15 s.
+    let url = format!("postgres://u:pw@127.0.0.1:{port}/db?sslmode=disable");
+    for job in ["status", "plan", "migrate"] {
+        while connected.try_recv().is_ok() {}
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_reporting-seeder"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &url)
+            .env("SEEDER_LOG_FORMAT", "json")
+            .env("RUST_LOG", "off")
+            .args(["run", job])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        connected.recv().await.unwrap();
+        let sent = std::time::Instant::now();
+        signal(&child, "INT");
+        let out = child.wait_with_output().await.unwrap();
+        assert_exit(&out, 130);
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(8),
+            "{job} waited for the server after the signal"
+        );
+        let lines: Vec<serde_json::Value> = stderr(&out)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("{job}: not JSON: {l}")))
+            .collect();
+        assert!(
+            lines.iter().any(|l| l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("SIGINT: stopping"))),
+            "{job}: {lines:?}"
+        );
+        let fatal = lines
+            .iter()
+            .find(|l| l["level"] == "ERROR")
+            .unwrap_or_else(|| panic!("{job}: no fatal line: {lines:?}"));
+        assert_eq!(fatal["fields"]["exit_code"], 130, "{job}: {fatal}");
+    }
     held.abort();
 }
 

@@ -155,7 +155,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             None => None,
         };
         let app = AppContext::from_env(&ctx.env)?;
-        let mut session = connect(app.store.as_ref()).await.map_err(run_error)?;
+        let mut session = connect(app.store.as_ref(), &ctx.interrupt)
+            .await
+            .map_err(run_error)?;
         let db = |context| move |error| run_error(RunError::Database { context, error });
         session.migrate().await.map_err(db("applying migrations"))?;
         let rows = session

@@ -66,7 +66,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let app = AppContext::from_env(&ctx.env)?;
         // Like every job but plan: pending migrations first (they create the snapshot table).
         {
-            let mut session = connect(app.store.as_ref()).await.map_err(run_error)?;
+            let mut session = connect(app.store.as_ref(), &ctx.interrupt)
+                .await
+                .map_err(run_error)?;
             session.migrate().await.map_err(|error| {
                 run_error(RunError::Database {
                     context: "applying migrations",

@@ -35,7 +35,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
     Box::pin(async move {
         let cli: Cli = super::args(&matches)?;
         let app = AppContext::from_env(&ctx.env)?;
-        let mut session = connect(app.store.as_ref()).await.map_err(run_error)?;
+        let mut session = connect(app.store.as_ref(), &ctx.interrupt)
+            .await
+            .map_err(run_error)?;
         let db = |error| {
             run_error(RunError::Database {
                 context: "reading the history",

@@ -20,7 +20,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
     Box::pin(async move {
         let _: Cli = super::args(&matches)?;
         let app = AppContext::from_env(&ctx.env)?;
-        let mut session = connect(app.store.as_ref()).await.map_err(run_error)?;
+        let mut session = connect(app.store.as_ref(), &ctx.interrupt)
+            .await
+            .map_err(run_error)?;
         let applied = session.migrate().await.map_err(|error| {
             run_error(RunError::Database {
                 context: "applying migrations",

@@ -61,7 +61,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             exclude: cli.select.exclude(),
         };
         let app = AppContext::from_env(&ctx.env)?;
-        let mut session = connect(app.store.as_ref()).await.map_err(run_error)?;
+        let mut session = connect(app.store.as_ref(), &ctx.interrupt)
+            .await
+            .map_err(run_error)?;
         let prepared = prepare(
             session.as_mut(),
             &selection,

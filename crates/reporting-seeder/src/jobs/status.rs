@@ -52,7 +52,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
     Box::pin(async move {
         let cli: Cli = super::args(&matches)?;
         let app = AppContext::from_env(&ctx.env)?;
-        let mut session = connect(app.store.as_ref()).await.map_err(run_error)?;
+        let mut session = connect(app.store.as_ref(), &ctx.interrupt)
+            .await
+            .map_err(run_error)?;
         let db = |context| move |error| run_error(RunError::Database { context, error });
         // Like every job but `plan`: on a database the tool never ran on, the tables exist
         // (empty) and every view reads as never refreshed, instead of a missing-table error.

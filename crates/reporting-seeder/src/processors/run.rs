@@ -137,15 +137,25 @@ fn at(context: &'static str) -> impl FnOnce(DbError) -> RunError {
     move |error| RunError::Database { context, error }
 }
 
-/// Opens the first session of a job: tells "unreachable" from "misconfigured".
-pub async fn connect(store: &dyn Store) -> Result<Box<dyn Session>, RunError> {
-    store.session().await.map_err(|e| {
-        if e.is_configuration() {
-            RunError::Configuration(e)
-        } else {
-            RunError::Unavailable(e)
-        }
-    })
+/// Opens the first session of a job: tells "unreachable" from "misconfigured". A server that
+/// takes its time to answer (or never does) is no reason to outlive a signal: nothing has started
+/// yet, and the job ends at once. A connection that is there together with the signal is taken
+/// (not a coin toss): the job then notices the signal itself.
+pub async fn connect(
+    store: &dyn Store,
+    interrupt: &Interrupt,
+) -> Result<Box<dyn Session>, RunError> {
+    tokio::select! {
+        biased;
+        session = store.session() => session.map_err(|e| {
+            if e.is_configuration() {
+                RunError::Configuration(e)
+            } else {
+                RunError::Unavailable(e)
+            }
+        }),
+        _ = interrupt.cancelled() => Err(RunError::Interrupted(interrupt.signal_name())),
+    }
 }
 
 /// What a run with a selection would do, before anything changes.
@@ -789,17 +799,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
         selection: &Selection,
     ) -> Result<RunReport, RunError> {
         let started = Instant::now();
-        // A server that takes its time to answer (or never does) is no reason to outlive a
-        // signal: nothing has started yet. A connection that is already there when the signal is
-        // (both ready at once) is taken, so the outcome does not depend on a coin toss: the start
-        // below then notices the signal and records every view `cancelled`.
-        let mut main = tokio::select! {
-            biased;
-            main = connect(self.store.as_ref()) => main?,
-            _ = self.interrupt.cancelled() => {
-                return Err(RunError::Interrupted(self.interrupt.signal_name()))
-            }
-        };
+        let mut main = connect(self.store.as_ref(), &self.interrupt).await?;
         let mut warming = Vec::new();
         let workers = self.settings.max_workers.get();
         let (ready, ready_count) = tokio::sync::watch::channel(0usize);
