@@ -20,7 +20,7 @@ pub enum TypeFilter {
 
 impl TypeFilter {
     /// The one report type it admits; `None` when it admits both.
-    fn only(self) -> Option<ReportType> {
+    pub fn only(self) -> Option<ReportType> {
         match self {
             TypeFilter::All => None,
             TypeFilter::Custom => Some(ReportType::Custom),

@@ -395,7 +395,13 @@ pub async fn prepare(
         &search_path,
         &on_search_path,
     );
-    let mask = select::apply(&planned, &deps, &selection.select, &selection.exclude)?;
+    let mask = select::apply(
+        &planned,
+        &deps,
+        &selection.select,
+        &selection.exclude,
+        selection.report_type.only(),
+    )?;
     let keep: Vec<usize> = (0..planned.views.len()).filter(|&i| mask[i]).collect();
     if let Some(tell) = on_count.take() {
         tell(keep.len());

@@ -33,6 +33,10 @@ pub enum SelectError {
     Invalid(String, String),
     #[error("selector {0:?} matches no enabled view; check it, or list the views with `reporting-seeder run plan`")]
     MatchesNothing(String),
+    #[error(
+        "selector {0:?} matches no enabled {1} view; leave out --report-type to run its others"
+    )]
+    MatchesNoneOfType(String, &'static str),
 }
 
 const FORMS: &str = "expected agency:<slug>, type:custom|canned or table:<schema.table> (glob * allowed), optionally +X or X+";
@@ -129,12 +133,15 @@ fn expand(s: &Selector, plan: &Plan, deps: &Dependencies) -> Vec<bool> {
 }
 
 /// The views the run covers: in the job's scope, matching one `select` selector (all when there
-/// is none), matching no `exclude` selector. A selector matching no view is an error.
+/// is none), matching no `exclude` selector. A selector matching no view is an error, and so is
+/// one matching no view of the report type the run is limited to (`only`), as `refresh_agency
+/// --report-type` is for an agency without that type.
 pub fn apply(
     plan: &Plan,
     deps: &Dependencies,
     select: &[Selector],
     exclude: &[Selector],
+    only: Option<ReportType>,
 ) -> Result<Vec<bool>, SelectError> {
     let n = plan.views.len();
     let mut chosen = if select.is_empty() {
@@ -146,6 +153,11 @@ pub fn apply(
         let hits = expand(s, plan, deps);
         if !hits.contains(&true) {
             return Err(SelectError::MatchesNothing(s.text.clone()));
+        }
+        if let Some(t) = only {
+            if !(hits.iter().zip(&plan.views)).any(|(h, v)| *h && v.types.contains(&t)) {
+                return Err(SelectError::MatchesNoneOfType(s.text.clone(), t.as_str()));
+            }
         }
         for (c, h) in chosen.iter_mut().zip(hits) {
             *c |= h;
@@ -277,7 +289,7 @@ mod tests {
     ) -> Result<Vec<String>, SelectError> {
         let s: Vec<Selector> = select.iter().map(|x| sel(x)).collect();
         let e: Vec<Selector> = exclude.iter().map(|x| sel(x)).collect();
-        let mask = apply(p, d, &s, &e)?;
+        let mask = apply(p, d, &s, &e, None)?;
         Ok(p.views
             .iter()
             .zip(mask)
@@ -352,6 +364,29 @@ mod tests {
             chosen(&p, &d, &[], &["table:nope.*"]),
             chosen(&p, &d, &[], &[])
         );
+    }
+
+    #[test]
+    fn a_selector_matching_no_view_of_the_one_report_type_is_an_error() {
+        let (p, d) = fixture();
+        let s = [sel("table:reporting.metro")];
+        assert_eq!(
+            apply(&p, &d, &s, &[], Some(ReportType::Canned)),
+            Err(SelectError::MatchesNoneOfType(
+                "table:reporting.metro".into(),
+                "canned"
+            ))
+        );
+        // Metropolis has a canned view: the selector stands.
+        assert!(apply(
+            &p,
+            &d,
+            &[sel("agency:metropolis")],
+            &[],
+            Some(ReportType::Canned)
+        )
+        .is_ok());
+        assert!(apply(&p, &d, &s, &[], Some(ReportType::Custom)).is_ok());
     }
 
     #[test]
