@@ -306,7 +306,17 @@ pub fn parse<'a>(
                     text: job_command(bin, job).render_long_help().to_string(),
                     status: ExitStatus::Success,
                 },
-                None => usage_error(unknown_job(name, jobs)),
+                // `help run`, `help list`, `help help`: that command's usage.
+                None => {
+                    let mut cmd = cli(bin, about, jobs);
+                    match cmd.find_subcommand_mut(name) {
+                        Some(c) => Invocation::Print {
+                            text: c.render_long_help().to_string(),
+                            status: ExitStatus::Success,
+                        },
+                        None => usage_error(unknown_job(name, jobs)),
+                    }
+                }
             },
         },
         Some(("run", sub)) => {
@@ -617,6 +627,20 @@ mod tests {
         match parse("tool", "about", JOBS, argv(&["run", "beta"])) {
             Invocation::Print { status, .. } => assert_eq!(status, ExitStatus::Usage),
             Invocation::Run { .. } => panic!("missing slug must not run"),
+        }
+        // The runner's own commands have a usage too.
+        for (command, says) in [("run", "<JOB>"), ("list", "one-line"), ("help", "[JOB]")] {
+            match parse("tool", "about", JOBS, argv(&["help", command])) {
+                Invocation::Print { text, status } => {
+                    assert_eq!(status, ExitStatus::Success, "{command}: {text}");
+                    assert!(text.contains(says), "{command}: {text}");
+                }
+                Invocation::Run { .. } => panic!("help must not run"),
+            }
+        }
+        match parse("tool", "about", JOBS, argv(&["help", "nope"])) {
+            Invocation::Print { status, .. } => assert_eq!(status, ExitStatus::Usage),
+            Invocation::Run { .. } => panic!("help must not run"),
         }
     }
 
