@@ -68,6 +68,46 @@ async fn a_terminated_backend_is_retried_on_a_new_connection() {
     assert!(db.oid("reporting.slow").await.is_some());
 }
 
+/// `plan --retry` right after a run was killed names the run `retry` will take, the killed one,
+/// though no recovery has marked it abandoned yet (plan changes nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_retry_after_a_killed_run_plans_what_retry_runs() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.quick", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.custom(
+        "reporting.slow",
+        "gotham",
+        1,
+        "SELECT 1 AS id FROM (SELECT pg_sleep(0.8)) s",
+    )
+    .await;
+    let mut child = db.spawn(&["run", "refresh_all"], &[]);
+    db.wait_active("%pg_sleep(0.8)%", 1).await;
+    let killed = db.last_run_id().await;
+    signal(&child, "KILL");
+    let _ = child.wait().await;
+    db.wait_tool_gone().await;
+    let out = db
+        .run(&["run", "plan", "--", "--retry", "--output", "json"], &[])
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["retried_run"], killed.as_str(), "{json}");
+    let planned: Vec<&str> = json["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["table"].as_str())
+        .collect();
+    assert!(planned.contains(&"reporting.slow"), "{json}");
+    // And retry runs exactly that.
+    let out = db.run(&["run", "retry"], &[]).await;
+    assert_exit(&out, 0);
+    assert!(stderr(&out).contains(&killed), "{}", stderr(&out));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_mid_run_is_survived() {
     let cluster = tokio::task::spawn_blocking(OwnCluster::start)

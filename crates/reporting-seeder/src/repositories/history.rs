@@ -448,15 +448,24 @@ fn whole_seconds(ms: u64) -> i32 {
 pub async fn last_run_id(client: &Client) -> Result<Option<String>, DbError> {
     Ok(client
         .query_opt(
+            // A run still `running` whose lock nobody holds is over too (killed, its
+            // connections gone): the next run's recovery marks it abandoned, and `plan --retry`
+            // must name the run `retry` will take without doing that first.
             "SELECT r.run_id FROM reporting.seeder_run r
-             WHERE r.status <> 'running'
+             WHERE (r.status <> 'running'
+                    OR NOT EXISTS (
+                        SELECT 1 FROM pg_locks l
+                        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                          AND l.database = (SELECT oid FROM pg_database
+                                            WHERE datname = current_database())
+                          AND l.classid = $1::int4::oid AND l.objid = hashtext(r.run_id)::oid))
                AND (cardinality(r.selected) > 0
                 OR EXISTS (SELECT 1 FROM reporting.seeder_view_run v WHERE v.run_id = r.run_id)
                 OR EXISTS (SELECT 1 FROM reporting.seeder_run_history h WHERE h.run_id = r.run_id)
                 OR EXISTS (SELECT 1 FROM reporting.seeder_canned_run_history h
                            WHERE h.run_id = r.run_id))
              ORDER BY r.started_at DESC LIMIT 1",
-            &[],
+            &[&super::locks::RUN_CLASS],
         )
         .await?
         .map(|r| r.try_get(0))
