@@ -26,14 +26,19 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Default)]
 pub struct Env {
     vars: HashMap<String, String>,
+    /// What loading `.env` has to say (statements it skipped), for the log once it is set up.
+    warnings: Vec<String>,
 }
 
 impl Env {
     /// The process environment, after merging `.env` from the working directory (real variables
     /// win). Call before starting any thread: loading `.env` sets process variables.
     pub fn load() -> Result<Env, ConfigError> {
-        load_dotenv(Path::new(".env"))?;
-        Ok(Env::from_process())
+        let warnings = load_dotenv(Path::new(".env"))?;
+        Ok(Env {
+            warnings,
+            ..Env::from_process()
+        })
     }
 
     pub fn from_process() -> Env {
@@ -41,7 +46,13 @@ impl Env {
             vars: std::env::vars_os()
                 .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
                 .collect(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// What loading `.env` skipped, one message per statement, for the log.
+    pub fn dotenv_warnings(&self) -> &[String] {
+        &self.warnings
     }
 
     pub fn from_pairs<I, K, V>(pairs: I) -> Env
@@ -55,6 +66,7 @@ impl Env {
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
+            warnings: Vec::new(),
         }
     }
 
@@ -158,150 +170,38 @@ pub fn parse_duration(raw: &str) -> Option<std::time::Duration> {
     Some(std::time::Duration::from_millis(ms))
 }
 
-/// Loads `path` into the process environment without overriding variables already set.
-/// A missing file is fine; a malformed one is a configuration error. Values are read as the
-/// tool this one replaces read them (python-dotenv): see [`as_python_dotenv`].
-pub fn load_dotenv(path: &Path) -> Result<(), ConfigError> {
+/// Loads `path` into the process environment without overriding variables already set, reading
+/// it as the tool this one replaces read it (python-dotenv's `load_dotenv()`: see
+/// [`crate::pydotenv`]). A missing file is fine; one that cannot be read (not UTF-8, a directory)
+/// is a configuration error. Returns a warning for each statement skipped because it could not be
+/// parsed (python-dotenv skips them too), naming its line but never its content, which may hold a
+/// password.
+pub fn load_dotenv(path: &Path) -> Result<Vec<String>, ConfigError> {
     if !path.exists() {
-        return Ok(());
+        return Ok(Vec::new());
     }
-    let failed = |reason: String| ConfigError::DotEnv {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::DotEnv {
         path: path.display().to_string(),
-        reason,
-    };
-    let text =
-        std::fs::read_to_string(path).map_err(|e| failed(format!("could not read it: {e}")))?;
-    let text = as_python_dotenv(&text);
-    dotenvy::from_read(std::io::Cursor::new(text.as_bytes()))
-        .map_err(|err| failed(dotenv_reason(&text, &err)))
-}
-
-/// `.env` text as python-dotenv reads it, written for dotenvy: a `$` not followed by `{` is
-/// itself (python-dotenv expands only `${NAME}`; dotenvy would expand `$word` in `pa$word` to
-/// nothing), and an unquoted value runs to the end of its line, spaces and all, up to a ` #`
-/// comment (dotenvy refuses `NAME=a b`). Quoted values, comments and escapes are left as they are.
-pub fn as_python_dotenv(text: &str) -> String {
-    #[derive(PartialEq)]
-    enum At {
-        Key,
-        Value,
-        Single,
-        Double,
-        Comment,
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    let mut at = At::Key;
-    // Only blanks so far on this line: a `#` now starts a comment line.
-    let mut blank_so_far = true;
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match at {
-            At::Key => {
-                if c == '\n' {
-                    blank_so_far = true;
-                } else if c == '#' && blank_so_far {
-                    at = At::Comment;
-                } else if c == '=' {
-                    at = At::Value;
-                } else if !c.is_whitespace() {
-                    blank_so_far = false;
-                }
-                out.push(c);
-            }
-            At::Comment => {
-                if c == '\n' {
-                    at = At::Key;
-                    blank_so_far = true;
-                }
-                out.push(c);
-            }
-            At::Single => {
-                if c == '\'' {
-                    at = At::Value;
-                }
-                out.push(c);
-            }
-            At::Value | At::Double => {
-                match c {
-                    '\\' => {
-                        out.push(c);
-                        if let Some(next) = chars.next() {
-                            out.push(next);
-                        }
-                    }
-                    '$' if chars.peek() != Some(&'{') => out.push_str("\\$"),
-                    '"' => {
-                        at = if at == At::Double {
-                            At::Value
-                        } else {
-                            At::Double
-                        };
-                        out.push(c);
-                    }
-                    '\'' if at == At::Value => {
-                        at = At::Single;
-                        out.push(c);
-                    }
-                    '\n' if at == At::Value => {
-                        at = At::Key;
-                        blank_so_far = true;
-                        out.push(c);
-                    }
-                    ' ' | '\t' if at == At::Value => {
-                        // A run of blanks: trailing, before a comment, or inside the value.
-                        let mut run = String::from(c);
-                        while let Some(&b) = chars.peek().filter(|b| **b == ' ' || **b == '\t') {
-                            run.push(b);
-                            chars.next();
-                        }
-                        match chars.peek() {
-                            None | Some('\n') | Some('\r') => {}
-                            Some('#') => {
-                                while chars.peek().is_some_and(|c| *c != '\n') {
-                                    chars.next();
-                                }
-                            }
-                            Some(_) => {
-                                for b in run.chars() {
-                                    if b == ' ' {
-                                        out.push_str("\\ ");
-                                    } else {
-                                        out.push(b);
-                                    }
-                                }
-                            }
-                        }
-                    }
-                    _ => out.push(c),
-                }
-            }
+        reason: format!("could not read it: {e}"),
+    })?;
+    let parsed = crate::pydotenv::parse(&text);
+    for (name, value) in crate::pydotenv::resolve(&parsed, |n| std::env::var(n).ok()) {
+        if std::env::var_os(&name).is_none() {
+            std::env::set_var(name, value);
         }
     }
-    out
-}
-
-/// Why `.env` could not be read, without its content: dotenvy's own message quotes the line,
-/// and the line may hold a password.
-fn dotenv_reason(text: &str, err: &dotenvy::Error) -> String {
-    match err {
-        dotenvy::Error::LineParse(line, at) => {
-            let number = text
-                .lines()
-                .position(|l| !line.is_empty() && l.contains(line.trim_end()))
-                .map(|i| i + 1);
+    Ok(parsed
+        .bad_lines
+        .iter()
+        .map(|line| {
             format!(
-                "{} is not NAME=value (at character {}); quote a value that holds spaces or \
-                 quotes, e.g. NAME=\"a b\"",
-                number
-                    .map(|n| format!("line {n}"))
-                    .unwrap_or_else(|| "a line".into()),
-                at + 1
+                "{}: the statement on line {line} could not be parsed and was skipped (as the \
+                 tool this one replaces skipped it); write it as NAME=value, quoting a value that \
+                 holds quotes",
+                path.display()
             )
-        }
-        dotenvy::Error::Io(e) => format!("could not read it: {e}"),
-        // Variable-lookup errors name the variable, not its value.
-        other => other.to_string(),
-    }
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -309,57 +209,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_malformed_dotenv_line_is_named_by_number_without_its_content() {
+    fn a_statement_that_cannot_be_parsed_is_skipped_with_its_line_and_not_its_content() {
         let dir = std::env::temp_dir().join(format!("etl-core-dotenv-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for (i, content) in [
-            "DB_HOST=127.0.0.1\nDB_PASSWORD=S3cret\\qPW x\n",
-            "DB_PASSWORD=\"S3cretPW\n",
-        ]
-        .iter()
-        .enumerate()
-        {
-            let file = dir.join(format!("env{i}"));
-            std::fs::write(&file, content).unwrap();
-            let err = load_dotenv(&file).unwrap_err().to_string();
-            assert!(!err.contains("S3cret"), "{err}");
-            assert!(err.contains("is not NAME=value"), "{err}");
-        }
-        let err = load_dotenv(&dir.join("env0")).unwrap_err().to_string();
-        assert!(err.contains("line 2"), "{err}");
+        let file = dir.join(".env");
+        std::fs::write(
+            &file,
+            "ETL_CORE_TEST_BEFORE=1\nDB_PASSWORD=\"S3cretPW\" x\nETL_CORE_TEST_AFTER=2\n",
+        )
+        .unwrap();
+        let warnings = load_dotenv(&file).unwrap();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("line 2"), "{warnings:?}");
+        assert!(!warnings[0].contains("S3cret"), "{warnings:?}");
+        let env = Env::from_process();
+        assert_eq!(env.get("ETL_CORE_TEST_BEFORE"), Some("1"));
+        assert_eq!(env.get("ETL_CORE_TEST_AFTER"), Some("2"));
         std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn dotenv_values_read_as_python_dotenv_reads_them() {
-        let text = "# a comment with $HOME and 'quotes\nDB_PASSWORD=pa$word\nQUOTED=\"pa$word\"\n\
-                    SINGLE='pa$word'\nSPACED=a b  c   # note\nTRAILING=x   \nBRACED=${DOTENV_TEST_NOT_SET}z\n\
-                    ESCAPED=\"a\\\"b\"\nexport EXPORTED=e f\nEMPTY=\nHASH=a#b\n\
-                    # later: it's a=b 'x\n  # indented $X\nLAST=pa$s w\n";
-        let pairs: Vec<(String, String)> =
-            dotenvy::from_read_iter(std::io::Cursor::new(as_python_dotenv(text)))
-                .map(|r| r.unwrap_or_else(|e| panic!("{e}")))
-                .collect();
-        let got: Vec<(&str, &str)> = pairs
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("DB_PASSWORD", "pa$word"),
-                ("QUOTED", "pa$word"),
-                ("SINGLE", "pa$word"),
-                ("SPACED", "a b  c"),
-                ("TRAILING", "x"),
-                ("BRACED", "z"),
-                ("ESCAPED", "a\"b"),
-                ("EXPORTED", "e f"),
-                ("EMPTY", ""),
-                ("HASH", "a#b"),
-                ("LAST", "pa$s w"),
-            ]
-        );
     }
 
     #[test]

@@ -452,6 +452,9 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
         let _ = writeln!(std::io::stderr(), "error: configuration error: {e}");
         return ExitStatus::Usage.into();
     }
+    for warning in env.dotenv_warnings() {
+        tracing::warn!("{warning}");
+    }
     // One thread drives every connection. The tool's own work per view is a fraction of a
     // millisecond next to the server's; on a small database host, a second runtime thread only
     // hands wake-ups across threads: with the multi-threaded runtime, the same refresh of 400

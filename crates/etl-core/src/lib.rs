@@ -10,6 +10,7 @@ pub mod executor;
 pub mod job;
 pub mod logging;
 pub mod output;
+pub mod pydotenv;
 pub mod tls;
 
 pub use config::{ConfigError, Env};

@@ -260,17 +260,18 @@ async fn a_password_the_server_asks_for_and_none_given_is_exit_2() {
 #[test]
 fn dotenv_is_read_but_never_overrides_the_environment() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join(".env"),
-        "SEEDER_MAX_WORKERS=abc\nDB_HOST=127.0.0.1\nDB_PORT=1\n",
-    )
-    .unwrap();
+    let run_with = |dotenv: &str, env: &[(&str, &str)]| {
+        std::fs::write(dir.path().join(".env"), dotenv).unwrap();
+        let mut c = bin();
+        c.current_dir(dir.path()).args(["run", "refresh_all"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let dotenv = "SEEDER_MAX_WORKERS=abc\nDB_HOST=127.0.0.1\nDB_PORT=1\n";
     // From .env alone: the bad value is seen.
-    let out = bin()
-        .current_dir(dir.path())
-        .args(["run", "refresh_all"])
-        .output()
-        .unwrap();
+    let out = run_with(dotenv, &[]);
     assert_exit(&out, 2);
     assert!(
         stderr(&out).contains("SEEDER_MAX_WORKERS"),
@@ -278,13 +279,18 @@ fn dotenv_is_read_but_never_overrides_the_environment() {
         stderr(&out)
     );
     // The real environment wins over .env: the value is fine, so it gets as far as connecting.
-    let out = bin()
-        .current_dir(dir.path())
-        .env("SEEDER_MAX_WORKERS", "2")
-        .args(["run", "refresh_all"])
-        .output()
-        .unwrap();
+    assert_exit(&run_with(dotenv, &[("SEEDER_MAX_WORKERS", "2")]), 3);
+    // A statement python-dotenv cannot parse is skipped with a warning, as it skipped it, and
+    // the lines after it count: here the unreachable port.
+    let out = run_with(
+        "DB_HOST=127.0.0.1\nDB_PASSWORD=\"s3cret\" trailing words\nDB_PORT=1\n",
+        &[],
+    );
     assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(err.contains("127.0.0.1:1"), "{err}");
+    assert!(err.contains("line 2 could not be parsed"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
 }
 
 #[tokio::test]
