@@ -121,8 +121,8 @@ pub fn per_run(now: &StatementTotals, before: Option<&StatementTotals>) -> State
     }
 }
 
-/// Performs `action`, then `ANALYZE`. Rows are exact for a create or rebuild (PostgreSQL's
-/// command tag), and `ANALYZE`'s count otherwise. A refresh and its `ANALYZE` are one
+/// Performs `action`, then `ANALYZE`. Rows are exact for a create (PostgreSQL's command tag),
+/// and `ANALYZE`'s count otherwise (a rebuild's new view is filled by `REFRESH`, which counts none). A refresh and its `ANALYZE` are one
 /// transaction sent at once, unless pg_stat_statements figures must be read in between.
 ///
 /// A rebuild swaps in the new view `kept` holds, when an earlier call left one there, instead of
