@@ -21,6 +21,23 @@ async fn last_statuses(db: &TestDb, run: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Gives the custom manifest table a `statement_timeout` column (as an operator may) and sets
+/// `table`'s.
+async fn own_statement_timeout(db: &TestDb, table: &str, timeout: Option<&str>) {
+    let c = db.client().await;
+    c.batch_execute(
+        "ALTER TABLE reporting.seeder_custom_report_manifest ADD COLUMN IF NOT EXISTS statement_timeout text",
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "UPDATE reporting.seeder_custom_report_manifest SET statement_timeout = $2 WHERE table_name = $1",
+        &[&table, &timeout],
+    )
+    .await
+    .unwrap();
+}
+
 async fn temporaries(db: &TestDb) -> i64 {
     db.client()
         .await
@@ -652,13 +669,7 @@ async fn a_manifest_that_times_out_is_not_retried_and_names_the_timeout() {
     )
     .await;
     // A manifest table with its own timeout column overrides the run's setting for that view.
-    let c = db.client().await;
-    c.batch_execute(
-        "ALTER TABLE reporting.seeder_custom_report_manifest ADD COLUMN statement_timeout text;
-         UPDATE reporting.seeder_custom_report_manifest SET statement_timeout = '5s' WHERE table_name = 'reporting.own_budget'",
-    )
-    .await
-    .unwrap();
+    own_statement_timeout(&db, "reporting.own_budget", Some("5s")).await;
     let out = db
         .run(
             &["run", "refresh_all"],
@@ -701,13 +712,8 @@ async fn a_dependent_recreated_with_its_upstream_keeps_its_own_statement_timeout
         "SELECT id FROM reporting.up",
     )
     .await;
+    own_statement_timeout(&db, "reporting.slow_down", Some("10s")).await;
     let c = db.client().await;
-    c.batch_execute(
-        "ALTER TABLE reporting.seeder_custom_report_manifest ADD COLUMN statement_timeout text;
-         UPDATE reporting.seeder_custom_report_manifest SET statement_timeout = '10s' WHERE table_name = 'reporting.slow_down'",
-    )
-    .await
-    .unwrap();
     let env = [("SEEDER_STATEMENT_TIMEOUT", "300ms")];
     assert_exit(&db.run(&["run", "refresh_all"], &env).await, 0);
     db.set_query(up, "SELECT 2 AS id").await;
@@ -725,11 +731,7 @@ async fn a_dependent_recreated_with_its_upstream_keeps_its_own_statement_timeout
     };
     assert_eq!(ids, (2, 2), "both recreated from the new upstream");
     // The override was the swap's only: the session is back to the run's timeout.
-    c.batch_execute(
-        "UPDATE reporting.seeder_custom_report_manifest SET statement_timeout = NULL WHERE table_name = 'reporting.slow_down'",
-    )
-    .await
-    .unwrap();
+    own_statement_timeout(&db, "reporting.slow_down", None).await;
     db.set_query(up, "SELECT 3 AS id").await;
     let out = db.run(&["run", "refresh_all"], &env).await;
     assert_exit(&out, 1);

@@ -248,13 +248,10 @@ impl Session for FakeStore {
         let (dependents, interrupt) = {
             let mut s = self.state();
             s.swaps.push(view.key());
-            if let Some(e) = s.swap_failures.get_mut(&view.key()).and_then(|q| {
-                if q.is_empty() {
-                    None
-                } else {
-                    Some(q.remove(0))
-                }
-            }) {
+            if let Some(e) = (s.swap_failures.get_mut(&view.key()))
+                .filter(|q| !q.is_empty())
+                .map(|q| q.remove(0))
+            {
                 return Err(e);
             }
             (

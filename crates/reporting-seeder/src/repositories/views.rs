@@ -806,7 +806,6 @@ pub async fn swap(
     } else {
         None
     };
-    let mut changed_timeout = false;
     for ((s, n, _), d) in deps.iter().zip(&dep_dress) {
         let key = format!("{s}.{n}");
         let Some((query, dep_hash)) = managed.views.get(&key) else {
@@ -814,16 +813,17 @@ pub async fn swap(
         };
         let rel = Rel { schema: s, name: n };
         async {
-            let timeout = match (managed.statement_ms.get(&key), &base_timeout) {
-                (Some(ms), _) => Some(format!("{ms}ms")),
-                // After one with its own: back to the swap's.
-                (None, Some(base)) if changed_timeout => Some(base.clone()),
-                _ => None,
-            };
-            if let Some(t) = timeout {
-                changed_timeout = managed.statement_ms.contains_key(&key);
-                tx.execute("SELECT set_config('statement_timeout', $1, true)", &[&t])
-                    .await?;
+            // Its own, or (after one with its own) the swap's again.
+            if let Some(base) = &base_timeout {
+                let timeout = managed
+                    .statement_ms
+                    .get(&key)
+                    .map_or_else(|| base.clone(), |ms| format!("{ms}ms"));
+                tx.execute(
+                    "SELECT set_config('statement_timeout', $1, true)",
+                    &[&timeout],
+                )
+                .await?;
             }
             tx.execute(&create_empty_sql(&rel.quoted(), query), &[])
                 .await?;
