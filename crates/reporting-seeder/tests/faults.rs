@@ -573,9 +573,14 @@ async fn a_refresh_blocked_by_a_reader_times_out_and_is_retried() {
     // A long report holds the view open: a plain REFRESH needs an exclusive lock.
     let reader = db.client().await;
     reader
-        .batch_execute("BEGIN; SELECT * FROM reporting.busy")
+        .batch_execute("SET application_name = 'dashboard'; BEGIN; SELECT * FROM reporting.busy")
         .await
         .unwrap();
+    let pid: i32 = reader
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     let env = [("SEEDER_LOCK_TIMEOUT", "200ms")];
     let out = db.run(&["run", "refresh_all"], &env).await;
     assert_exit(&out, 1);
@@ -585,6 +590,19 @@ async fn a_refresh_blocked_by_a_reader_times_out_and_is_retried() {
     assert!(
         errors.contains("lock timeout")
             && errors.contains("lock_timeout 200ms, from SEEDER_LOCK_TIMEOUT"),
+        "{errors}"
+    );
+    // Each attempt names the session in the way: enough to find it and end it.
+    assert_eq!(
+        errors
+            .matches(&format!("the view is held by pid {pid} "))
+            .count(),
+        3,
+        "{errors}"
+    );
+    assert!(
+        errors.contains("application 'dashboard', idle in transaction")
+            && errors.contains(", AccessShareLock)"),
         "{errors}"
     );
     assert_eq!(db.view_run("reporting.free").await.0, "success");
@@ -621,7 +639,11 @@ async fn a_swap_blocked_by_a_reader_is_retried_without_building_again() {
     assert_exit(&out, 1);
     let (status, attempts, errors) = db.view_run("reporting.busy").await;
     assert_eq!((status.as_str(), attempts), ("error", 3));
-    assert!(errors.unwrap().contains("lock timeout"));
+    let errors = errors.unwrap();
+    assert!(
+        errors.contains("lock timeout") && errors.contains("the view is held by pid"),
+        "{errors}"
+    );
     let builds: i64 = client
         .query_one("SELECT last_value FROM public.builds", &[])
         .await

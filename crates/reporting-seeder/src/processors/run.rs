@@ -1206,6 +1206,22 @@ fn name_timeout_of(e: &mut DbError, timeouts: Timeouts, settings: &RunSettings) 
     e.message = format!("{} [{which} {ms}ms, from {source}]", e.message);
 }
 
+/// A lock timeout says nothing of whom it waited for: name the sessions holding a lock on the
+/// view now (a report left open, an idle transaction), so whoever reads the history can go to
+/// them. Best effort: a lookup that fails leaves the message as it was.
+async fn name_lock_holders(e: &mut DbError, session: &mut dyn Session, view: Rel<'_>) {
+    match session.lock_holders(view).await {
+        Ok(holders) if !holders.is_empty() => {
+            let who: Vec<String> = holders.iter().map(ToString::to_string).collect();
+            e.message = format!("{}; the view is held by {}", e.message, who.join(", "));
+        }
+        Ok(_) => {}
+        Err(lookup) => {
+            tracing::debug!(view = %view.key(), error = %lookup, "could not look up who holds the view's locks");
+        }
+    }
+}
+
 /// The wait before retry `attempt` (1-based): the base doubled each time, plus jitter of up to
 /// as much again, so retries from many workers do not arrive together.
 fn backoff(base: Duration, attempt: u32) -> Duration {
@@ -1782,6 +1798,9 @@ async fn attempts<C: Clock>(
             }
             Err(mut e) => {
                 name_timeout(&mut e, view, settings);
+                if e.code.as_deref() == Some("55P03") {
+                    name_lock_holders(&mut e, session.as_mut(), rel).await;
+                }
                 errors.push(format!(
                     "attempt {attempt} of {max_attempts}: {}",
                     e.message

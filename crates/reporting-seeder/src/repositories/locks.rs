@@ -286,3 +286,100 @@ pub async fn recover(client: &ClientWrapper, own_run: Option<&str>) -> Result<Re
     }
     Ok(out)
 }
+
+/// A session holding a lock on a relation: who it is and what it is doing, to name it when a
+/// refresh or a swap gave up waiting for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockHolder {
+    pub pid: i32,
+    pub user: String,
+    pub application: String,
+    pub state: String,
+    /// How long its transaction (or, outside one, its statement) has been going. Like its
+    /// state, unknown to a role that may not see another user's activity.
+    pub seconds: Option<f64>,
+    pub mode: String,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {} (user {}", self.pid, self.user)?;
+        if !self.application.is_empty() {
+            write!(f, ", application '{}'", self.application)?;
+        }
+        if !self.state.is_empty() {
+            write!(f, ", {}", self.state)?;
+        }
+        if let Some(s) = self.seconds {
+            write!(f, " for {s:.0} s")?;
+        }
+        write!(f, ", {})", self.mode)
+    }
+}
+
+// Granted locks on the relation, by other sessions, the longest-running first. pg_locks and a
+// session's pid, user and application are readable by every role; its state and start only by
+// its own role and those with pg_read_all_stats (NULL otherwise). Not its query: the
+// message goes into history rows that others read, and another user's query text (its
+// literals) is not the tool's to copy there; the pid finds it in pg_stat_activity.
+const HOLDERS: &str = "
+    SELECT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
+           coalesce(a.state, ''),
+           extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::float8,
+           l.mode
+    FROM pg_locks l
+    JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.relation = (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                        WHERE n.nspname = $1 AND c.relname = $2)
+    ORDER BY a.xact_start NULLS LAST, a.pid
+    LIMIT 4";
+
+/// Who holds a lock on `view` now (at most four sessions).
+pub async fn holders(client: &Client, view: super::Rel<'_>) -> Result<Vec<LockHolder>, DbError> {
+    client
+        .query_typed(
+            HOLDERS,
+            &[(&view.schema, Type::TEXT), (&view.name, Type::TEXT)],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(LockHolder {
+                pid: r.try_get(0)?,
+                user: r.try_get(1)?,
+                application: r.try_get(2)?,
+                state: r.try_get(3)?,
+                seconds: r.try_get(4)?,
+                mode: r.try_get(5)?,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LockHolder;
+
+    #[test]
+    fn a_lock_holder_says_what_the_role_may_see_of_it() {
+        let mut h = LockHolder {
+            pid: 4242,
+            user: "alice".into(),
+            application: "dashboard".into(),
+            state: "idle in transaction".into(),
+            seconds: Some(312.4),
+            mode: "AccessShareLock".into(),
+        };
+        assert_eq!(
+            h.to_string(),
+            "pid 4242 (user alice, application 'dashboard', idle in transaction for 312 s, AccessShareLock)"
+        );
+        // Another user's session, seen by a role without pg_read_all_stats.
+        h.application.clear();
+        h.state.clear();
+        h.seconds = None;
+        assert_eq!(h.to_string(), "pid 4242 (user alice, AccessShareLock)");
+    }
+}
