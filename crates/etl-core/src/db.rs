@@ -324,6 +324,9 @@ fn without_empty_host(raw: &str) -> std::borrow::Cow<'_, str> {
 
 fn describe(config: &tokio_postgres::Config) -> String {
     let host = match config.get_hosts().first() {
+        // An IPv6 address goes in brackets, as in a URL: `::1:5432` would not say where the
+        // address ends and the port begins.
+        Some(tokio_postgres::config::Host::Tcp(h)) if h.contains(':') => format!("[{h}]"),
         Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".to_string(),
@@ -831,6 +834,23 @@ mod tests {
         assert_eq!(s.target(), "postgres://alice@db.example:6543/reports");
         assert!(!format!("{s:?}").contains("s3cret"));
         assert!(!s.psql_conninfo().contains("s3cret"));
+    }
+
+    #[test]
+    fn an_ipv6_host_is_described_in_brackets() {
+        for (pairs, want) in [
+            (
+                vec![("DATABASE_URL", "postgres://bob@[::1]:6543/reports")],
+                "postgres://bob@[::1]:6543/reports",
+            ),
+            (
+                vec![("DB_HOST", "fd00::5"), ("DB_USER", "bob"), ("DB_NAME", "r")],
+                "postgres://bob@[fd00::5]:5432/r",
+            ),
+        ] {
+            let s = ConnectionSettings::from_env(&Env::from_pairs(pairs), "t").unwrap();
+            assert_eq!(s.target(), want);
+        }
     }
 
     #[test]

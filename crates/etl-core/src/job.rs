@@ -449,7 +449,18 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
             progress,
         },
     ) {
-        let _ = writeln!(std::io::stderr(), "error: configuration error: {e}");
+        if json {
+            // The job's logger is not there (its filter is what failed): said as a JSON line
+            // all the same, as every other fatal error is in JSON mode.
+            json_always(false, || {
+                tracing::error!(
+                    exit_code = ExitStatus::Usage as i32,
+                    "configuration error: {e}"
+                )
+            });
+        } else {
+            let _ = writeln!(std::io::stderr(), "error: configuration error: {e}");
+        }
         return ExitStatus::Usage.into();
     }
     for warning in env.dotenv_warnings() {

@@ -92,6 +92,7 @@ fn bad_settings_exit_2_naming_the_variable_before_connecting() {
         // Valid durations, but longer than PostgreSQL takes.
         ("SEEDER_LOCK_TIMEOUT", "600h"),
         ("SEEDER_STATEMENT_TIMEOUT", "3000000000"),
+        ("SEEDER_MAX_RETRIES", "99999999999"),
     ] {
         let out = bin()
             .env("DB_HOST", "127.0.0.1")
@@ -102,6 +103,14 @@ fn bad_settings_exit_2_naming_the_variable_before_connecting() {
             .unwrap();
         assert_exit(&out, 2);
         assert!(stderr(&out).contains(var), "{var}: {}", stderr(&out));
+        if var == "SEEDER_MAX_RETRIES" {
+            // Out of range says the range, not only "a whole number" (which it is).
+            assert!(
+                stderr(&out).contains("from 0 to 4294967295"),
+                "{}",
+                stderr(&out)
+            );
+        }
     }
 }
 
@@ -485,6 +494,28 @@ fn a_bad_rust_log_exits_2_naming_it() {
         .unwrap();
     assert_exit(&out, 2);
     assert!(stderr(&out).contains("RUST_LOG"), "{}", stderr(&out));
+    // With JSON logs it is a JSON line like any fatal error, though the logger never started.
+    let out = bin()
+        .env("DB_HOST", "127.0.0.1")
+        .env("DB_PORT", "1")
+        .env("RUST_LOG", "[[[")
+        .env("SEEDER_LOG_FORMAT", "json")
+        .args(["run", "refresh_all"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    let line: serde_json::Value = serde_json::from_str(err.trim())
+        .unwrap_or_else(|e| panic!("not one JSON line ({e}): {err}"));
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert_eq!(line["fields"]["exit_code"], 2, "{line}");
+    assert!(
+        line["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("RUST_LOG"),
+        "{line}"
+    );
 }
 
 /// With JSON logs, stderr is JSON lines only: the fatal error too (a log shipper reads nothing

@@ -84,7 +84,7 @@ impl Settings {
                 max_retries: env.parse_or(
                     "SEEDER_MAX_RETRIES",
                     2u32,
-                    "expected a whole number (0 turns retries off)",
+                    "expected a whole number from 0 to 4294967295 (0 turns retries off)",
                 )?,
                 retry_base: Duration::from_millis(200),
                 wait_for_locks: false,
