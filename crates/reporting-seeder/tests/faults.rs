@@ -573,7 +573,11 @@ async fn a_refresh_blocked_by_a_reader_times_out_and_is_retried() {
     // A long report holds the view open: a plain REFRESH needs an exclusive lock.
     let reader = db.client().await;
     reader
-        .batch_execute("SET application_name = 'dashboard'; BEGIN; SELECT * FROM reporting.busy")
+        // ANALYZE in its transaction: a second lock on the view, for the same session.
+        .batch_execute(
+            "SET application_name = 'dashboard'; BEGIN; SELECT * FROM reporting.busy; \
+             ANALYZE reporting.busy",
+        )
         .await
         .unwrap();
     let pid: i32 = reader
@@ -592,7 +596,8 @@ async fn a_refresh_blocked_by_a_reader_times_out_and_is_retried() {
             && errors.contains("lock_timeout 200ms, from SEEDER_LOCK_TIMEOUT"),
         "{errors}"
     );
-    // Each attempt names the session in the way: enough to find it and end it.
+    // Each attempt names the session in the way, once with both its locks: enough to find it
+    // and end it.
     assert_eq!(
         errors
             .matches(&format!("the view is held by pid {pid} "))
@@ -602,7 +607,7 @@ async fn a_refresh_blocked_by_a_reader_times_out_and_is_retried() {
     );
     assert!(
         errors.contains("application 'dashboard', idle in transaction")
-            && errors.contains(", AccessShareLock)"),
+            && errors.contains(", AccessShareLock+ShareUpdateExclusiveLock)"),
         "{errors}"
     );
     assert_eq!(db.view_run("reporting.free").await.0, "success");

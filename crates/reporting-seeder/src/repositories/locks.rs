@@ -293,17 +293,24 @@ pub async fn recover(client: &ClientWrapper, own_run: Option<&str>) -> Result<Re
 pub struct LockHolder {
     pub pid: i32,
     pub user: String,
+    /// `client backend` for a client's session; otherwise what holds it (`autovacuum worker`).
+    pub kind: String,
     pub application: String,
     pub state: String,
     /// How long its transaction (or, outside one, its statement) has been going. Like its
     /// state, unknown to a role that may not see another user's activity.
     pub seconds: Option<f64>,
+    /// Its locks on the relation (`AccessShareLock`, or several joined by `+`).
     pub mode: String,
 }
 
 impl std::fmt::Display for LockHolder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "pid {} (user {}", self.pid, self.user)?;
+        if self.user.is_empty() || self.kind != "client backend" {
+            write!(f, "pid {} ({}", self.pid, self.kind)?;
+        } else {
+            write!(f, "pid {} (user {}", self.pid, self.user)?;
+        }
         if !self.application.is_empty() {
             write!(f, ", application '{}'", self.application)?;
         }
@@ -323,16 +330,20 @@ impl std::fmt::Display for LockHolder {
 // message goes into history rows that others read, and another user's query text (its
 // literals) is not the tool's to copy there; the pid finds it in pg_stat_activity.
 const HOLDERS: &str = "
-    SELECT a.pid, coalesce(a.usename::text, ''), coalesce(a.application_name, ''),
-           coalesce(a.state, ''),
+    SELECT a.pid, coalesce(a.usename::text, ''), coalesce(a.backend_type, ''),
+           coalesce(a.application_name, ''), coalesce(a.state, ''),
            extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::float8,
-           l.mode
+           string_agg(DISTINCT l.mode, '+' ORDER BY l.mode)
     FROM pg_locks l
     JOIN pg_stat_activity a ON a.pid = l.pid
     WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+      -- A parallel query's workers hold what their leader holds: the leader is the one to name.
+      AND a.backend_type IS DISTINCT FROM 'parallel worker'
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
       AND l.relation = (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                         WHERE n.nspname = $1 AND c.relname = $2)
+    GROUP BY a.pid, a.usename, a.backend_type, a.application_name, a.state, a.xact_start,
+             a.query_start
     ORDER BY a.xact_start NULLS LAST, a.pid
     LIMIT 4";
 
@@ -349,10 +360,11 @@ pub async fn holders(client: &Client, view: super::Rel<'_>) -> Result<Vec<LockHo
             Ok(LockHolder {
                 pid: r.try_get(0)?,
                 user: r.try_get(1)?,
-                application: r.try_get(2)?,
-                state: r.try_get(3)?,
-                seconds: r.try_get(4)?,
-                mode: r.try_get(5)?,
+                kind: r.try_get(2)?,
+                application: r.try_get(3)?,
+                state: r.try_get(4)?,
+                seconds: r.try_get(5)?,
+                mode: r.try_get(6)?,
             })
         })
         .collect()
@@ -367,6 +379,7 @@ mod tests {
         let mut h = LockHolder {
             pid: 4242,
             user: "alice".into(),
+            kind: "client backend".into(),
             application: "dashboard".into(),
             state: "idle in transaction".into(),
             seconds: Some(312.4),
@@ -381,5 +394,13 @@ mod tests {
         h.state.clear();
         h.seconds = None;
         assert_eq!(h.to_string(), "pid 4242 (user alice, AccessShareLock)");
+        // Not a client: what it is says more than an empty user.
+        h.user.clear();
+        h.kind = "autovacuum worker".into();
+        h.mode = "ShareUpdateExclusiveLock".into();
+        assert_eq!(
+            h.to_string(),
+            "pid 4242 (autovacuum worker, ShareUpdateExclusiveLock)"
+        );
     }
 }
