@@ -599,20 +599,104 @@ async fn a_refresh_blocked_by_a_reader_times_out_and_is_retried() {
     // Each attempt names the session in the way, once with both its locks: enough to find it
     // and end it.
     assert_eq!(
-        errors
-            .matches(&format!("the view is held by pid {pid} "))
-            .count(),
+        errors.matches(&format!("blocked by pid {pid} ")).count(),
         3,
         "{errors}"
     );
     assert!(
-        errors.contains("application 'dashboard', idle in transaction")
+        errors.contains("application \"dashboard\", idle in transaction")
             && errors.contains(", AccessShareLock+ShareUpdateExclusiveLock)"),
         "{errors}"
     );
     assert_eq!(db.view_run("reporting.free").await.0, "success");
     reader.batch_execute("COMMIT").await.unwrap();
     assert_exit(&db.run(&["run", "refresh_all"], &env).await, 0);
+}
+
+async fn holding(db: &TestDb, app: &str, sql: &str) -> (tokio_postgres::Client, i32) {
+    let c = db.client().await;
+    c.batch_execute(&format!("SET application_name = '{app}'; BEGIN; {sql}"))
+        .await
+        .unwrap();
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    (c, pid)
+}
+
+/// A concurrent refresh waits only for locks that conflict with its EXCLUSIVE one: a reader's
+/// ACCESS SHARE does not, an index build's SHARE does. Only the latter is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_timeout_names_only_the_sessions_in_the_way() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom(
+        "reporting.conc",
+        "gotham",
+        1,
+        "SELECT g AS id FROM generate_series(1, 10) g",
+    )
+    .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    db.client()
+        .await
+        .batch_execute("CREATE UNIQUE INDEX conc_id ON reporting.conc (id)")
+        .await
+        .unwrap();
+    let (_reader, reader) = holding(&db, "reader", "SELECT * FROM reporting.conc").await;
+    let (_ddl, ddl) = holding(&db, "ddl", "CREATE INDEX conc_tmp ON reporting.conc (id)").await;
+    let env = [
+        ("SEEDER_REFRESH_CONCURRENTLY", "true"),
+        ("SEEDER_LOCK_TIMEOUT", "200ms"),
+        ("SEEDER_MAX_RETRIES", "0"),
+    ];
+    assert_exit(&db.run(&["run", "refresh_all"], &env).await, 1);
+    let errors = db.view_run("reporting.conc").await.2.unwrap();
+    assert!(
+        errors.contains(&format!("blocked by pid {ddl} (user "))
+            && errors.contains("application \"ddl\"")
+            && errors.contains("ShareLock)"),
+        "{errors}"
+    );
+    assert!(
+        !errors.contains(&format!("pid {reader} ")) && !errors.contains("\"reader\""),
+        "a reader does not block a concurrent refresh: {errors}"
+    );
+}
+
+/// A swap drops and recreates the views reading the view: a report holding one of those blocks
+/// it as surely as one holding the view, and is named with the view it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swap_blocked_by_a_reader_of_a_dependent_names_it_and_the_dependent() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let base = db
+        .custom("reporting.base", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    db.custom(
+        "reporting.dep",
+        "gotham",
+        1,
+        "SELECT id FROM reporting.base",
+    )
+    .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let (_reader, pid) = holding(&db, "dashboard", "SELECT * FROM reporting.dep").await;
+    db.set_query(base, "SELECT 2 AS id").await;
+    let env = [
+        ("SEEDER_LOCK_TIMEOUT", "200ms"),
+        ("SEEDER_MAX_RETRIES", "0"),
+    ];
+    assert_exit(&db.run(&["run", "refresh_all"], &env).await, 1);
+    let errors = db.view_run("reporting.base").await.2.unwrap();
+    assert!(
+        errors.contains("lock timeout")
+            && errors.contains(&format!("blocked by pid {pid} "))
+            && errors.contains("AccessShareLock on reporting.dep)"),
+        "{errors}"
+    );
 }
 
 /// A rebuild's swap needs the old view to itself: while a report holds it, each attempt times out.
@@ -646,7 +730,7 @@ async fn a_swap_blocked_by_a_reader_is_retried_without_building_again() {
     assert_eq!((status.as_str(), attempts), ("error", 3));
     let errors = errors.unwrap();
     assert!(
-        errors.contains("lock timeout") && errors.contains("the view is held by pid"),
+        errors.contains("lock timeout") && errors.contains("blocked by pid"),
         "{errors}"
     );
     let builds: i64 = client

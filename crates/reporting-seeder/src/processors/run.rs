@@ -1209,11 +1209,27 @@ fn name_timeout_of(e: &mut DbError, timeouts: Timeouts, settings: &RunSettings) 
 /// A lock timeout says nothing of whom it waited for: name the sessions holding a lock on the
 /// view now (a report left open, an idle transaction), so whoever reads the history can go to
 /// them. Best effort: a lookup that fails leaves the message as it was.
-async fn name_lock_holders(e: &mut DbError, session: &mut dyn Session, view: Rel<'_>) {
-    match session.lock_holders(view).await {
-        Ok(holders) if !holders.is_empty() => {
-            let who: Vec<String> = holders.iter().map(ToString::to_string).collect();
-            e.message = format!("{}; the view is held by {}", e.message, who.join(", "));
+///
+/// Only locks that conflict with the one the action waits for: a concurrent refresh's EXCLUSIVE
+/// lets readers be, a plain refresh's and a swap's ACCESS EXCLUSIVE does not; and a swap drops
+/// the views reading the view too, so their holders count.
+async fn name_lock_holders(
+    e: &mut DbError,
+    session: &mut dyn Session,
+    view: Rel<'_>,
+    action: Action,
+) {
+    let (dependents, exclusive_access) = match action {
+        Action::Refresh { concurrently } => (false, !concurrently),
+        Action::Rebuild { .. } => (true, true),
+        Action::Create { .. } | Action::RebuiltWithUpstream => (false, true),
+    };
+    match session
+        .lock_holders(view, dependents, exclusive_access)
+        .await
+    {
+        Ok(holders) if !holders.shown.is_empty() => {
+            e.message = format!("{}; blocked by {holders}", e.message);
         }
         Ok(_) => {}
         Err(lookup) => {
@@ -1799,7 +1815,7 @@ async fn attempts<C: Clock>(
             Err(mut e) => {
                 name_timeout(&mut e, view, settings);
                 if e.code.as_deref() == Some("55P03") {
-                    name_lock_holders(&mut e, session.as_mut(), rel).await;
+                    name_lock_holders(&mut e, session.as_mut(), rel, action).await;
                 }
                 errors.push(format!(
                     "attempt {attempt} of {max_attempts}: {}",

@@ -300,8 +300,11 @@ pub struct LockHolder {
     /// How long its transaction (or, outside one, its statement) has been going. Like its
     /// state, unknown to a role that may not see another user's activity.
     pub seconds: Option<f64>,
-    /// Its locks on the relation (`AccessShareLock`, or several joined by `+`).
+    /// Its locks in the way (`AccessShareLock`, or several joined by `+`).
     pub mode: String,
+    /// The views it holds them on, when not (only) the view itself: those a rebuild's swap
+    /// drops and recreates with it.
+    pub on: Option<String>,
 }
 
 impl std::fmt::Display for LockHolder {
@@ -312,7 +315,9 @@ impl std::fmt::Display for LockHolder {
             write!(f, "pid {} (user {}", self.pid, self.user)?;
         }
         if !self.application.is_empty() {
-            write!(f, ", application '{}'", self.application)?;
+            // Quoted and escaped: the name is the session's to choose, and must not pass for
+            // more of the message.
+            write!(f, ", application {:?}", self.application)?;
         }
         if !self.state.is_empty() {
             write!(f, ", {}", self.state)?;
@@ -320,59 +325,129 @@ impl std::fmt::Display for LockHolder {
         if let Some(s) = self.seconds {
             write!(f, " for {s:.0} s")?;
         }
-        write!(f, ", {})", self.mode)
+        write!(f, ", {}", self.mode)?;
+        if let Some(on) = &self.on {
+            write!(f, " on {on}")?;
+        }
+        write!(f, ")")
     }
 }
 
-// Granted locks on the relation, by other sessions, the longest-running first. pg_locks and a
-// session's pid, user and application are readable by every role; its state and start only by
-// its own role and those with pg_read_all_stats (NULL otherwise). Not its query: the
-// message goes into history rows that others read, and another user's query text (its
-// literals) is not the tool's to copy there; the pid finds it in pg_stat_activity.
+/// Who was in the way: the first few, and how many in all.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LockHolders {
+    pub shown: Vec<LockHolder>,
+    pub total: i64,
+}
+
+impl std::fmt::Display for LockHolders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, h) in self.shown.iter().enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{h}")?;
+        }
+        let more = self.total - self.shown.len() as i64;
+        if more > 0 {
+            write!(f, ", and {more} more")?;
+        }
+        Ok(())
+    }
+}
+
+// Granted locks that conflict with what the tool waited for, by other sessions, the
+// longest-running first: on the view, and with `$3` on every view reading it however deep
+// (a swap drops and recreates them). `$4`: the tool wanted ACCESS EXCLUSIVE (a plain refresh, a
+// swap), which every lock conflicts with; otherwise EXCLUSIVE (a concurrent refresh), which
+// readers' ACCESS SHARE does not. pg_locks and a session's pid, user and application are
+// readable by every role; its state and start only by its own role and those with
+// pg_read_all_stats (NULL otherwise). Not its query: the message goes into history rows that
+// others read, and another user's query text (its literals) is not the tool's to copy there;
+// the pid finds it in pg_stat_activity.
 const HOLDERS: &str = "
-    SELECT a.pid, coalesce(a.usename::text, ''), coalesce(a.backend_type, ''),
-           coalesce(a.application_name, ''), coalesce(a.state, ''),
-           extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::float8,
-           string_agg(DISTINCT l.mode, '+' ORDER BY l.mode)
-    FROM pg_locks l
-    JOIN pg_stat_activity a ON a.pid = l.pid
-    WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
-      -- A parallel query's workers hold what their leader holds: the leader is the one to name.
-      AND a.backend_type IS DISTINCT FROM 'parallel worker'
-      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-      AND l.relation = (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                        WHERE n.nspname = $1 AND c.relname = $2)
-    GROUP BY a.pid, a.usename, a.backend_type, a.application_name, a.state, a.xact_start,
-             a.query_start
-    ORDER BY a.xact_start NULLS LAST, a.pid
+    WITH RECURSIVE target AS (
+        SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = $1 AND c.relname = $2
+    ), rels(oid) AS (
+        SELECT oid FROM target
+        UNION
+        SELECT r.ev_class
+        FROM rels
+        JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = rels.oid
+                        AND d.classid = 'pg_rewrite'::regclass
+        JOIN pg_rewrite r ON r.oid = d.objid
+        WHERE $3 AND r.ev_class <> rels.oid
+    ), held AS (
+        SELECT a.pid, coalesce(a.usename::text, '') AS usr, coalesce(a.backend_type, '') AS kind,
+               coalesce(a.application_name, '') AS app, coalesce(a.state, '') AS state,
+               extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::float8 AS secs,
+               string_agg(DISTINCT l.mode, '+' ORDER BY l.mode) AS modes,
+               string_agg(DISTINCT format('%I.%I', n.nspname, c.relname), ', ')
+                   FILTER (WHERE c.oid NOT IN (SELECT oid FROM target)) AS others,
+               bool_or(c.oid IN (SELECT oid FROM target)) AS on_view,
+               a.xact_start
+        FROM pg_locks l
+        JOIN rels ON rels.oid = l.relation
+        JOIN pg_class c ON c.oid = l.relation
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+          AND ($4 OR l.mode <> 'AccessShareLock')
+          -- A parallel query's workers hold what their leader holds: the leader is the one to name.
+          AND a.backend_type IS DISTINCT FROM 'parallel worker'
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        GROUP BY a.pid, a.usename, a.backend_type, a.application_name, a.state, a.xact_start,
+                 a.query_start
+    )
+    SELECT pid, usr, kind, app, state, secs, modes,
+           CASE WHEN others IS NULL THEN NULL
+                WHEN on_view THEN format('%I.%I', $1::text, $2::text) || ', ' || others
+                ELSE others END,
+           count(*) OVER ()
+    FROM held
+    ORDER BY xact_start NULLS LAST, pid
     LIMIT 4";
 
-/// Who holds a lock on `view` now (at most four sessions).
-pub async fn holders(client: &Client, view: super::Rel<'_>) -> Result<Vec<LockHolder>, DbError> {
-    client
+/// Who holds a lock on `view` (and, with `dependents`, on the views reading it) that conflicts
+/// with ACCESS EXCLUSIVE (`exclusive_access`) or EXCLUSIVE: at most four, and how many in all.
+pub async fn holders(
+    client: &Client,
+    view: super::Rel<'_>,
+    dependents: bool,
+    exclusive_access: bool,
+) -> Result<LockHolders, DbError> {
+    let rows = client
         .query_typed(
             HOLDERS,
-            &[(&view.schema, Type::TEXT), (&view.name, Type::TEXT)],
+            &[
+                (&view.schema, Type::TEXT),
+                (&view.name, Type::TEXT),
+                (&dependents, Type::BOOL),
+                (&exclusive_access, Type::BOOL),
+            ],
         )
-        .await?
-        .iter()
-        .map(|r| {
-            Ok(LockHolder {
-                pid: r.try_get(0)?,
-                user: r.try_get(1)?,
-                kind: r.try_get(2)?,
-                application: r.try_get(3)?,
-                state: r.try_get(4)?,
-                seconds: r.try_get(5)?,
-                mode: r.try_get(6)?,
-            })
-        })
-        .collect()
+        .await?;
+    let mut out = LockHolders::default();
+    for r in &rows {
+        out.total = r.try_get(8)?;
+        out.shown.push(LockHolder {
+            pid: r.try_get(0)?,
+            user: r.try_get(1)?,
+            kind: r.try_get(2)?,
+            application: r.try_get(3)?,
+            state: r.try_get(4)?,
+            seconds: r.try_get(5)?,
+            mode: r.try_get(6)?,
+            on: r.try_get(7)?,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::LockHolder;
+    use super::{LockHolder, LockHolders};
 
     #[test]
     fn a_lock_holder_says_what_the_role_may_see_of_it() {
@@ -384,10 +459,11 @@ mod tests {
             state: "idle in transaction".into(),
             seconds: Some(312.4),
             mode: "AccessShareLock".into(),
+            on: None,
         };
         assert_eq!(
             h.to_string(),
-            "pid 4242 (user alice, application 'dashboard', idle in transaction for 312 s, AccessShareLock)"
+            "pid 4242 (user alice, application \"dashboard\", idle in transaction for 312 s, AccessShareLock)"
         );
         // Another user's session, seen by a role without pg_read_all_stats.
         h.application.clear();
@@ -401,6 +477,32 @@ mod tests {
         assert_eq!(
             h.to_string(),
             "pid 4242 (autovacuum worker, ShareUpdateExclusiveLock)"
+        );
+    }
+
+    #[test]
+    fn holders_say_where_their_lock_is_how_many_there_are_and_cannot_forge_the_message() {
+        let h = |pid, app: &str, on: Option<&str>| LockHolder {
+            pid,
+            user: "bob".into(),
+            kind: "client backend".into(),
+            application: app.into(),
+            state: String::new(),
+            seconds: None,
+            mode: "AccessShareLock".into(),
+            on: on.map(str::to_string),
+        };
+        let all = LockHolders {
+            shown: vec![
+                h(1, "it\"s), pid 9 (user root", None),
+                h(2, "", Some("rep.dep")),
+            ],
+            total: 5,
+        };
+        assert_eq!(
+            all.to_string(),
+            "pid 1 (user bob, application \"it\\\"s), pid 9 (user root\", AccessShareLock), \
+             pid 2 (user bob, AccessShareLock on rep.dep), and 3 more"
         );
     }
 }

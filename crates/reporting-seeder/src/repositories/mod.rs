@@ -25,7 +25,7 @@ use etl_core::DbError;
 pub use history::{
     HistoryId, HistoryRoutes, Outcome, RunCounts, StatementDelta, StatementFigures, ViewRecord,
 };
-pub use locks::{LockHolder, Recovery, ViewLock};
+pub use locks::{LockHolder, LockHolders, Recovery, ViewLock};
 pub use manifests::{ManifestRow, ReportType};
 pub use reports::{RunRow, StatusRow, ViewRunRow};
 pub use snapshots::{Sample, Snapshot, Snapshots};
@@ -184,10 +184,16 @@ pub trait Session: Send {
     ) -> Result<(), DbError>;
     /// Active queries on the server, this session's excluded.
     async fn active_queries(&mut self) -> Result<i64, DbError>;
-    /// The other sessions holding a lock on `view` now, to name them when a refresh gave up
-    /// waiting for its lock. Sessions that cannot tell say none.
-    async fn lock_holders(&mut self, _view: Rel<'_>) -> Result<Vec<LockHolder>, DbError> {
-        Ok(Vec::new())
+    /// The other sessions holding a lock on `view` (with `dependents`, on the views reading it
+    /// too) that conflicts with ACCESS EXCLUSIVE (`exclusive_access`) or else EXCLUSIVE, to
+    /// name them when a refresh or a swap gave up waiting. Sessions that cannot tell say none.
+    async fn lock_holders(
+        &mut self,
+        _view: Rel<'_>,
+        _dependents: bool,
+        _exclusive_access: bool,
+    ) -> Result<LockHolders, DbError> {
+        Ok(LockHolders::default())
     }
     /// Why rebuilding this view would stop (a dependent the swap would have to drop that no
     /// usable manifest manages), if it would.
@@ -770,8 +776,13 @@ impl Session for PgSession {
     async fn active_queries(&mut self) -> Result<i64, DbError> {
         views::active_queries(&self.conn).await
     }
-    async fn lock_holders(&mut self, view: Rel<'_>) -> Result<Vec<LockHolder>, DbError> {
-        locks::holders(&self.conn, view).await
+    async fn lock_holders(
+        &mut self,
+        view: Rel<'_>,
+        dependents: bool,
+        exclusive_access: bool,
+    ) -> Result<LockHolders, DbError> {
+        locks::holders(&self.conn, view, dependents, exclusive_access).await
     }
     async fn rebuild_blocker(
         &mut self,
