@@ -182,7 +182,7 @@ pub fn load_dotenv(path: &Path) -> Result<Vec<String>, ConfigError> {
     }
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::DotEnv {
         path: path.display().to_string(),
-        reason: format!("could not read it: {e}"),
+        reason: e.to_string(),
     })?;
     let parsed = crate::pydotenv::parse(&text);
     for (name, value) in crate::pydotenv::resolve(&parsed, |n| std::env::var(n).ok()) {

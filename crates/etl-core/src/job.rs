@@ -404,7 +404,23 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
     let env = match Env::load() {
         Ok(env) => env,
         Err(e) => {
-            eprintln!("error: configuration error: {e}");
+            // `.env` could not be read, so only the flag and the process environment say
+            // whether the logs are JSON; when they are, this is a JSON line like any fatal error.
+            let json = match matches.try_get_one::<String>("log_format").ok().flatten() {
+                Some(flag) => flag.trim().eq_ignore_ascii_case("json"),
+                None => std::env::var("SEEDER_LOG_FORMAT")
+                    .is_ok_and(|f| f.trim().eq_ignore_ascii_case("json")),
+            };
+            if json {
+                json_always(false, || {
+                    tracing::error!(
+                        exit_code = ExitStatus::Usage as i32,
+                        "configuration error: {e}"
+                    )
+                });
+            } else {
+                eprintln!("error: configuration error: {e}");
+            }
             return ExitStatus::Usage.into();
         }
     };

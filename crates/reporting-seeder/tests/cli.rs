@@ -266,6 +266,42 @@ async fn a_password_the_server_asks_for_and_none_given_is_exit_2() {
     assert!(stderr(&out).contains("DB_PASSWORD"), "{}", stderr(&out));
 }
 
+/// A `.env` that cannot be read is a configuration error naming it; with JSON logs (known from
+/// the environment, since the file could not say), a JSON line.
+#[test]
+fn an_unreadable_dotenv_exits_2_naming_it_and_in_json_mode_as_json() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(".env"), b"X=\xff\xfe\n").unwrap();
+    let run = |json: bool| {
+        let mut c = bin();
+        c.current_dir(dir.path()).args(["run", "refresh_all"]);
+        if json {
+            c.env("SEEDER_LOG_FORMAT", "json");
+        }
+        c.output().unwrap()
+    };
+    let out = run(false);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains(".env") && err.contains("UTF-8") && !err.contains("could not read it"),
+        "{err}"
+    );
+    let out = run(true);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    let line: serde_json::Value = serde_json::from_str(err.trim())
+        .unwrap_or_else(|e| panic!("not one JSON line ({e}): {err}"));
+    assert_eq!(line["fields"]["exit_code"], 2, "{line}");
+    assert!(
+        line["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(".env"),
+        "{line}"
+    );
+}
+
 #[test]
 fn dotenv_is_read_but_never_overrides_the_environment() {
     let dir = tempfile::tempdir().unwrap();
