@@ -401,27 +401,21 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
         }
         Invocation::Run { job, matches, args } => (job, matches, args),
     };
+    let format_flag = matches
+        .try_get_one::<String>("log_format")
+        .ok()
+        .flatten()
+        .cloned();
     let env = match Env::load() {
         Ok(env) => env,
         Err(e) => {
             // `.env` could not be read, so only the flag and the process environment say
-            // whether the logs are JSON; when they are, this is a JSON line like any fatal error.
-            let json = match matches.try_get_one::<String>("log_format").ok().flatten() {
-                Some(flag) => flag.trim().eq_ignore_ascii_case("json"),
-                None => std::env::var("SEEDER_LOG_FORMAT")
-                    .is_ok_and(|f| f.trim().eq_ignore_ascii_case("json")),
-            };
-            if json {
-                json_always(false, || {
-                    tracing::error!(
-                        exit_code = ExitStatus::Usage as i32,
-                        "configuration error: {e}"
-                    )
-                });
-            } else {
-                eprintln!("error: configuration error: {e}");
-            }
-            return ExitStatus::Usage.into();
+            // whether the logs are JSON.
+            let json = format_flag.as_deref().map_or_else(
+                || std::env::var("SEEDER_LOG_FORMAT").is_ok_and(|f| is_json(&f)),
+                is_json,
+            );
+            return configuration_error(json, &e);
         }
     };
     // Flags every job may define (`--quiet`, `--log-format`); absent ones are their defaults.
@@ -432,8 +426,8 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
         .copied()
         .unwrap_or(false);
     // `--log-format` wins over SEEDER_LOG_FORMAT; a value that is neither is a usage error.
-    let format = match matches.try_get_one::<String>("log_format").ok().flatten() {
-        Some(flag) => flag.clone(),
+    let format = match format_flag {
+        Some(flag) => flag,
         None => env
             .get("SEEDER_LOG_FORMAT")
             .map(|f| f.trim().to_ascii_lowercase())
@@ -465,19 +459,8 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
             progress,
         },
     ) {
-        if json {
-            // The job's logger is not there (its filter is what failed): said as a JSON line
-            // all the same, as every other fatal error is in JSON mode.
-            json_always(false, || {
-                tracing::error!(
-                    exit_code = ExitStatus::Usage as i32,
-                    "configuration error: {e}"
-                )
-            });
-        } else {
-            let _ = writeln!(std::io::stderr(), "error: configuration error: {e}");
-        }
-        return ExitStatus::Usage.into();
+        // The job's logger is not there: its filter is what failed.
+        return configuration_error(json, &e);
     }
     for warning in env.dotenv_warnings() {
         tracing::warn!("{warning}");
@@ -536,6 +519,26 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
         }
     };
     interrupt.status().unwrap_or(status).into()
+}
+
+fn is_json(format: &str) -> bool {
+    format.trim().eq_ignore_ascii_case("json")
+}
+
+/// A configuration error found before the job's logger could start (exit 2): in JSON mode a
+/// JSON line like every other fatal error, otherwise plain text.
+fn configuration_error(json: bool, e: &dyn std::fmt::Display) -> ExitCode {
+    if json {
+        json_always(false, || {
+            tracing::error!(
+                exit_code = ExitStatus::Usage as i32,
+                "configuration error: {e}"
+            )
+        });
+    } else {
+        let _ = writeln!(std::io::stderr(), "error: configuration error: {e}");
+    }
+    ExitStatus::Usage.into()
 }
 
 /// Emits a JSON log line through the job's logger when its filter keeps the line's level, and

@@ -570,21 +570,14 @@ async fn a_refresh_blocked_by_a_reader_times_out_and_is_retried() {
     db.custom("reporting.free", "gotham", 1, "SELECT 2 AS id")
         .await;
     assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
-    // A long report holds the view open: a plain REFRESH needs an exclusive lock.
-    let reader = db.client().await;
-    reader
-        // ANALYZE in its transaction: a second lock on the view, for the same session.
-        .batch_execute(
-            "SET application_name = 'dashboard'; BEGIN; SELECT * FROM reporting.busy; \
-             ANALYZE reporting.busy",
-        )
-        .await
-        .unwrap();
-    let pid: i32 = reader
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    // A long report holds the view open: a plain REFRESH needs an exclusive lock. ANALYZE in
+    // its transaction: a second lock on the view, for the same session.
+    let (reader, pid) = holding(
+        &db,
+        "dashboard",
+        "SELECT * FROM reporting.busy; ANALYZE reporting.busy",
+    )
+    .await;
     let env = [("SEEDER_LOCK_TIMEOUT", "200ms")];
     let out = db.run(&["run", "refresh_all"], &env).await;
     assert_exit(&out, 1);
