@@ -68,7 +68,7 @@ impl ConnectionSettings {
             None => {
                 let mut config = tokio_postgres::Config::new();
                 config
-                    .host(env.get("DB_HOST").unwrap_or("localhost"))
+                    .host(db_host(env.get("DB_HOST").unwrap_or("localhost")))
                     .port(
                         env.parse_or("DB_PORT", DEFAULT_PORT, "expected a port number (1-65535)")?
                             .get(),
@@ -273,8 +273,12 @@ fn parse_database_url(raw: &str) -> Result<ParsedUrl, ConfigError> {
             .replace('+', "%20");
         url.set_query(Some(&query));
     }
-    let config = tokio_postgres::Config::from_str(url.as_str()).map_err(|_| {
-        invalid("could not be parsed as a PostgreSQL connection URL; expected postgres://user:password@host:port/dbname".to_string())
+    let config = tokio_postgres::Config::from_str(url.as_str()).map_err(|e| {
+        invalid(format!(
+            "could not be parsed as a PostgreSQL connection URL{}; expected \
+             postgres://user:password@host:port/dbname[?parameter=value&…]",
+            url_parse_reason(&e, &url)
+        ))
     })?;
     if config.get_ports().contains(&0) {
         return Err(invalid(
@@ -282,6 +286,37 @@ fn parse_database_url(raw: &str) -> Result<ParsedUrl, ConfigError> {
         ));
     }
     Ok((config, mode, root))
+}
+
+/// What the connection-URL parser found wrong (`: unknown option `foo``, `: invalid value for
+/// option `port``), unless it would show the password: its messages name options, never
+/// values, but a password in the wrong place could be taken for an option's name.
+fn url_parse_reason(e: &tokio_postgres::Error, url: &url::Url) -> String {
+    let Some(reason) = std::error::Error::source(e).map(|c| c.to_string()) else {
+        return String::new();
+    };
+    let decoded = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut secrets: Vec<String> = url
+        .password()
+        .into_iter()
+        .flat_map(|p| [p.to_string(), decoded(p)])
+        .collect();
+    secrets.extend(
+        url.query_pairs()
+            .filter(|(k, _)| k == "password")
+            .map(|(_, v)| v.into_owned()),
+    );
+    if secrets
+        .iter()
+        .any(|p| !p.is_empty() && reason.contains(p.as_str()))
+    {
+        return String::new();
+    }
+    format!(": {reason}")
 }
 
 /// `postgres://user:password@/db?host=/run/postgresql`, which libpq takes (the host in a query
@@ -322,7 +357,30 @@ fn without_empty_host(raw: &str) -> std::borrow::Cow<'_, str> {
     out.into()
 }
 
+/// `DB_HOST` as the connection takes it: an IPv6 address written as in a URL (`[::1]`) loses its
+/// brackets, which no resolver would take, and the surrounding blanks go.
+fn db_host(raw: &str) -> &str {
+    let raw = raw.trim();
+    match raw.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inner) if inner.contains(':') => inner,
+        _ => raw,
+    }
+}
+
 fn describe(config: &tokio_postgres::Config) -> String {
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    #[cfg(unix)]
+    if let Some(tokio_postgres::config::Host::Unix(dir)) = config.get_hosts().first() {
+        // libpq's form for a socket: the directory is a parameter, and the socket file it means
+        // is named, since "No such file or directory" alone does not say which file.
+        return format!(
+            "postgres://{}@/{}?host={} (socket {})",
+            config.get_user().unwrap_or("postgres"),
+            config.get_dbname().unwrap_or("postgres"),
+            dir.display(),
+            dir.join(format!(".s.PGSQL.{port}")).display()
+        );
+    }
     let host = match config.get_hosts().first() {
         // An IPv6 address goes in brackets, as in a URL: `::1:5432` would not say where the
         // address ends and the port begins.
@@ -331,7 +389,6 @@ fn describe(config: &tokio_postgres::Config) -> String {
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".to_string(),
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
     format!(
         "postgres://{}@{}:{}/{}",
         config.get_user().unwrap_or("postgres"),
@@ -630,6 +687,12 @@ impl DbError {
             return e;
         }
         e.message = format!("could not connect to {target}: {}", e.message);
+        if target.contains("(socket ") && e.message.contains("No such file or directory") {
+            e.message.push_str(
+                "; check that the server is running and that this directory is one of its \
+                 unix_socket_directories (DB_HOST, or host= in DATABASE_URL)",
+            );
+        }
         e
     }
 
@@ -950,5 +1013,58 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("DB_PORT"), "{err}");
+    }
+
+    #[test]
+    fn a_url_parameter_the_client_does_not_know_is_named_never_a_password() {
+        let url_error = |url: &str| {
+            let env = Env::from_pairs([("DATABASE_URL", url)]);
+            ConnectionSettings::from_env(&env, "t")
+                .unwrap_err()
+                .to_string()
+        };
+        let err = url_error("postgres://u:pw9secret@h/d?connect_timout=5");
+        assert!(err.contains("unknown option `connect_timout`"), "{err}");
+        assert!(!err.contains("pw9secret"), "{err}");
+        let err = url_error("postgres://u:pw9secret@h/d?connect_timeout=soon");
+        assert!(
+            err.contains("invalid value for option `connect_timeout`"),
+            "{err}"
+        );
+        // A password pasted where a parameter's name goes is not repeated.
+        for url in [
+            "postgres://u:pw9%2Fsecret@h/d?pw9/secret=1",
+            "postgres://u@h/d?password=pw9secret&pw9secret=1",
+        ] {
+            let err = url_error(url);
+            assert!(err.contains("DATABASE_URL"), "{err}");
+            assert!(!err.contains("pw9"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_bracketed_ipv6_db_host_is_taken_without_its_brackets() {
+        let env = Env::from_pairs([("DB_HOST", " [::1] "), ("DB_NAME", "r")]);
+        let s = ConnectionSettings::from_env(&env, "t").unwrap();
+        assert_eq!(s.target(), "postgres://postgres@[::1]:5432/r");
+        assert_eq!(
+            s.config().get_hosts(),
+            [tokio_postgres::config::Host::Tcp("::1".into())]
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_socket_directory_is_described_with_the_socket_file() {
+        let env = Env::from_pairs([
+            ("DB_HOST", "/run/pg"),
+            ("DB_PORT", "5433"),
+            ("DB_NAME", "r"),
+        ]);
+        let s = ConnectionSettings::from_env(&env, "t").unwrap();
+        assert_eq!(
+            s.target(),
+            "postgres://postgres@/r?host=/run/pg (socket /run/pg/.s.PGSQL.5433)"
+        );
     }
 }
