@@ -22,6 +22,10 @@ pub struct Settings {
     pub run: RunSettings,
 }
 
+/// At most this many retries per view: with waits of up to two minutes each, 100 already keep a
+/// view trying for hours.
+const MAX_RETRIES: u32 = 100;
+
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Settings, ConfigError> {
         let workers = env.positive_or("SEEDER_MAX_WORKERS", 8)?;
@@ -81,11 +85,15 @@ impl Settings {
                 refresh_concurrently: env.bool_or("SEEDER_REFRESH_CONCURRENTLY", false)?,
                 statement_timeout_ms: timeout("SEEDER_STATEMENT_TIMEOUT", Duration::ZERO)?,
                 lock_timeout_ms: timeout("SEEDER_LOCK_TIMEOUT", Duration::from_secs(5))?,
-                max_retries: env.parse_or(
-                    "SEEDER_MAX_RETRIES",
-                    2u32,
-                    "expected a whole number from 0 to 4294967295 (0 turns retries off)",
-                )?,
+                max_retries: {
+                    let expected = "expected a whole number from 0 to 100 (0 turns retries off; \
+                                    each wait doubles, up to a minute and as much again)";
+                    let retries: u32 = env.parse_or("SEEDER_MAX_RETRIES", 2u32, expected)?;
+                    if retries > MAX_RETRIES {
+                        return Err(invalid("SEEDER_MAX_RETRIES", retries.into(), expected));
+                    }
+                    retries
+                },
                 retry_base: Duration::from_millis(200),
                 wait_for_locks: false,
                 batch_size: usize::try_from(batch)

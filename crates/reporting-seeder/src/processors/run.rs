@@ -1238,11 +1238,16 @@ async fn name_lock_holders(
     }
 }
 
-/// The wait before retry `attempt` (1-based): the base doubled each time, plus jitter of up to
-/// as much again, so retries from many workers do not arrive together.
+/// The longest wait before a retry, jitter excluded.
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// The wait before retry `attempt` (1-based): the base doubled each time, up to a minute, plus
+/// jitter of up to as much again, so retries from many workers do not arrive together.
 fn backoff(base: Duration, attempt: u32) -> Duration {
     use std::hash::{BuildHasher, Hasher};
-    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX.max(base));
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u32(attempt);
     let jitter = exp.mul_f64((h.finish() % 1000) as f64 / 1000.0);
@@ -2467,6 +2472,14 @@ mod tests {
             let exp = base * (1 << (attempt - 1));
             let d = backoff(base, attempt);
             assert!(d >= exp && d < exp * 2, "attempt {attempt}: {d:?}");
+        }
+        let base = Duration::from_millis(200);
+        for attempt in [10u32, 17, 100] {
+            let d = backoff(base, attempt);
+            assert!(
+                d >= BACKOFF_MAX && d < BACKOFF_MAX * 2,
+                "attempt {attempt}: {d:?}"
+            );
         }
     }
 
