@@ -732,6 +732,17 @@ async fn a_swap_blocked_by_a_reader_is_retried_without_building_again() {
         .unwrap()
         .get(0);
     assert_eq!(builds, 1, "three swaps, one build");
+    // The recorded duration is the work of every attempt: three lock waits of 200 ms at least.
+    let duration: i64 = client
+        .query_one(
+            "SELECT duration_ms FROM reporting.seeder_view_run WHERE table_name = 'reporting.busy' \
+             ORDER BY finished_at DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(duration >= 600, "{duration} ms");
     assert_eq!(
         temporaries(&db).await,
         0,

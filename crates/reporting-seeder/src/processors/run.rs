@@ -1596,6 +1596,8 @@ async fn attempts<C: Clock>(
     let mut pid: Option<i32> = None;
     let max_attempts = settings.max_retries.saturating_add(1);
     let mut attempt = 0u32;
+    // The view's own work over every attempt: waits for its lock and between attempts excluded.
+    let mut worked = Duration::ZERO;
     loop {
         attempt += 1;
         // A session holding the view's lock, with its `running` row.
@@ -1713,7 +1715,7 @@ async fn attempts<C: Clock>(
             done.outcome = not_started(&shared.interrupt);
             return done;
         }
-        // The recorded duration is the view's own work.
+        // The recorded duration is the view's own work, of this attempt and those before.
         let work_began = Instant::now();
         let rel = Rel {
             schema: name.schema(),
@@ -1745,6 +1747,8 @@ async fn attempts<C: Clock>(
                 _ = shared.interrupt.cancelled() => cancel_until_done(work, canceller.as_ref()).await,
             }
         };
+        worked += work_began.elapsed();
+        let work_ms = u64::try_from(worked.as_millis()).unwrap_or(u64::MAX);
         match result {
             Ok(done_work) => {
                 guard.succeed();
@@ -1789,11 +1793,11 @@ async fn attempts<C: Clock>(
                         }
                     }
                 }
-                tracing::info!(view = %view.key, action = action.label(), ms = ms(work_began), rows = done_work.rows, "refreshed");
+                tracing::info!(view = %view.key, action = action.label(), ms = work_ms, rows = done_work.rows, "refreshed");
                 done.outcome = Outcome {
                     status: "success",
                     action: Some(action.label()),
-                    duration_ms: ms(work_began),
+                    duration_ms: work_ms,
                     rows: done_work.rows,
                     bytes: done_work.bytes,
                     error: (!errors.is_empty()).then(|| errors.join("; ")),
@@ -1813,7 +1817,7 @@ async fn attempts<C: Clock>(
                     status: "cancelled",
                     action: Some(action.label()),
                     attempts: attempt as i32,
-                    ..failed(ms(work_began), errors.join("; "))
+                    ..failed(work_ms, errors.join("; "))
                 };
                 break;
             }
@@ -1843,7 +1847,7 @@ async fn attempts<C: Clock>(
                                 status: "cancelled",
                                 action: Some(action.label()),
                                 attempts: attempt as i32,
-                                ..failed(ms(work_began), errors.join("; "))
+                                ..failed(work_ms, errors.join("; "))
                             };
                             break;
                         }
@@ -1858,7 +1862,7 @@ async fn attempts<C: Clock>(
                 done.outcome = Outcome {
                     action: Some(action.label()),
                     attempts: attempt as i32,
-                    ..failed(ms(work_began), message)
+                    ..failed(work_ms, message)
                 };
                 break;
             }
