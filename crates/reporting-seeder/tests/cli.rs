@@ -621,3 +621,37 @@ fn an_output_file_in_a_missing_directory_exits_2_before_running() {
         assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
     }
 }
+
+/// A directory given as an output file (with or without its slash), or one file given for
+/// both, is a usage error before any connection, and leaves nothing behind.
+#[test]
+fn an_output_file_that_is_a_directory_or_given_twice_exits_2_before_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap().to_string();
+    let file = format!("{d}/out.json");
+    for (args, says) in [
+        (vec!["--results-file", d.as_str()], "is a directory"),
+        (vec!["--metrics-file", &format!("{d}/")], "is a directory"),
+        (
+            vec![
+                "--results-file",
+                file.as_str(),
+                "--metrics-file",
+                file.as_str(),
+            ],
+            "both name",
+        ),
+    ] {
+        let out = bin()
+            .env("DB_HOST", "127.0.0.1")
+            .env("DB_PORT", "1")
+            .args(["run", "refresh_all", "--"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{args:?} left {left:?}");
+    }
+}

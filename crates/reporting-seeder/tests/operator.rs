@@ -429,6 +429,42 @@ fn parse_metrics(text: &str) -> Vec<Sample> {
     samples
 }
 
+/// A results file that cannot be written at the end (`/dev/full`: no space left) does not cost
+/// the run its metrics: both are attempted, and the error names the one that failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_written_when_the_results_file_cannot_be() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let file = db.dir.path().join("seeder.prom");
+    let out = db
+        .run(
+            &[
+                "run",
+                "refresh_all",
+                "--",
+                "--results-file",
+                "/dev/full",
+                "--metrics-file",
+                file.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("results could not be written to /dev/full") && !err.contains("metrics could"),
+        "{err}"
+    );
+    let samples = parse_metrics(&std::fs::read_to_string(&file).unwrap());
+    assert!(
+        samples
+            .iter()
+            .any(|(n, _, _)| n == "reporting_seeder_run_views"),
+        "{samples:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_file_parses_and_agrees_with_the_run() {
     let db = TestDb::new().await;

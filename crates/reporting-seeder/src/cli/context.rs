@@ -199,23 +199,41 @@ pub fn finish(
         OutputFormat::Text => etl_core::out!("{}", summary::render(report, colour)),
         OutputFormat::Json => etl_core::outln!("{json:#}"),
     }
-    if let Some(path) = &output.results_file {
-        std::fs::write(path, format!("{json:#}\n")).map_err(|e| {
-            JobError::failed(format!(
-                "run {} finished but its results could not be written to {}: {e}",
-                report.run_id,
+    // Both files are written even when one cannot be: a run's metrics must not go missing
+    // because its results file could not be written, nor the other way round.
+    let mut unwritten = Vec::new();
+    for (what, path, text) in [
+        ("results", &output.results_file, format!("{json:#}\n")),
+        (
+            "metrics",
+            &output.metrics_file,
+            summary::metrics(report, job),
+        ),
+    ] {
+        let Some(path) = path else { continue };
+        let written = if what == "metrics" {
+            write_whole(path, &text)
+        } else {
+            std::fs::write(path, &text)
+        };
+        if let Err(e) = written {
+            unwritten.push(format!(
+                "its {what} could not be written to {}: {e}",
                 path.display()
-            ))
-        })?;
+            ));
+        }
     }
-    if let Some(path) = &output.metrics_file {
-        write_whole(path, &summary::metrics(report, job)).map_err(|e| {
-            JobError::failed(format!(
-                "run {} finished but its metrics could not be written to {}: {e}",
-                report.run_id,
-                path.display()
-            ))
-        })?;
+    if !unwritten.is_empty() {
+        return Err(JobError::failed(format!(
+            "run {} finished ({}) but {}",
+            report.run_id,
+            if report.all_succeeded() {
+                "every view up to date"
+            } else {
+                "not every view up to date"
+            },
+            unwritten.join("; and ")
+        )));
     }
     Ok(if report.all_succeeded() {
         ExitStatus::Success
@@ -224,12 +242,75 @@ pub fn finish(
     })
 }
 
-/// Writes next to `path`, then renames: a collector reading the file never sees half of it.
-fn write_whole(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+/// `path` with `.tmp` appended: where a file is written before it is renamed into place.
+fn temporary(path: &std::path::Path) -> std::path::PathBuf {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+    tmp.into()
+}
+
+/// Writes next to `path`, then renames: a collector reading the file never sees half of it.
+/// Nothing is left behind when either step fails.
+fn write_whole(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    let tmp = temporary(path);
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+/// Whether `path` can take the file, checked before the run so that a bad path is a usage error
+/// at once rather than a failure after every view was refreshed: not a directory, in a
+/// directory that exists. A file written whole and renamed into place (`renamed`: the metrics)
+/// needs a directory that takes new files (tried with its temporary file, removed at once); one
+/// written in place (the results, which may be a FIFO or `/dev/stdout`) needs, when it exists,
+/// to be writable, and otherwise that directory too.
+fn check_writable(flag: &str, path: &std::path::Path, renamed: bool) -> Result<(), JobError> {
+    let usage = |why: String| JobError::usage(format!("{flag} {}: {why}", path.display()));
+    let raw = path.as_os_str().to_string_lossy();
+    if raw.ends_with('/') || path.is_dir() {
+        return Err(usage("is a directory; give the path of a file".into()));
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if !dir.is_dir() {
+        return Err(usage(format!(
+            "the directory {} does not exist",
+            dir.display()
+        )));
+    }
+    match std::fs::metadata(path) {
+        Ok(meta) if !renamed => {
+            // Opening a FIFO for writing would wait for its reader: only files are tried.
+            if meta.is_file() {
+                if let Err(e) = std::fs::OpenOptions::new().append(true).open(path) {
+                    return Err(usage(format!("the file cannot be written: {e}")));
+                }
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
+    let tmp = temporary(path);
+    let probe = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp);
+    match probe {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&tmp);
+            Ok(())
+        }
+        // Someone else's temporary file: leave it, the directory takes files.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(usage(format!(
+            "a file cannot be created in {}: {e}",
+            dir.display()
+        ))),
+    }
 }
 
 /// The shared body of the refresh jobs.
@@ -239,24 +320,27 @@ pub async fn refresh(
     args: &RefreshArgs,
 ) -> Result<ExitStatus, JobError> {
     let (locks, output) = (&args.locks, &args.output);
-    // A file that cannot be written in a directory that does not exist is a usage error now,
-    // not a failure after every view was refreshed.
+    // A file that cannot be written is a usage error now, not a failure after every view was
+    // refreshed.
     for (flag, path) in [
         ("--results-file", &output.results_file),
         ("--metrics-file", &output.metrics_file),
     ] {
         if let Some(path) = path {
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(std::path::Path::new("."));
-            if !dir.is_dir() {
-                return Err(JobError::usage(format!(
-                    "{flag} {}: the directory {} does not exist",
-                    path.display(),
-                    dir.display()
-                )));
-            }
+            check_writable(flag, path, flag == "--metrics-file")?;
+        }
+    }
+    if let (Some(results), Some(metrics)) = (&output.results_file, &output.metrics_file) {
+        let same = results == metrics
+            || std::fs::canonicalize(results)
+                .ok()
+                .is_some_and(|r| std::fs::canonicalize(metrics).ok() == Some(r));
+        if same {
+            return Err(JobError::usage(format!(
+                "--results-file and --metrics-file both name {}: one would overwrite the other; \
+                 give each its own file",
+                results.display()
+            )));
         }
     }
     let mut ctx = AppContext::from_env(&job.env)?;
