@@ -485,6 +485,7 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
         colour: crate::logging::colour(&env, &std::io::stdout()),
         quiet,
     };
+    crate::output::set_stdout_colour(ui.colour);
     let ctx = JobContext {
         env,
         job: job.name,
@@ -513,7 +514,8 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
                     tracing::error!(exit_code = exit as i32, "{}", e.message)
                 });
             } else {
-                let _ = writeln!(std::io::stderr(), "error: {}", e.message);
+                let message = crate::output::printable(&e.message, Default::default());
+                let _ = writeln!(std::io::stderr(), "error: {message}");
             }
             e.status
         }

@@ -38,9 +38,12 @@ pub fn init(env: &Env, options: LogOptions) -> Result<(), String> {
         .filter(|_| !options.quiet)
         .unwrap_or_else(|| EnvFilter::new(default));
     let json = options.json;
+    let ansi = colour(env, &std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Text lines: a field holding a control character (a manifest's table name, say)
+        // cannot move the cursor or start a line of its own. JSON escapes them itself.
+        .with_writer(move || crate::output::PrintableStderr { colour: ansi })
         .with_target(false)
         // When stderr is gone (a closed pipe), drop the event: by default tracing-subscriber
         // reports the failure with `eprintln!`, which panics on the same closed pipe, inside
@@ -54,9 +57,7 @@ pub fn init(env: &Env, options: LogOptions) -> Result<(), String> {
             .with_span_list(true)
             .try_init()
     } else {
-        builder
-            .with_ansi(colour(env, &std::io::stderr()))
-            .try_init()
+        builder.with_ansi(ansi).try_init()
     };
     Ok(())
 }

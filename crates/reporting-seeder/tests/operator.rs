@@ -883,3 +883,62 @@ async fn on_a_terminal_the_bar_is_drawn_and_the_run_ends() {
     assert!(text.contains("views") && text.contains("ETA ~"), "{text}");
     assert!(text.contains("finished in"), "no summary: {text}");
 }
+
+/// A manifest's text is shown, never acted on: off a terminal, a table name or agency slug
+/// holding an escape sequence or a newline reaches the logs, the summary, `status`, `plan` and
+/// `history` escaped, and every log line stays one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_characters_from_manifests_are_escaped_in_text_output() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.esc\u{1b}[2Jx", "gotham", 1, "SELECT 1 AS x")
+        .await;
+    db.custom("reporting.new\nline", "gotham", 1, "SELECT 1 AS x")
+        .await;
+    db.custom(
+        "reporting.ok",
+        "got\u{1b}]0;title\u{7}ham",
+        2,
+        "SELECT 1 AS x",
+    )
+    .await;
+    let clean = |what: &str, text: &str| {
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{what}: {text:?}"
+        );
+    };
+    let out = db
+        .run(&["run", "refresh_all"], &[("RUST_LOG", "info")])
+        .await;
+    assert_exit(&out, 1);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    clean("summary", &stdout);
+    clean("logs", &stderr);
+    assert!(stderr.contains(r"reporting.esc\u{1b}[2Jx"), "{stderr}");
+    assert!(
+        stderr.contains(r"agency=got\u{1b}]0;title\u{7}ham"),
+        "{stderr}"
+    );
+    for line in stderr.lines() {
+        assert!(line.starts_with("20"), "a line of its own: {line:?}");
+    }
+    assert!(stdout.contains(r"reporting.new\u{a}line"), "{stdout}");
+    let run_id = db.last_run_id().await;
+    for job in [
+        vec!["run", "status"],
+        vec!["run", "plan"],
+        vec!["run", "history", "--", "--run-id", run_id.as_str()],
+    ] {
+        let out = db.run(&job, &[]).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        clean(job[1], &stdout);
+        assert!(
+            stdout.contains(r"reporting.new\u{a}line"),
+            "{job:?}: {stdout}"
+        );
+    }
+}

@@ -53,6 +53,8 @@ fn human_age(seconds: f64) -> String {
     }
 }
 
+use super::summary::shown;
+
 fn table() -> Table {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING);
@@ -78,7 +80,7 @@ pub fn render_status(rows: &[StatusRow], stale_after: Option<Duration>) -> Strin
         counts[state as usize] += 1;
         t.add_row(vec![
             state.as_str().to_string(),
-            r.key.clone(),
+            shown(&r.key),
             r.status.clone().unwrap_or_else(|| "never run".into()),
             r.last_success.clone().unwrap_or_else(|| "never".into()),
             r.age_seconds.map(human_age).unwrap_or_else(|| "-".into()),
@@ -86,12 +88,13 @@ pub fn render_status(rows: &[StatusRow], stale_after: Option<Duration>) -> Strin
                 .map(|ms| format!("{ms} ms"))
                 .unwrap_or_else(|| "-".into()),
             r.consecutive_failures.to_string(),
-            r.last_error
-                .as_deref()
-                .filter(|_| state != State::Ok)
-                .and_then(|e| e.lines().next())
-                .unwrap_or_default()
-                .to_string(),
+            shown(
+                r.last_error
+                    .as_deref()
+                    .filter(|_| state != State::Ok)
+                    .and_then(|e| e.lines().next())
+                    .unwrap_or_default(),
+            ),
         ]);
     }
     let mut out = format!(
@@ -139,8 +142,8 @@ pub fn render_runs(runs: &[RunRow]) -> String {
     ]);
     for r in runs {
         t.add_row(vec![
-            r.run_id.clone(),
-            r.job.clone(),
+            shown(&r.run_id),
+            shown(&r.job),
             r.started_at.clone(),
             r.wall_seconds
                 .map(|s| format!("{s:.2}s"))
@@ -189,7 +192,7 @@ pub fn render_view_runs(rows: &[ViewRunRow]) -> String {
         t.add_row(vec![
             r.finished_at.clone().unwrap_or_else(|| "-".into()),
             r.run_id.clone(),
-            r.table.clone(),
+            shown(&r.table),
             r.status.clone(),
             r.action.clone().unwrap_or_else(|| "-".into()),
             r.duration_ms
@@ -197,11 +200,12 @@ pub fn render_view_runs(rows: &[ViewRunRow]) -> String {
                 .unwrap_or_else(|| "-".into()),
             r.rows.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
             r.attempts.to_string(),
-            r.error
-                .as_deref()
-                .and_then(|e| e.lines().next())
-                .unwrap_or_default()
-                .to_string(),
+            shown(
+                r.error
+                    .as_deref()
+                    .and_then(|e| e.lines().next())
+                    .unwrap_or_default(),
+            ),
         ]);
     }
     format!("{}\n", super::summary::trimmed(&t))

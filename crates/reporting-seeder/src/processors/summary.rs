@@ -22,6 +22,13 @@ fn status_cell(status: &str, colour: bool) -> Cell {
     }
 }
 
+/// Text from the database as a table cell shows it: control characters escaped (a newline in
+/// a table name would otherwise make two lines of one row, an escape sequence redraw the
+/// screen), so that widths are counted on what is printed.
+pub(crate) fn shown(text: &str) -> String {
+    etl_core::output::printable(text, etl_core::output::Keep::default()).into_owned()
+}
+
 /// The table's text without the padding comfy-table puts after each line's last cell: a long
 /// reason in one row otherwise pads every line of the table to its width in logs.
 pub(crate) fn trimmed(t: &Table) -> String {
@@ -58,8 +65,8 @@ fn view_table(rows: &[&ViewResult], colour: bool) -> String {
                 "-".to_string()
             })
             .set_alignment(CellAlignment::Right),
-            Cell::new(&r.key),
-            Cell::new(reason),
+            Cell::new(shown(&r.key)),
+            Cell::new(shown(reason)),
         ]);
     }
     trimmed(&t)
@@ -345,7 +352,7 @@ pub fn render_plan(p: &super::run::Prepared, workers: std::num::NonZeroUsize) ->
         let _ = writeln!(out, "retrying what failed or was skipped in run {run}");
     }
     for c in &p.cycles {
-        let _ = writeln!(out, "  error: {c}");
+        let _ = writeln!(out, "  error: {}", shown(&c.to_string()));
     }
     if p.views.is_empty() {
         return out;
@@ -370,10 +377,17 @@ pub fn render_plan(p: &super::run::Prepared, workers: std::num::NonZeroUsize) ->
         let _ = write!(
             out,
             "  {:<20} {:<40} {:>10}  {}",
-            planned[i].0, v.key, expected, upstream
+            planned[i].0,
+            shown(&v.key),
+            expected,
+            shown(&upstream)
         );
         if let Some(reason) = &planned[i].1 {
-            let _ = write!(out, "  ({})", reason.lines().next().unwrap_or_default());
+            let _ = write!(
+                out,
+                "  ({})",
+                shown(reason.lines().next().unwrap_or_default())
+            );
         }
         out.push('\n');
     }
