@@ -125,6 +125,39 @@ async fn plan_retry_after_a_killed_run_plans_what_retry_runs() {
     assert!(stderr(&out).contains(&killed), "{}", stderr(&out));
 }
 
+/// `retry --run-id` naming a run that is still going is refused (exit 2): its views are being
+/// refreshed by it, and retrying them would only find them locked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrying_a_run_still_going_is_refused() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom(
+        "reporting.slow",
+        "gotham",
+        1,
+        "SELECT 1 AS id FROM (SELECT pg_sleep(0.8)) s",
+    )
+    .await;
+    let child = db.spawn(&["run", "refresh_all"], &[]);
+    db.wait_active("%pg_sleep(0.8)%", 1).await;
+    let live = db.last_run_id().await;
+    for args in [
+        vec!["run", "retry", "--", "--run-id", &live],
+        vec!["run", "plan", "--", "--retry", "--run-id", &live],
+    ] {
+        let out = db.run(&args, &[]).await;
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains(&format!("run {live} is still going")),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    let out = child.wait_with_output().await.unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(db.view_run("reporting.slow").await.0, "success");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_mid_run_is_survived() {
     let cluster = tokio::task::spawn_blocking(OwnCluster::start)

@@ -164,7 +164,8 @@ pub fn run_error(e: RunError) -> JobError {
         | RunError::Selection(_)
         | RunError::Select(_)
         | RunError::NoRunToRetry
-        | RunError::UnknownRun(_) => JobError::usage(e.to_string()),
+        | RunError::UnknownRun(_)
+        | RunError::StillRunning(_) => JobError::usage(e.to_string()),
         // The run's own statements (migrations, manifests, history) refused for lack of a
         // privilege: the role is misconfigured, which no view's outcome and no retry changes.
         RunError::Database { ref error, .. } if error.code.as_deref() == Some("42501") => {

@@ -179,8 +179,13 @@ impl Session for FakeStore {
     async fn last_run_id(&mut self) -> Result<Option<String>, DbError> {
         Ok(self.state().last_run.clone())
     }
-    async fn unfinished_views(&mut self, _: &str) -> Result<Option<Vec<String>>, DbError> {
-        Ok(Some(self.state().unfinished.clone()))
+    async fn unfinished_views(
+        &mut self,
+        _: &str,
+    ) -> Result<crate::repositories::history::RetryViews, DbError> {
+        Ok(crate::repositories::history::RetryViews::Views(
+            self.state().unfinished.clone(),
+        ))
     }
     async fn start_run(&mut self, _: &str, _: &str, _: &str, _: &[String]) -> Result<(), DbError> {
         Ok(())

@@ -126,6 +126,11 @@ pub enum RunError {
     Interrupted(&'static str),
     #[error("no run {0} is recorded; `reporting-seeder run history` lists the runs")]
     UnknownRun(String),
+    #[error(
+        "run {0} is still going: its views are its own; retry it once it is over \
+         (`reporting-seeder run history` shows when)"
+    )]
+    StillRunning(String),
     #[error("{context}: {error}")]
     Database {
         context: &'static str,
@@ -296,11 +301,16 @@ pub async fn prepare(
                 .map_err(at("finding the last run"))?
                 .ok_or(RunError::NoRunToRetry)?,
         };
-        let keys = session
+        use crate::repositories::history::RetryViews;
+        let keys = match session
             .unfinished_views(&run_id)
             .await
             .map_err(at("reading the run to retry"))?
-            .ok_or_else(|| RunError::UnknownRun(run_id.clone()))?;
+        {
+            RetryViews::Views(keys) => keys,
+            RetryViews::Unknown => return Err(RunError::UnknownRun(run_id)),
+            RetryViews::StillRunning => return Err(RunError::StillRunning(run_id)),
+        };
         retried_run = Some(run_id);
         selection.scope = Scope::Tables(keys);
     }

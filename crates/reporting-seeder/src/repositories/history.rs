@@ -475,19 +475,26 @@ pub async fn last_run_id(client: &Client) -> Result<Option<String>, DbError> {
 /// The views of a run that did not end in success: `error`, `skipped` or `cancelled`, and those
 /// it never finished (its history row still `running`, or `abandoned` by a later run's
 /// recovery, or no row at all: selected, and never reached by a run that was killed). `None` when no such run is recorded.
-pub async fn unfinished_views(
-    client: &Client,
-    run_id: &str,
-) -> Result<Option<Vec<String>>, DbError> {
-    let known = client
+pub async fn unfinished_views(client: &Client, run_id: &str) -> Result<RetryViews, DbError> {
+    // Still going: `running`, and its lock held (by its own connections).
+    let live: Option<bool> = client
         .query_opt(
-            "SELECT 1 FROM reporting.seeder_run WHERE run_id = $1::text",
-            &[&run_id],
+            "SELECT r.status = 'running' AND EXISTS (
+                 SELECT 1 FROM pg_locks l
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                   AND l.database = (SELECT oid FROM pg_database
+                                     WHERE datname = current_database())
+                   AND l.classid = $2::int4::oid AND l.objid = hashtext(r.run_id)::oid)
+             FROM reporting.seeder_run r WHERE r.run_id = $1::text",
+            &[&run_id, &super::locks::RUN_CLASS],
         )
         .await?
-        .is_some();
-    if !known {
-        return Ok(None);
+        .map(|r| r.try_get(0))
+        .transpose()?;
+    match live {
+        None => return Ok(RetryViews::Unknown),
+        Some(true) => return Ok(RetryViews::StillRunning),
+        Some(false) => {}
     }
     client
         .query(
@@ -512,7 +519,18 @@ pub async fn unfinished_views(
         .iter()
         .map(|r| Ok(r.try_get(0)?))
         .collect::<Result<Vec<String>, DbError>>()
-        .map(Some)
+        .map(RetryViews::Views)
+}
+
+/// What `retry` finds of the run it is asked to repeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RetryViews {
+    /// No such run is recorded.
+    Unknown,
+    /// The run is still going: its views are its own.
+    StillRunning,
+    /// It is over; these views did not succeed in it.
+    Views(Vec<String>),
 }
 
 const LAST_SUCCESSES: &str = "

@@ -95,7 +95,7 @@ pub trait Session: Send {
     /// The newest run's id, or none.
     async fn last_run_id(&mut self) -> Result<Option<String>, DbError>;
     /// The views that ended `error` or `skipped` in `run_id`.
-    async fn unfinished_views(&mut self, run_id: &str) -> Result<Option<Vec<String>>, DbError>;
+    async fn unfinished_views(&mut self, run_id: &str) -> Result<history::RetryViews, DbError>;
 
     async fn finish_run(
         &mut self,
@@ -526,7 +526,7 @@ impl Session for PgSession {
     async fn table_history(&mut self, table: &str, limit: i64) -> Result<Vec<ViewRunRow>, DbError> {
         reports::table_history(&self.conn, table, limit).await
     }
-    async fn unfinished_views(&mut self, run_id: &str) -> Result<Option<Vec<String>>, DbError> {
+    async fn unfinished_views(&mut self, run_id: &str) -> Result<history::RetryViews, DbError> {
         history::unfinished_views(&self.conn, run_id).await
     }
     async fn finish_run(
