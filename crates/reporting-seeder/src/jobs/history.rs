@@ -23,8 +23,8 @@ struct Cli {
     /// The rows of this view across runs, newest first.
     #[arg(long, value_name = "SCHEMA.TABLE")]
     table: Option<String>,
-    /// How many runs (or rows of --table) to show.
-    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+    /// How many runs (or rows of --table) to show, 1 to 10000.
+    #[arg(long, default_value_t = 20, value_parser = parse_limit)]
     limit: i64,
     /// What to print.
     #[arg(long, value_enum, default_value = "text")]
@@ -88,4 +88,28 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         etl_core::out!("{text}");
         Ok::<_, JobError>(ExitStatus::Success)
     })
+}
+
+/// `--limit`: one message for every value out of range, however it is out.
+fn parse_limit(s: &str) -> Result<i64, String> {
+    s.trim()
+        .parse::<i64>()
+        .ok()
+        .filter(|n| (1..=10_000).contains(n))
+        .ok_or_else(|| "expected a whole number from 1 to 10000".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn limit_out_of_range_says_the_range() {
+        assert_eq!(super::parse_limit(" 25 "), Ok(25));
+        for bad in ["0", "-1", "10001", "99999999999999999999", "", "ten"] {
+            assert_eq!(
+                super::parse_limit(bad),
+                Err("expected a whole number from 1 to 10000".to_string()),
+                "{bad:?}"
+            );
+        }
+    }
 }

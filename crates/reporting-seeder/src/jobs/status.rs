@@ -43,9 +43,15 @@ struct Cli {
 fn parse_stale(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
     let has_unit = t.chars().last().is_some_and(|c| c.is_ascii_alphabetic());
-    parse_duration(t)
-        .filter(|d| has_unit && !d.is_zero())
-        .ok_or_else(|| format!("{s:?} is not a duration with its unit, such as 30min, 26h or 2d"))
+    match parse_duration(t).filter(|_| has_unit) {
+        Some(d) if d.is_zero() => Err(format!(
+            "{s:?} would make every view stale; give a positive duration such as 30min, 26h or 2d"
+        )),
+        Some(d) => Ok(d),
+        None => Err(format!(
+            "{s:?} is not a duration with its unit (ms, s, min, h or d), such as 30min, 26h or 2d"
+        )),
+    }
 }
 
 fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
@@ -105,8 +111,10 @@ mod tests {
             parse_stale("26h"),
             Ok(std::time::Duration::from_secs(26 * 3600))
         );
-        for bad in ["26", "0s", "", "soon"] {
+        for bad in ["26", "0s", "", "soon", "1w"] {
             assert!(parse_stale(bad).is_err(), "{bad:?}");
         }
+        // Zero has its unit: what is wrong with it is said.
+        assert!(parse_stale("0s").is_err_and(|e| e.contains("every view stale")));
     }
 }
