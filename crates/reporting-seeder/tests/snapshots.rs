@@ -207,6 +207,18 @@ async fn the_django_table_is_used_where_it_exists_and_sampling_is_recorded() {
         (6000..=34000).contains(&rows),
         "an estimate of 20000: {rows}"
     );
+    // A view that did not change is sampled alike at the next capture: no drift from sampling.
+    let again = capture(
+        &db,
+        &["--all", "--release-tag", "t1b", "--sample-percent", "50"],
+        &[],
+    )
+    .await;
+    assert_eq!(
+        again["snapshots"][0]["column_stats"]["sample_rows"],
+        stats["sample_rows"]
+    );
+    assert_eq!(again["snapshots"][0]["total_rows"], rows);
     let in_django: i64 = c
         .query_one(
             "SELECT count(*) FROM public.\"reporting.seeder_release_snapshot\"",
@@ -215,7 +227,7 @@ async fn the_django_table_is_used_where_it_exists_and_sampling_is_recorded() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(in_django, 1);
+    assert_eq!(in_django, 2);
     assert!(
         db.oid("reporting.seeder_release_snapshot").await.is_none(),
         "no second table"
@@ -426,4 +438,42 @@ async fn compare_on_an_untouched_database_migrates_and_finds_no_snapshot() {
         .unwrap()
         .get(0);
     assert_eq!(table.as_deref(), Some("reporting.seeder_release_snapshot"));
+}
+
+/// A capture that times out waiting for the view (a refresh holding it) is an error snapshot
+/// that names the timeout and says to capture again, without counts or a hash it never had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_that_times_out_names_the_timeout() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.v", "gotham", 1, BEFORE).await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; REFRESH MATERIALIZED VIEW reporting.v")
+        .await
+        .unwrap();
+    let out = db
+        .run(
+            &[
+                "run",
+                "capture_release_snapshot",
+                "--",
+                "--table-name",
+                "reporting.v",
+                "--release-tag",
+                "busy",
+            ],
+            &[("SEEDER_LOCK_TIMEOUT", "200ms")],
+        )
+        .await;
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains(": error (")
+            && text.contains("[lock_timeout 200ms, from SEEDER_LOCK_TIMEOUT]; capture it again")
+            && !text.contains("schema"),
+        "{text}"
+    );
 }

@@ -196,6 +196,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             top_values_columns: cli.top_values_columns.into_iter().flatten().collect(),
             // A sample of 100 % is the whole view: counted exactly, not estimated.
             sample_percent: cli.sample_percent.filter(|p| *p < 100.0),
+            settings: Some(app.settings.run.clone()),
         };
         let mut repo = app
             .store
@@ -240,6 +241,15 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                 }
             }
             match cli.output {
+                // An error snapshot holds no statistics: its counts and hash mean nothing.
+                OutputFormat::Text if s.status != "success" => etl_core::outln!(
+                    "snapshot {} of {} at {}: {} ({})",
+                    s.id,
+                    s.table_name,
+                    s.release_tag,
+                    s.status,
+                    s.column_stats["error"].as_str().unwrap_or("no reason recorded")
+                ),
                 OutputFormat::Text => etl_core::outln!(
                     "snapshot {} of {} at {}: {}, {} rows{}, {} columns, schema {}{}",
                     s.id,

@@ -1187,7 +1187,7 @@ fn name_timeout(e: &mut DbError, view: &PlannedView, settings: &RunSettings) {
 }
 
 /// [`name_timeout`] with the manifest's own timeouts given (none before they are set).
-fn name_timeout_of(e: &mut DbError, timeouts: Timeouts, settings: &RunSettings) {
+pub(crate) fn name_timeout_of(e: &mut DbError, timeouts: Timeouts, settings: &RunSettings) {
     let (which, ms, from_manifest) =
         if e.code.as_deref() == Some("57014") && e.message.contains("statement timeout") {
             let own = timeouts.statement_ms;

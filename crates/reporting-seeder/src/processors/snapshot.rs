@@ -19,6 +19,8 @@ pub struct CaptureOptions {
     pub top_values_columns: Vec<String>,
     /// Statistics from a `TABLESAMPLE SYSTEM` sample of this percentage of the view.
     pub sample_percent: Option<f64>,
+    /// The run's timeouts, to name the one a capture ran into.
+    pub settings: Option<super::run::RunSettings>,
 }
 
 const TOP_VALUES: i64 = 10;
@@ -70,10 +72,12 @@ pub async fn capture(
         column_stats: json!({}),
         released_at: String::new(),
     };
-    // One seed per snapshot: every statement of it reads the same pages.
+    // One seed per view, the same at every capture: every statement of a snapshot reads the
+    // same pages, and so do two captures of a view whose pages did not change, so that sampling
+    // alone does not show as drift between releases.
     let sample = options.sample_percent.map(|percent| Sample {
         percent,
-        seed: (snapshot.id.as_u128() % 1_000_000_007) as f64,
+        seed: sample_seed(&view.key),
     });
     // Every statement of the snapshot reads one database snapshot, and the view's read lock,
     // taken by the first count, is held to the end: a refresh committing between two passes over
@@ -97,7 +101,16 @@ pub async fn capture(
                 .collect::<Vec<_>>());
             snapshot.column_stats = stats;
         }
-        Err(e) => {
+        Err(mut e) => {
+            if let Some(settings) = &options.settings {
+                let before = e.message.len();
+                super::run::name_timeout_of(&mut e, Default::default(), settings);
+                if e.message.len() != before {
+                    // Not the view's fault: the same capture may well succeed later.
+                    e.message
+                        .push_str("; capture it again when the view is less busy");
+                }
+            }
             snapshot.status = "error".into();
             snapshot.column_stats = json!({ "error": e.message });
         }
@@ -105,6 +118,13 @@ pub async fn capture(
     snapshot.execution_duration_ms = i32::try_from(began.elapsed().as_millis()).unwrap_or(i32::MAX);
     repo.insert_snapshot(&snapshot).await?;
     Ok(snapshot)
+}
+
+/// The `REPEATABLE` seed of a view's samples: from its name, so stable across captures.
+fn sample_seed(key: &str) -> f64 {
+    let digest = hash_query(key);
+    let n = u32::from_str_radix(&digest[..8], 16).unwrap_or(0);
+    f64::from(n % 1_000_000_007)
 }
 
 /// A shared canned view's agency slugs, cut to the snapshot column's 64 characters at a comma.
