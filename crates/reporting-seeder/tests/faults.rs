@@ -158,6 +158,52 @@ async fn retrying_a_run_still_going_is_refused() {
     assert_eq!(db.view_run("reporting.slow").await.0, "success");
 }
 
+/// `history` of a run still going shows what it has finished so far, not zeros until its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_counts_what_a_run_still_going_has_finished() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom(
+        "reporting.slow",
+        "gotham",
+        1,
+        "SELECT 1 AS id FROM (SELECT pg_sleep(1.5)) s",
+    )
+    .await;
+    db.custom("reporting.quick", "gotham", 1, "SELECT 2 AS id")
+        .await;
+    let child = db.spawn(&["run", "refresh_all"], &[]);
+    db.wait_active("%pg_sleep(1.5)%", 1).await;
+    let live = db.last_run_id().await;
+    let c = db.client().await;
+    for _ in 0..400 {
+        let done: i64 = c
+            .query_one(
+                "SELECT count(*) FROM reporting.seeder_view_run WHERE run_id = $1 AND status = 'success'",
+                &[&live],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if done == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let out = db
+        .run(&["run", "history", "--", "--output", "json"], &[])
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let run = &json["runs"][0];
+    assert_eq!(run["run_id"], live.as_str(), "{json}");
+    assert_eq!(run["status"], "running", "{json}");
+    assert_eq!(run["counts"]["views"], 2, "{json}");
+    assert_eq!(run["counts"]["success"], 1, "{json}");
+    let out = child.wait_with_output().await.unwrap();
+    assert_exit(&out, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restart_mid_run_is_survived() {
     let cluster = tokio::task::spawn_blocking(OwnCluster::start)

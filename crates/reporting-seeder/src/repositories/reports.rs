@@ -89,12 +89,24 @@ const ISO: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
 
 pub async fn runs(client: &Client, limit: i64) -> Result<Vec<RunRow>, DbError> {
     let sql = format!(
-        "SELECT run_id, job, arguments, to_char(started_at AT TIME ZONE 'UTC', {ISO}),
+        "SELECT r.run_id, r.job, r.arguments, to_char(r.started_at AT TIME ZONE 'UTC', {ISO}),
                 -- An abandoned run's end is not known (finished_at is when it was found).
-                CASE WHEN status <> 'abandoned'
-                     THEN extract(epoch FROM finished_at - started_at)::float8 END, status,
-                views, succeeded, failed, skipped
-         FROM reporting.seeder_run ORDER BY started_at DESC LIMIT $1"
+                CASE WHEN r.status <> 'abandoned'
+                     THEN extract(epoch FROM r.finished_at - r.started_at)::float8 END, r.status,
+                r.views,
+                -- A run still going writes its counts at its end: until then, what it has
+                -- finished so far, from its views' rows.
+                CASE WHEN r.status = 'running' THEN l.succeeded ELSE r.succeeded END,
+                CASE WHEN r.status = 'running' THEN l.failed ELSE r.failed END,
+                CASE WHEN r.status = 'running' THEN l.skipped ELSE r.skipped END
+         FROM reporting.seeder_run r
+         LEFT JOIN LATERAL (
+             SELECT count(*) FILTER (WHERE v.status = 'success')::int AS succeeded,
+                    count(*) FILTER (WHERE v.status = 'error')::int AS failed,
+                    count(*) FILTER (WHERE v.status = 'skipped')::int AS skipped
+             FROM reporting.seeder_view_run v
+             WHERE r.status = 'running' AND v.run_id = r.run_id) l ON true
+         ORDER BY r.started_at DESC LIMIT $1"
     );
     client
         .query(&sql, &[&limit])
