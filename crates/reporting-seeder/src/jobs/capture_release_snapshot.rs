@@ -38,8 +38,8 @@ struct Cli {
     /// The release's version, e.g. v1.2.3 (optional; stored beside the tag).
     #[arg(long, value_name = "VERSION")]
     release_version: Option<String>,
-    /// Columns whose most frequent values are recorded (comma-separated; a name containing a
-    /// comma goes in double quotes, as in SQL: '"a,b",status').
+    /// Columns whose most frequent values are recorded (comma-separated; as in SQL, a name is
+    /// folded to lower case unless in double quotes, which also keep a comma: '"a,b",status').
     #[arg(long, value_name = "A,B", value_parser = column_list)]
     top_values_columns: Vec<Vec<String>>,
     /// Statistics from a sample of this percentage of the view's pages (TABLESAMPLE SYSTEM), for
@@ -92,12 +92,16 @@ fn column_list(s: &str) -> Result<Vec<String>, String> {
             while let Some(c) = chars.next_if(|c| *c != ',') {
                 name.push(c);
             }
-            let name = name.trim();
+            // Folded as PostgreSQL folds an unquoted name: `Status` is the column `status`.
+            let name = name.trim().to_ascii_lowercase();
             if !name.is_empty() {
-                names.push(name.to_string());
+                names.push(name);
             }
         }
         if chars.next().is_none() {
+            if names.is_empty() {
+                return Err("names no column; name at least one, or leave the option out".into());
+            }
             return Ok(names);
         }
     }
@@ -302,7 +306,8 @@ mod tests {
         assert_eq!(ok("status, m"), ["status", "m"]);
         assert_eq!(ok(r#""a,b",status"#), ["a,b", "status"]);
         assert_eq!(ok(r#" "say ""hi""" , x"#), [r#"say "hi""#, "x"]);
-        assert!(ok("").is_empty() && ok(" , ").is_empty());
+        assert_eq!(ok("Status, \"Mixed\""), ["status", "Mixed"]);
+        assert!(column_list("").is_err() && column_list(" , ").is_err());
         assert!(column_list(r#""a,b"#).is_err());
         assert!(column_list(r#""a"b"#).is_err());
     }
