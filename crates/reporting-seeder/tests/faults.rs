@@ -1234,3 +1234,41 @@ async fn a_start_stopped_by_a_lock_timeout_is_exit_3() {
     assert_exit(&out, 3);
     assert!(stderr(&out).contains("nothing ran"), "{}", stderr(&out));
 }
+
+/// A run (or `status`) that times out reading the manifest tables says who keeps it out of
+/// them, as a refresh's lock timeout does: exit 3, nothing ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_timeout_on_the_manifest_tables_names_the_holder() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.v", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let holder = db.client().await;
+    holder
+        .batch_execute(
+            "SET application_name = 'ddl-job'; BEGIN;
+             LOCK TABLE reporting.seeder_canned_report IN ACCESS EXCLUSIVE MODE",
+        )
+        .await
+        .unwrap();
+    let pid: i32 = holder
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for job in ["refresh_all", "status"] {
+        let out = db
+            .run(&["run", job], &[("SEEDER_LOCK_TIMEOUT", "200ms")])
+            .await;
+        assert_exit(&out, 3);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("blocked by pid {pid} (user "))
+                && err.contains("application \"ddl-job\"")
+                && err.contains("AccessExclusiveLock on reporting.seeder_canned_report)"),
+            "{job}: {err}"
+        );
+    }
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert!(db.oid("reporting.v").await.is_none(), "nothing ran");
+}

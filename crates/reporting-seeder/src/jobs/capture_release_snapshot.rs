@@ -6,7 +6,7 @@ use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
 use crate::cli::args::OutputFormat;
 use crate::cli::context::{run_error, AppContext};
 use crate::processors::planner::{plan, Selection, ViewName};
-use crate::processors::run::{connect, RunError};
+use crate::processors::run::{connect, name_manifest_lock_holders, RunError};
 use crate::processors::snapshot::{capture, CaptureOptions, RELEASE_TAG_MAX};
 
 pub const JOB: JobEntry = JobEntry {
@@ -164,10 +164,13 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             .map_err(run_error)?;
         let db = |context| move |error| run_error(RunError::Database { context, error });
         session.migrate().await.map_err(db("applying migrations"))?;
-        let rows = session
-            .load_manifests()
-            .await
-            .map_err(db("reading the manifest tables"))?;
+        let rows = match session.load_manifests().await {
+            Ok(rows) => rows,
+            Err(mut e) => {
+                name_manifest_lock_holders(&mut e, session.as_mut()).await;
+                return Err(db("reading the manifest tables")(e));
+            }
+        };
         let planned = plan(&rows, &Selection::default()).map_err(|e| run_error(e.into()))?;
         let views: Vec<_> = planned
             .views

@@ -8,7 +8,7 @@ use super::refresh_all::ReportTypeArg;
 use crate::cli::args::OutputFormat;
 use crate::cli::context::{run_error, AppContext};
 use crate::processors::planner::{plan, Scope, Selection};
-use crate::processors::run::{connect, RunError};
+use crate::processors::run::{connect, name_manifest_lock_holders, RunError};
 use crate::processors::status::{assess, render_status, status_json, State};
 
 pub const JOB: JobEntry = JobEntry {
@@ -65,10 +65,13 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         // Like every job but `plan`: on a database the tool never ran on, the tables exist
         // (empty) and every view reads as never refreshed, instead of a missing-table error.
         session.migrate().await.map_err(db("applying migrations"))?;
-        let rows = session
-            .load_manifests()
-            .await
-            .map_err(db("reading the manifest tables"))?;
+        let rows = match session.load_manifests().await {
+            Ok(rows) => rows,
+            Err(mut e) => {
+                name_manifest_lock_holders(&mut e, session.as_mut()).await;
+                return Err(db("reading the manifest tables")(e));
+            }
+        };
         let selection = Selection {
             report_type: cli.report_type.report_type,
             scope: cli.agency.map(Scope::Agency).unwrap_or_default(),

@@ -314,10 +314,13 @@ pub async fn prepare(
         retried_run = Some(run_id);
         selection.scope = Scope::Tables(keys);
     }
-    let rows = session
-        .load_manifests()
-        .await
-        .map_err(at("reading the manifest tables"))?;
+    let rows = match session.load_manifests().await {
+        Ok(rows) => rows,
+        Err(mut e) => {
+            name_manifest_lock_holders(&mut e, session).await;
+            return Err(at("reading the manifest tables")(e));
+        }
+    };
     let planned = plan(&rows, &selection)?;
     // Every enabled view is planned (the dependency graph needs them all), but only those in
     // the job's scope (its table, agency or report type) are in the run. Without
@@ -1214,6 +1217,23 @@ pub(crate) fn name_timeout_of(e: &mut DbError, timeouts: Timeouts, settings: &Ru
         "SEEDER_LOCK_TIMEOUT".to_string()
     };
     e.message = format!("{} [{which} {ms}ms, from {source}]", e.message);
+}
+
+/// A lock timeout reading the manifest tables: who keeps readers out of them (someone altering
+/// or truncating one, a `LOCK TABLE` left open), so the operator can go to them. Best effort.
+pub async fn name_manifest_lock_holders(e: &mut DbError, session: &mut dyn Session) {
+    if e.code.as_deref() != Some("55P03") {
+        return;
+    }
+    match session.manifest_lock_holders().await {
+        Ok(holders) if !holders.shown.is_empty() => {
+            e.message = format!("{}; blocked by {holders}", e.message);
+        }
+        Ok(_) => {}
+        Err(lookup) => {
+            tracing::debug!(error = %lookup, "could not look up who holds the manifest tables' locks");
+        }
+    }
 }
 
 /// A lock timeout says nothing of whom it waited for: name the sessions holding a lock on the

@@ -428,8 +428,59 @@ pub async fn holders(
             ],
         )
         .await?;
+    holders_from(&rows)
+}
+
+// Granted locks of `$3`'s modes on the tables `$2` of schema `$1`, by other sessions, the
+// longest-running first; as HOLDERS says them (never their queries).
+const TABLE_HOLDERS: &str = "
+    WITH held AS (
+        SELECT a.pid, coalesce(a.usename::text, '') AS usr, coalesce(a.backend_type, '') AS kind,
+               coalesce(a.application_name, '') AS app, coalesce(a.state, '') AS state,
+               extract(epoch FROM now() - coalesce(a.xact_start, a.query_start))::float8 AS secs,
+               string_agg(DISTINCT l.mode, '+' ORDER BY l.mode) AS modes,
+               string_agg(DISTINCT format('%I.%I', n.nspname, c.relname), ', ') AS tables,
+               a.xact_start
+        FROM pg_locks l
+        JOIN pg_class c ON c.oid = l.relation
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        JOIN pg_stat_activity a ON a.pid = l.pid
+        WHERE l.locktype = 'relation' AND l.granted AND l.pid <> pg_backend_pid()
+          AND n.nspname = $1 AND c.relname = ANY($2) AND l.mode = ANY($3)
+          AND a.backend_type IS DISTINCT FROM 'parallel worker'
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        GROUP BY a.pid, a.usename, a.backend_type, a.application_name, a.state, a.xact_start,
+                 a.query_start
+    )
+    SELECT pid, usr, kind, app, state, secs, modes, tables, count(*) OVER ()
+    FROM held
+    ORDER BY xact_start NULLS LAST, pid
+    LIMIT 4";
+
+/// Who holds a lock of one of `modes` on one of `tables` in `schema`: at most four, and how
+/// many in all.
+pub async fn table_holders(
+    client: &Client,
+    schema: &str,
+    tables: &[&str],
+    modes: &[&str],
+) -> Result<LockHolders, DbError> {
+    let rows = client
+        .query_typed(
+            TABLE_HOLDERS,
+            &[
+                (&schema, Type::TEXT),
+                (&tables, Type::TEXT_ARRAY),
+                (&modes, Type::TEXT_ARRAY),
+            ],
+        )
+        .await?;
+    holders_from(&rows)
+}
+
+fn holders_from(rows: &[tokio_postgres::Row]) -> Result<LockHolders, DbError> {
     let mut out = LockHolders::default();
-    for r in &rows {
+    for r in rows {
         out.total = r.try_get(8)?;
         out.shown.push(LockHolder {
             pid: r.try_get(0)?,

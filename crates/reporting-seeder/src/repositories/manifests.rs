@@ -108,3 +108,12 @@ pub async fn load(client: &Client) -> Result<Vec<ManifestRow>, DbError> {
     }
     Ok(rows)
 }
+
+/// The tables [`load`](self) reads, in schema `reporting`: a lock that keeps a reader out of one
+/// of them (ACCESS EXCLUSIVE: an `ALTER TABLE`, a `TRUNCATE`, a `LOCK TABLE`) holds up a run's
+/// start.
+pub const TABLES: [&str; 3] = [
+    "seeder_custom_report_manifest",
+    "seeder_canned_report",
+    "seeder_canned_report_manifest",
+];

@@ -195,6 +195,11 @@ pub trait Session: Send {
     ) -> Result<LockHolders, DbError> {
         Ok(LockHolders::default())
     }
+    /// The other sessions holding a lock that keeps readers out of the manifest tables, to name
+    /// them when reading those timed out. Sessions that cannot tell say none.
+    async fn manifest_lock_holders(&mut self) -> Result<LockHolders, DbError> {
+        Ok(LockHolders::default())
+    }
     /// Why rebuilding this view would stop (a dependent the swap would have to drop that no
     /// usable manifest manages), if it would.
     async fn rebuild_blocker(
@@ -783,6 +788,15 @@ impl Session for PgSession {
         exclusive_access: bool,
     ) -> Result<LockHolders, DbError> {
         locks::holders(&self.conn, view, dependents, exclusive_access).await
+    }
+    async fn manifest_lock_holders(&mut self) -> Result<LockHolders, DbError> {
+        locks::table_holders(
+            &self.conn,
+            "reporting",
+            &manifests::TABLES,
+            &["AccessExclusiveLock"],
+        )
+        .await
     }
     async fn rebuild_blocker(
         &mut self,
