@@ -481,13 +481,18 @@ pub fn compare(
     let mut distinct = Vec::new();
     let mut tops = Vec::new();
     let (mut worst_null, mut worst_distinct) = (0.0f64, 0.0f64);
+    // The columns behind the worst changes, as `name: from → to`, for the gate's message.
+    let (mut worst_null_at, mut worst_distinct_at) = (String::new(), String::new());
     for c in new_order.iter().filter(|c| old_types.contains_key(*c)) {
         if let (Some(a), Some(b)) = (
             stat(base, c, "null_fraction"),
             stat(new, c, "null_fraction"),
         ) {
             let d = b - a;
-            worst_null = worst_null.max(d.abs());
+            if d.abs() > worst_null {
+                worst_null = d.abs();
+                worst_null_at = format!("{c}: {a:.4} → {b:.4}");
+            }
             if exceeds(d, thresholds.null_fraction) {
                 nulls.push(json!({"column": c, "from": a, "to": b, "delta": d}));
             }
@@ -506,7 +511,10 @@ pub fn compare(
             } else {
                 (b - a) / a
             };
-            worst_distinct = worst_distinct.max(rel.abs());
+            if rel.abs() > worst_distinct {
+                worst_distinct = rel.abs();
+                worst_distinct_at = format!("{c}: {} → {}", count_json(a), count_json(b));
+            }
             if exceeds(rel, thresholds.distinct) {
                 distinct.push(json!({"column": c, "from": count_json(a), "to": count_json(b), "delta_fraction": if rel.is_finite() { json!(rel) } else { Value::Null }}));
             }
@@ -541,12 +549,21 @@ pub fn compare(
     }
     if let Some(limit) = fail_on.nulls {
         if exceeds(worst_null, limit) {
-            failures.push(format!("a null fraction changed by more than {limit}"));
+            failures.push(format!(
+                "a null fraction changed by more than {limit} ({worst_null_at})"
+            ));
         }
     }
     if let Some(limit) = fail_on.distinct {
         if exceeds(worst_distinct, limit) {
-            failures.push(format!("a distinct count changed by more than {limit}"));
+            failures.push(format!(
+                "a distinct count changed by more than {limit} ({worst_distinct_at}{})",
+                if worst_distinct.is_infinite() {
+                    "; from none, any change exceeds"
+                } else {
+                    ""
+                }
+            ));
         }
     }
     let doc = json!({
@@ -947,6 +964,21 @@ mod tests {
         assert!(!failed, "{doc}");
         let (_, failed) = compare(&a, &b, Thresholds::default(), "rows:0.4".parse().unwrap());
         assert!(failed);
+        // A gate that fails names the column behind it.
+        let (doc, failed) = compare(
+            &a,
+            &b,
+            Thresholds::default(),
+            "nulls:0.1,distinct:0.2".parse().unwrap(),
+        );
+        assert!(failed);
+        assert_eq!(
+            doc["failures"],
+            json!([
+                "a null fraction changed by more than 0.1 (status: 0.0000 → 0.2000)",
+                "a distinct count changed by more than 0.2 (id: 100 → 150)"
+            ])
+        );
     }
 
     #[test]
