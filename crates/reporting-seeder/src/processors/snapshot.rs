@@ -175,10 +175,12 @@ async fn gather(
     let rows = scaled(read, sample);
     let mut stats = serde_json::Map::new();
     for ((name, _), (non_null, distinct)) in columns.iter().zip(counts) {
+        // No rows read (an empty view, or a sample that drew no page): no fraction to give,
+        // and none to compare with another snapshot's.
         let null_fraction = if read == 0 {
-            0.0
+            Value::Null
         } else {
-            (read - non_null) as f64 / read as f64
+            json!((read - non_null) as f64 / read as f64)
         };
         let mut s = json!({
             "null_count": scaled(read - non_null, sample),
@@ -979,6 +981,25 @@ mod tests {
                 "a distinct count changed by more than 0.2 (id: 100 → 150)"
             ])
         );
+    }
+
+    #[test]
+    fn an_empty_snapshot_has_no_null_fraction_to_compare() {
+        let a = snap(
+            "r1",
+            0,
+            &[("id", "integer")],
+            json!({"id": {"null_fraction": null, "distinct_count": 0}}),
+        );
+        let b = snap(
+            "r2",
+            0,
+            &[("id", "integer")],
+            json!({"id": {"null_fraction": 0.3, "distinct_count": 0}}),
+        );
+        let (doc, failed) = compare(&a, &b, Thresholds::default(), "nulls:0.05".parse().unwrap());
+        assert!(!failed, "{doc}");
+        assert_eq!(doc["null_fraction_changes"], json!([]));
     }
 
     #[test]
