@@ -934,6 +934,23 @@ async fn a_dependent_recreated_with_its_upstream_keeps_its_own_statement_timeout
         "{}",
         stdout(&out)
     );
+    // When the dependent's own timeout is the one that runs out, that is the one named.
+    own_statement_timeout(&db, "reporting.slow_down", Some("100ms")).await;
+    db.set_query(up, "SELECT 4 AS id").await;
+    let out = db
+        .run(
+            &["run", "refresh_all"],
+            &[("SEEDER_STATEMENT_TIMEOUT", "10s")],
+        )
+        .await;
+    assert_exit(&out, 1);
+    let error = db.view_run("reporting.up").await.2.unwrap_or_default();
+    assert!(
+        error.contains(
+            "[statement_timeout 100ms, from the statement_timeout column of reporting.slow_down's manifest]"
+        ) && !error.contains("SEEDER_STATEMENT_TIMEOUT"),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1191,6 +1191,9 @@ fn name_timeout(e: &mut DbError, view: &PlannedView, settings: &RunSettings) {
 
 /// [`name_timeout`] with the manifest's own timeouts given (none before they are set).
 pub(crate) fn name_timeout_of(e: &mut DbError, timeouts: Timeouts, settings: &RunSettings) {
+    if e.message.contains("[statement_timeout ") || e.message.contains("[lock_timeout ") {
+        return; // named where it happened (a dependent recreated under its own)
+    }
     let (which, ms, from_manifest) =
         if e.code.as_deref() == Some("57014") && e.message.contains("statement timeout") {
             let own = timeouts.statement_ms;

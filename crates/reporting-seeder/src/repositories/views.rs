@@ -832,14 +832,25 @@ pub async fn swap(
         }
         .await
         .map_err(|e| {
-            in_context(
+            let mut e = in_context(
                 e,
                 format!(
                     "recreating {key}, which reads {}, from its manifest's query",
                     view.key()
                 ),
                 "both keep their old definitions; fix that manifest's query",
-            )
+            );
+            // The dependent's own timeout is the one that ran out, not the rebuilt view's.
+            if let Some(ms) = managed.statement_ms.get(&key) {
+                if e.code.as_deref() == Some("57014") && e.message.contains("statement timeout") {
+                    e.message = format!(
+                        "{} [statement_timeout {ms}ms, from the statement_timeout column of \
+                         {key}'s manifest]",
+                        e.message
+                    );
+                }
+            }
+            e
         })?;
         put_on(&tx, rel, d, |_, original| original.to_string()).await?;
         tx.execute(UPSERT_STATE, &[&key, dep_hash, &run_id]).await?;
