@@ -146,7 +146,7 @@ impl Env {
                 _ => Err(ConfigError::Invalid {
                     var: name.to_string(),
                     value: raw.to_string(),
-                    expected: "expected true or false".to_string(),
+                    expected: "expected true or false (or 1/0, yes/no, on/off)".to_string(),
                 }),
             },
         }

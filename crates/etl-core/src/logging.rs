@@ -16,15 +16,17 @@ pub struct LogOptions {
 }
 
 /// `RUST_LOG` when set, otherwise `info` (server notices such as "already exists, skipping"
-/// only at `RUST_LOG=tokio_postgres=info`). JSON lines carry the fields of the spans they happen
+/// only at `RUST_LOG=tokio_postgres=info`, the pool's recycling at `deadpool.postgres=warn`). JSON lines carry the fields of the spans they happen
 /// in (run id, view, agency). A `RUST_LOG` that is not a filter is a configuration error.
 pub fn init(env: &Env, options: LogOptions) -> Result<(), String> {
+    // The pool's "Connection could not be recycled" is its own business: it drops the
+    // connection (one a server or a DBA ended) and opens another; the view is not concerned.
     let default = if options.quiet {
         "error"
     } else if options.progress {
-        "warn"
+        "warn,deadpool.postgres=error"
     } else {
-        "info,tokio_postgres=warn"
+        "info,tokio_postgres=warn,deadpool.postgres=error"
     };
     let asked = env
         .get("RUST_LOG")

@@ -95,6 +95,9 @@ fn bad_settings_exit_2_naming_the_variable_before_connecting() {
         ("SEEDER_MAX_RETRIES", "99999999999"),
         // A number, but waits of up to two minutes each would keep a view trying for days.
         ("SEEDER_MAX_RETRIES", "101"),
+        // Numbers, but a run would wait for good.
+        ("SEEDER_RESET_SECONDS", "18446744073709551615"),
+        ("SEEDER_START_DELAY_MS", "3600001"),
     ] {
         let out = bin()
             .env("DB_HOST", "127.0.0.1")

@@ -56,10 +56,20 @@ impl Settings {
                     "expected a whole number of at least 1",
                 )
             })?;
-        let reset: u64 = env.parse_or(
+        // Bounded, like every other setting: a value past them would leave a run waiting for
+        // good rather than throttled.
+        let bounded = |name: &str, default: u64, max: u64, expected: &str| {
+            let v: u64 = env.parse_or(name, default, expected)?;
+            if v > max {
+                return Err(invalid(name, v, expected));
+            }
+            Ok(v)
+        };
+        let reset = bounded(
             "SEEDER_RESET_SECONDS",
             300,
-            "expected a whole number of seconds",
+            86_400,
+            "expected a whole number of seconds from 0 to 86400 (a day)",
         )?;
         let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         // Checked here, naming the variable, rather than refused by the server at connect.
@@ -100,10 +110,11 @@ impl Settings {
                     .ok()
                     .and_then(NonZeroUsize::new)
                     .unwrap_or(NonZeroUsize::MIN),
-                start_delay: Duration::from_millis(env.parse_or(
+                start_delay: Duration::from_millis(bounded(
                     "SEEDER_START_DELAY_MS",
                     0,
-                    "expected a whole number of milliseconds",
+                    3_600_000,
+                    "expected a whole number of milliseconds from 0 to 3600000 (an hour)",
                 )?),
                 max_db_active_queries: env.parse_or(
                     "SEEDER_MAX_DB_ACTIVE_QUERIES",

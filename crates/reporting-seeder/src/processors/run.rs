@@ -738,14 +738,31 @@ async fn throttle<C: Clock>(shared: Arc<Shared<C>>, started: usize) {
             return;
         }
     };
+    // Said once per wait, and again each minute it lasts: a check every 500 ms is no reason
+    // for a log line every 500 ms.
+    let began = std::time::Instant::now();
+    let mut said: Option<std::time::Instant> = None;
     loop {
         match session.active_queries().await {
-            Ok(n) if u64::try_from(n).unwrap_or(0) < s.max_db_active_queries => return,
-            Ok(n) => tracing::info!(
-                active = n,
-                limit = s.max_db_active_queries,
-                "server busy: waiting before starting more views"
-            ),
+            Ok(n) if u64::try_from(n).unwrap_or(0) < s.max_db_active_queries => {
+                if said.is_some() {
+                    tracing::info!(
+                        waited_s = began.elapsed().as_secs(),
+                        "server less busy: starting views again"
+                    );
+                }
+                return;
+            }
+            Ok(n) => {
+                if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    tracing::info!(
+                        active = n,
+                        limit = s.max_db_active_queries,
+                        "server busy: waiting before starting more views (checked every 500 ms)"
+                    );
+                    said = Some(std::time::Instant::now());
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "could not check the server's active queries; going on");
                 return;
@@ -1477,7 +1494,8 @@ async fn wait_for_breaker<C: Clock>(shared: &Shared<C>) -> Result<Ticket, Outcom
         if !logged {
             logged = true;
             tracing::warn!(
-                probe_in_s = wait.as_secs(),
+                // Rounded up: a wait of 1.9 s is not "1".
+                probe_in_s = wait.as_millis().div_ceil(1000),
                 "circuit breaker open after consecutive database failures: no view starts until it allows a probe"
             );
         }
