@@ -1289,3 +1289,49 @@ async fn a_lock_timeout_on_the_manifest_tables_names_the_holder() {
     holder.batch_execute("ROLLBACK").await.unwrap();
     assert!(db.oid("reporting.v").await.is_none(), "nothing ran");
 }
+
+/// A rebuild that finds another run's rebuild of a view reading it half done (the new view
+/// built, not yet swapped in) says so, rather than asking for the tool's own new view to be
+/// dropped by hand; that other run goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_meeting_another_runs_rebuild_of_its_reader_says_so() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let a = db
+        .custom("reporting.a", "gotham", 1, "SELECT 1 AS id, 2 AS v")
+        .await;
+    let b = db
+        .custom(
+            "reporting.b",
+            "gotham",
+            1,
+            "SELECT v, count(*) AS c FROM reporting.a GROUP BY v",
+        )
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    db.set_query(
+        a,
+        "SELECT 1 AS id, 2 AS v, 1 AS z FROM (SELECT pg_sleep(1.2)) s",
+    )
+    .await;
+    db.set_query(
+        b,
+        "SELECT v, count(*) AS c, 1 AS k FROM reporting.a, (SELECT pg_sleep(2.5)) s GROUP BY v",
+    )
+    .await;
+    // A rebuild fills its new view with REFRESH: both are under way together.
+    let first = db.spawn(&["run", "refresh_table", "--", "reporting.a"], &[]);
+    db.wait_active("REFRESH MATERIALIZED VIEW %_rs_%", 1).await;
+    let second = db.spawn(&["run", "refresh_table", "--", "reporting.b"], &[]);
+    db.wait_active("REFRESH MATERIALIZED VIEW %_rs_%", 2).await;
+    let out = first.wait_with_output().await.unwrap();
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "cannot rebuild reporting.a now: another run is rebuilding a view that reads it"
+        ) && !text.contains("by hand"),
+        "{text}"
+    );
+    assert_exit(&second.wait_with_output().await.unwrap(), 0);
+}

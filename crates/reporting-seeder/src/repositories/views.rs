@@ -655,6 +655,13 @@ pub async fn rebuild_blocker(
     Ok(unmanaged(view, &deps, managed).map(|e| e.message))
 }
 
+/// Whether `name` is a rebuild's new view, `_rs_<oid>_new` (a manifest cannot name one).
+fn is_new_view(name: &str) -> bool {
+    name.strip_prefix("_rs_")
+        .and_then(|r| r.strip_suffix("_new"))
+        .is_some_and(|oid| !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// (schema, name, relkind) of everything depending on `oid`, each after what it reads.
 async fn dependents(
     client: &impl GenericClient,
@@ -865,6 +872,22 @@ fn unmanaged(
     deps: &[(String, String, String)],
     managed: &Managed,
 ) -> Option<DbError> {
+    // Another run's rebuild of a view reading this one, its new view built and not yet
+    // swapped in: not a view to drop by hand, a run to let finish.
+    if let Some((s, n, _)) = deps.iter().find(|(_, n, k)| k == "m" && is_new_view(n)) {
+        return Some(DbError {
+            kind: etl_core::FailureKind::OwnError,
+            code: None,
+            connect: false,
+            message: format!(
+                "cannot rebuild {} now: another run is rebuilding a view that reads it (its new \
+                 view {s}.{n}, not yet swapped in, reads {}); run again once that run is over \
+                 (`reporting-seeder run history` shows it)",
+                view.key(),
+                view.key()
+            ),
+        });
+    }
     let bad: Vec<String> = deps
         .iter()
         .filter(|(s, n, k)| k != "m" || !managed.views.contains_key(&format!("{s}.{n}")))
