@@ -125,42 +125,11 @@ async fn plan_retry_after_a_killed_run_plans_what_retry_runs() {
     assert!(stderr(&out).contains(&killed), "{}", stderr(&out));
 }
 
-/// `retry --run-id` naming a run that is still going is refused (exit 2): its views are being
-/// refreshed by it, and retrying them would only find them locked.
+/// A run still going: `history` shows what it has finished so far, not zeros until its end, and
+/// `retry --run-id` naming it is refused (exit 2): its views are being refreshed by it, and
+/// retrying them would only find them locked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retrying_a_run_still_going_is_refused() {
-    let db = TestDb::new().await;
-    db.migrate().await;
-    db.custom(
-        "reporting.slow",
-        "gotham",
-        1,
-        "SELECT 1 AS id FROM (SELECT pg_sleep(0.8)) s",
-    )
-    .await;
-    let child = db.spawn(&["run", "refresh_all"], &[]);
-    db.wait_active("%pg_sleep(0.8)%", 1).await;
-    let live = db.last_run_id().await;
-    for args in [
-        vec!["run", "retry", "--", "--run-id", &live],
-        vec!["run", "plan", "--", "--retry", "--run-id", &live],
-    ] {
-        let out = db.run(&args, &[]).await;
-        assert_exit(&out, 2);
-        assert!(
-            stderr(&out).contains(&format!("run {live} is still going")),
-            "{args:?}: {}",
-            stderr(&out)
-        );
-    }
-    let out = child.wait_with_output().await.unwrap();
-    assert_exit(&out, 0);
-    assert_eq!(db.view_run("reporting.slow").await.0, "success");
-}
-
-/// `history` of a run still going shows what it has finished so far, not zeros until its end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_counts_what_a_run_still_going_has_finished() {
+async fn a_run_still_going_is_counted_so_far_and_not_retried() {
     let db = TestDb::new().await;
     db.migrate().await;
     db.custom(
@@ -200,8 +169,21 @@ async fn history_counts_what_a_run_still_going_has_finished() {
     assert_eq!(run["status"], "running", "{json}");
     assert_eq!(run["counts"]["views"], 2, "{json}");
     assert_eq!(run["counts"]["success"], 1, "{json}");
+    for args in [
+        vec!["run", "retry", "--", "--run-id", &live],
+        vec!["run", "plan", "--", "--retry", "--run-id", &live],
+    ] {
+        let out = db.run(&args, &[]).await;
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains(&format!("run {live} is still going")),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
     let out = child.wait_with_output().await.unwrap();
     assert_exit(&out, 0);
+    assert_eq!(db.view_run("reporting.slow").await.0, "success");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,15 +95,14 @@ impl Settings {
                 refresh_concurrently: env.bool_or("SEEDER_REFRESH_CONCURRENTLY", false)?,
                 statement_timeout_ms: timeout("SEEDER_STATEMENT_TIMEOUT", Duration::ZERO)?,
                 lock_timeout_ms: timeout("SEEDER_LOCK_TIMEOUT", Duration::from_secs(5))?,
-                max_retries: {
-                    let expected = "expected a whole number from 0 to 100 (0 turns retries off; \
-                                    each wait doubles, up to a minute and as much again)";
-                    let retries: u32 = env.parse_or("SEEDER_MAX_RETRIES", 2u32, expected)?;
-                    if retries > MAX_RETRIES {
-                        return Err(invalid("SEEDER_MAX_RETRIES", retries.into(), expected));
-                    }
-                    retries
-                },
+                max_retries: u32::try_from(bounded(
+                    "SEEDER_MAX_RETRIES",
+                    2,
+                    MAX_RETRIES.into(),
+                    "expected a whole number from 0 to 100 (0 turns retries off; each wait \
+                     doubles, up to a minute and as much again)",
+                )?)
+                .unwrap_or(MAX_RETRIES),
                 retry_base: Duration::from_millis(200),
                 wait_for_locks: false,
                 batch_size: usize::try_from(batch)

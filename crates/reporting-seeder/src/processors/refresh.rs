@@ -70,11 +70,7 @@ pub fn decide(
     }
 }
 
-/// The temporary name a rebuild builds under: short, ours, and the same for the same view so an
-/// interrupted rebuild's leftover is found and replaced.
-pub fn temp_name(oid: u32) -> String {
-    format!("_rs_{oid}_new")
-}
+pub use crate::repositories::views::temp_name;
 
 /// What a successful refresh reports.
 #[derive(Debug, Clone, PartialEq)]

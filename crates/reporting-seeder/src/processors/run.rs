@@ -1203,13 +1203,13 @@ fn not_started(interrupt: &Interrupt) -> Outcome {
 
 /// Says which timeout fired, and where it was set.
 fn name_timeout(e: &mut DbError, view: &PlannedView, settings: &RunSettings) {
-    name_timeout_of(e, view.timeouts, settings)
+    name_timeout_of(e, view.timeouts, settings);
 }
 
 /// [`name_timeout`] with the manifest's own timeouts given (none before they are set).
-pub(crate) fn name_timeout_of(e: &mut DbError, timeouts: Timeouts, settings: &RunSettings) {
+pub(crate) fn name_timeout_of(e: &mut DbError, timeouts: Timeouts, settings: &RunSettings) -> bool {
     if e.message.contains("[statement_timeout ") || e.message.contains("[lock_timeout ") {
-        return; // named where it happened (a dependent recreated under its own)
+        return false; // named where it happened (a dependent recreated under its own)
     }
     let (which, ms, from_manifest) =
         if e.code.as_deref() == Some("57014") && e.message.contains("statement timeout") {
@@ -1227,7 +1227,7 @@ pub(crate) fn name_timeout_of(e: &mut DbError, timeouts: Timeouts, settings: &Ru
                 own.is_some(),
             )
         } else {
-            return;
+            return false;
         };
     let source = if from_manifest {
         format!("the manifest's {which} column")
@@ -1237,6 +1237,7 @@ pub(crate) fn name_timeout_of(e: &mut DbError, timeouts: Timeouts, settings: &Ru
         "SEEDER_LOCK_TIMEOUT".to_string()
     };
     e.message = format!("{} [{which} {ms}ms, from {source}]", e.message);
+    true
 }
 
 /// A lock timeout reading the manifest tables: who keeps readers out of them (someone altering

@@ -103,9 +103,7 @@ pub async fn capture(
         }
         Err(mut e) => {
             if let Some(settings) = &options.settings {
-                let before = e.message.len();
-                super::run::name_timeout_of(&mut e, Default::default(), settings);
-                if e.message.len() != before {
+                if super::run::name_timeout_of(&mut e, Default::default(), settings) {
                     // Not the view's fault: the same capture may well succeed later.
                     e.message
                         .push_str("; capture it again when the view is less busy");

@@ -655,8 +655,14 @@ pub async fn rebuild_blocker(
     Ok(unmanaged(view, &deps, managed).map(|e| e.message))
 }
 
-/// Whether `name` is a rebuild's new view, `_rs_<oid>_new` (a manifest cannot name one).
-fn is_new_view(name: &str) -> bool {
+/// The temporary name a rebuild builds under: short, ours, and the same for the same view so an
+/// interrupted rebuild's leftover is found and replaced.
+pub fn temp_name(oid: u32) -> String {
+    format!("_rs_{oid}_new")
+}
+
+/// Whether `name` is one [`temp_name`] gives: a rebuild's new view (a manifest cannot name one).
+fn is_temp_name(name: &str) -> bool {
     name.strip_prefix("_rs_")
         .and_then(|r| r.strip_suffix("_new"))
         .is_some_and(|oid| !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()))
@@ -874,7 +880,7 @@ fn unmanaged(
 ) -> Option<DbError> {
     // Another run's rebuild of a view reading this one, its new view built and not yet
     // swapped in: not a view to drop by hand, a run to let finish.
-    if let Some((s, n, _)) = deps.iter().find(|(_, n, k)| k == "m" && is_new_view(n)) {
+    if let Some((s, n, _)) = deps.iter().find(|(_, n, k)| k == "m" && is_temp_name(n)) {
         return Some(DbError {
             kind: etl_core::FailureKind::OwnError,
             code: None,
@@ -1105,4 +1111,23 @@ pub async fn search_path(
         )
         .await?;
     Ok((r.try_get(0)?, r.try_get(1)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{is_temp_name, temp_name};
+
+    #[test]
+    fn a_temporary_name_is_recognised_and_nothing_else() {
+        assert!(is_temp_name(&temp_name(42)) && is_temp_name(&temp_name(u32::MAX)));
+        for other in [
+            "_rs__new",
+            "_rs_4x_new",
+            "rs_42_new",
+            "_rs_42_old",
+            "reports",
+        ] {
+            assert!(!is_temp_name(other), "{other}");
+        }
+    }
 }
