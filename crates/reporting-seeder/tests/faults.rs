@@ -1235,7 +1235,7 @@ async fn a_start_stopped_by_a_lock_timeout_is_exit_3() {
 }
 
 /// A run (or `status`) that times out reading the manifest tables says who keeps it out of
-/// them, as a refresh's lock timeout does: exit 3, nothing ran.
+/// them and which setting timed out, as a refresh's lock timeout does: exit 3, nothing ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_timeout_on_the_manifest_tables_names_the_holder() {
     let db = TestDb::new().await;
@@ -1264,7 +1264,9 @@ async fn a_lock_timeout_on_the_manifest_tables_names_the_holder() {
         assert!(
             err.contains(&format!("blocked by pid {pid} (user "))
                 && err.contains("application \"ddl-job\"")
-                && err.contains("AccessExclusiveLock on reporting.seeder_canned_report)"),
+                && err.contains("AccessExclusiveLock on reporting.seeder_canned_report)")
+                && err.contains("[lock_timeout 200ms, from SEEDER_LOCK_TIMEOUT]")
+                && err.contains("or raise SEEDER_LOCK_TIMEOUT"),
             "{job}: {err}"
         );
     }

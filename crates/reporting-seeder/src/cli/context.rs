@@ -190,9 +190,14 @@ pub fn run_error(e: RunError) -> JobError {
         RunError::Database { ref error, .. }
             if error.kind == etl_core::FailureKind::DatabaseTrouble =>
         {
-            JobError::unavailable(format!(
-                "{e}; nothing ran, try again when the database is reachable and less busy"
-            ))
+            let next = if error.message.contains("[lock_timeout ") {
+                "try again once the sessions holding the lock are done, or raise SEEDER_LOCK_TIMEOUT"
+            } else if error.message.contains("[statement_timeout ") {
+                "try again when the database is less busy, or raise SEEDER_STATEMENT_TIMEOUT"
+            } else {
+                "try again when the database is reachable and less busy"
+            };
+            JobError::unavailable(format!("{e}; nothing ran, {next}"))
         }
         RunError::Database { .. } | RunError::Interrupted(_) => JobError::failed(e.to_string()),
     }

@@ -167,7 +167,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let rows = match session.load_manifests().await {
             Ok(rows) => rows,
             Err(mut e) => {
-                name_manifest_lock_holders(&mut e, session.as_mut()).await;
+                name_manifest_lock_holders(&mut e, session.as_mut(), &app.settings.run).await;
                 return Err(db("reading the manifest tables")(e));
             }
         };

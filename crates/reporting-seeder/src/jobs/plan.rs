@@ -67,7 +67,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let prepared = prepare(
             session.as_mut(),
             &selection,
-            app.settings.run.refresh_concurrently,
+            &app.settings.run,
             |_| {},
         )
         .await

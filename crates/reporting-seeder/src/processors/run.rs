@@ -286,9 +286,10 @@ impl Prepared {
 pub async fn prepare(
     session: &mut dyn Session,
     selection: &Selection,
-    refresh_concurrently: bool,
+    settings: &RunSettings,
     on_count: impl FnOnce(usize) + Send,
 ) -> Result<Prepared, RunError> {
+    let refresh_concurrently = settings.refresh_concurrently;
     let mut on_count = Some(on_count);
     let mut selection = selection.clone();
     let mut retried_run = None;
@@ -317,7 +318,7 @@ pub async fn prepare(
     let rows = match session.load_manifests().await {
         Ok(rows) => rows,
         Err(mut e) => {
-            name_manifest_lock_holders(&mut e, session).await;
+            name_manifest_lock_holders(&mut e, session, settings).await;
             return Err(at("reading the manifest tables")(e));
         }
     };
@@ -866,12 +867,9 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 // The workers' connections open (and prepare their statements) while the catalog
                 // is read and the run recorded, rather than one after another as the first views
                 // start; each goes back to the pool ready, where the next worker to ask takes it.
-                let prepared = prepare(
-                    main.as_mut(),
-                    selection,
-                    self.settings.refresh_concurrently,
-                    |views| warming = self.warm(routes, views.min(workers), &ready),
-                )
+                let prepared = prepare(main.as_mut(), selection, &self.settings, |views| {
+                    warming = self.warm(routes, views.min(workers), &ready)
+                })
                 .await?;
                 Ok::<_, RunError>((routes, prepared))
             };
@@ -1242,7 +1240,13 @@ pub(crate) fn name_timeout_of(e: &mut DbError, timeouts: Timeouts, settings: &Ru
 
 /// A lock timeout reading the manifest tables: who keeps readers out of them (someone altering
 /// or truncating one, a `LOCK TABLE` left open), so the operator can go to them. Best effort.
-pub async fn name_manifest_lock_holders(e: &mut DbError, session: &mut dyn Session) {
+pub async fn name_manifest_lock_holders(
+    e: &mut DbError,
+    session: &mut dyn Session,
+    settings: &RunSettings,
+) {
+    // The tool's own statements run under the session's SEEDER_* timeouts.
+    name_timeout_of(e, Timeouts::default(), settings);
     if e.code.as_deref() != Some("55P03") {
         return;
     }
@@ -2086,9 +2090,11 @@ mod tests {
             async move {
                 let mut session = s.session().await.unwrap();
                 let mut told = Vec::new();
-                prepare(session.as_mut(), &selection, false, |n| told.push(n))
-                    .await
-                    .unwrap();
+                prepare(session.as_mut(), &selection, &settings(8, 5), |n| {
+                    told.push(n)
+                })
+                .await
+                .unwrap();
                 told
             }
         };
@@ -2117,7 +2123,7 @@ mod tests {
         );
         s.state().inspected.clear();
         let mut session = s.session().await.unwrap();
-        let p = prepare(session.as_mut(), &table_b, false, |_| {})
+        let p = prepare(session.as_mut(), &table_b, &settings(8, 5), |_| {})
             .await
             .unwrap();
         assert_eq!(s.state().inspected, vec![vec!["s.b".to_string()]]);
@@ -2146,7 +2152,7 @@ mod tests {
             let s = s.clone();
             async move {
                 let mut session = s.session().await.unwrap();
-                let p = prepare(session.as_mut(), &selection, false, |_| {})
+                let p = prepare(session.as_mut(), &selection, &settings(8, 5), |_| {})
                     .await
                     .unwrap();
                 (p.expected_ms, p.expected_known)
@@ -2588,9 +2594,14 @@ mod tests {
             st.durations.insert("s.ok".into(), 100);
         }
         let mut session = s.session().await.unwrap();
-        let p = prepare(session.as_mut(), &Selection::default(), false, |_| {})
-            .await
-            .unwrap();
+        let p = prepare(
+            session.as_mut(),
+            &Selection::default(),
+            &settings(8, 5),
+            |_| {},
+        )
+        .await
+        .unwrap();
         assert_eq!(p.expected_wall_ms(NonZeroUsize::new(8).unwrap()), 100);
     }
 
