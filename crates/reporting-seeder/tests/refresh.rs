@@ -211,6 +211,37 @@ async fn changed_query_is_rebuilt_keeping_indexes_grants_comment_and_owner() {
     .unwrap();
 }
 
+/// A column the new query no longer has takes its settings with it, and the warning names the
+/// view readers know, not the temporary one it was built under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_columns_settings_are_reported_under_the_views_name() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let id = db
+        .custom("reporting.v", "gotham", 1, "SELECT 1 AS id, 2 AS gone")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    db.client()
+        .await
+        .batch_execute("COMMENT ON COLUMN reporting.v.gone IS 'soon gone'")
+        .await
+        .unwrap();
+    db.set_query(id, "SELECT 1 AS id").await;
+    let out = db.run(&["run", "refresh_all"], &[]).await;
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    let warning = err
+        .lines()
+        .find(|l| l.contains("not carried over"))
+        .unwrap_or_else(|| panic!("no warning: {err}"));
+    assert!(
+        warning.contains("view=reporting.v ")
+            && warning.contains("column=gone")
+            && !warning.contains("_rs_"),
+        "{warning}"
+    );
+}
+
 /// A reader querying the view all through a rebuild never gets an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_never_see_an_error_during_a_rebuild() {

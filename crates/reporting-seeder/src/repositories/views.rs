@@ -472,10 +472,12 @@ fn in_context(e: tokio_postgres::Error, step: String, then: &str) -> DbError {
 
 /// Gives `target` what `dress` describes; index `n` is named `index_name(n, original)`.
 /// Column settings go only to columns `target` still has: a column the new query dropped
-/// takes its grants and comment with it (logged).
+/// takes its grants and comment with it (logged under `shown`, the view readers know: the
+/// target may be the temporary one).
 async fn put_on(
     client: &impl GenericClient,
     target: Rel<'_>,
+    shown: &str,
     dress: &Dress,
     index_name: impl Fn(usize, &str) -> String,
 ) -> Result<(), DbError> {
@@ -564,7 +566,7 @@ async fn put_on(
     for column in &dress.columns {
         if !present.contains(&column.name) {
             tracing::warn!(
-                view = %target.key(),
+                view = %shown,
                 column = %column.name,
                 "the new query has no such column: its grants, comment and statistics settings are not carried over"
             );
@@ -720,7 +722,10 @@ pub async fn build(
     let dressed = async {
         refresh(client, temp_rel, false).await?;
         let (oid, dress) = capture(&*client, view).await?;
-        put_on(&*client, temp_rel, &dress, |n, _| format!("{temp}_ix{n}")).await?;
+        put_on(&*client, temp_rel, &view.key(), &dress, |n, _| {
+            format!("{temp}_ix{n}")
+        })
+        .await?;
         Ok::<_, DbError>(Built {
             oid,
             indexes: dress.indexes.into_iter().map(|ix| ix.name).collect(),
@@ -865,7 +870,7 @@ pub async fn swap(
             }
             e
         })?;
-        put_on(&tx, rel, d, |_, original| original.to_string()).await?;
+        put_on(&tx, rel, &key, d, |_, original| original.to_string()).await?;
         tx.execute(UPSERT_STATE, &[&key, dep_hash, &run_id]).await?;
         recreated.push(key);
     }
