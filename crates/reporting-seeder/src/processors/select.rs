@@ -55,6 +55,11 @@ impl FromStr for Selector {
             Some(r) => (true, r),
             None => (false, rest),
         };
+        if rest.starts_with('+') || rest.ends_with('+') {
+            return Err(invalid(
+                "one + at most on each side: +X adds what X reads, X+ what reads X",
+            ));
+        }
         let (kind, value) = rest.split_once(':').ok_or_else(|| invalid(FORMS))?;
         let value = value.trim();
         if value.is_empty() {
@@ -204,7 +209,17 @@ mod tests {
         let s = sel("+table:Reporting.*_Rollup+");
         assert_eq!(s.atom, Atom::Table("reporting.*_rollup".into()));
         assert!(s.upstream && s.downstream);
-        for bad in ["gotham", "agency:", "type:both", "view:x", "+", ""] {
+        for bad in [
+            "gotham",
+            "agency:",
+            "type:both",
+            "view:x",
+            "+",
+            "",
+            "table:x++",
+            "++agency:a",
+            "++",
+        ] {
             assert!(bad.parse::<Selector>().is_err(), "{bad}");
         }
     }
