@@ -1060,7 +1060,7 @@ async fn a_wait_for_locks_outlasts_the_statement_timeout() {
     let out = db
         .run(
             &["run", "refresh_all", "--", "--wait-for-locks"],
-            &[("SEEDER_STATEMENT_TIMEOUT", "500ms")],
+            &[("SEEDER_STATEMENT_TIMEOUT", "500ms"), ("RUST_LOG", "info")],
         )
         .await;
     assert_exit(&first.wait_with_output().await.unwrap(), 0);
@@ -1072,6 +1072,14 @@ async fn a_wait_for_locks_outlasts_the_statement_timeout() {
             .unwrap_or_default()
             .contains("already refreshed"),
         "{reason:?}"
+    );
+    // The wait is said, with whom it waits for, and its end.
+    let err = stderr(&out);
+    assert!(
+        err.contains("waiting for the run refreshing this view to let it go")
+            && err.contains("held_by=run ")
+            && err.contains("the view's lock was let go"),
+        "{err}"
     );
 }
 

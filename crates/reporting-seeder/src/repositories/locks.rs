@@ -99,6 +99,18 @@ pub async fn wait_lock_view(
     key: &str,
     run_id: &str,
 ) -> Result<ViewLock, DbError> {
+    // Free (or just done by another run): nothing to wait for. Held: say so, as the wait may
+    // be long and is otherwise silent.
+    let holder = match try_lock_view(client, key, run_id).await? {
+        ViewLock::Held(by) => by.map_or_else(|| "another run".to_string(), |r| format!("run {r}")),
+        free_or_done => return Ok(free_or_done),
+    };
+    tracing::info!(
+        view = %key,
+        held_by = %holder,
+        "waiting for the run refreshing this view to let it go (--wait-for-locks)"
+    );
+    let waited = std::time::Instant::now();
     client
         .batch_execute(
             "SELECT set_config('lock_timeout', '0', false), set_config('statement_timeout', '0', false)",
@@ -114,6 +126,7 @@ pub async fn wait_lock_view(
         .batch_execute("RESET lock_timeout; RESET statement_timeout")
         .await?;
     result?;
+    tracing::info!(view = %key, waited_s = waited.elapsed().as_secs(), "the view's lock was let go");
     match try_lock_view(client, key, run_id).await? {
         // Session locks stack: the second take must be given back.
         ViewLock::Acquired => {
