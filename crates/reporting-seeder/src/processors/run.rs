@@ -645,6 +645,8 @@ struct Shared<C: Clock> {
     prepared: Prepared,
     /// Views recreated in this run by the rebuild of a view they read.
     rebuilt_with_upstream: Mutex<HashSet<String>>,
+    /// Views skipped because another run holds them, and who: their readers' reason says so.
+    held_elsewhere: Mutex<HashMap<String, String>>,
     interrupt: Interrupt,
     progress: Arc<dyn Progress>,
     /// A session of its own that reads pg_stat_statements, when the server has it.
@@ -946,6 +948,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
             settings: self.settings.clone(),
             prepared,
             rebuilt_with_upstream: Mutex::new(HashSet::new()),
+            held_elsewhere: Mutex::new(HashMap::new()),
             interrupt: self.interrupt.clone(),
             progress: self.progress.clone(),
             statements,
@@ -986,10 +989,14 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                 let outcome = if shared.interrupt.is_interrupted() {
                     not_started(&shared.interrupt)
                 } else {
-                    skipped(format!(
-                        "upstream {} failed",
-                        shared.prepared.views[failed].key
-                    ))
+                    let upstream = &shared.prepared.views[failed].key;
+                    match lock(&shared.held_elsewhere).get(upstream) {
+                        // Nothing failed: the other run is at it (and refreshes its readers).
+                        Some(by) => skipped(format!(
+                            "upstream {upstream} locked by {by}: it is refreshing that view now"
+                        )),
+                        None => skipped(format!("upstream {upstream} failed")),
+                    }
                 };
                 never_ran(&shared, i, outcome)
             },
@@ -1556,6 +1563,7 @@ async fn ready<C: Clock>(
             let by = by
                 .map(|r| format!("run {r}"))
                 .unwrap_or_else(|| "another run".to_string());
+            lock(&shared.held_elsewhere).insert(view.key.clone(), by.clone());
             let reason = format!("locked by {by}: it is refreshing this view now");
             tracing::warn!(view = %view.key, %reason, "skipped");
             return Err(skipped(reason));
@@ -2473,7 +2481,10 @@ mod tests {
         );
         assert_eq!(
             reasons[1],
-            ("skipped", "upstream s.held failed".to_string())
+            (
+                "skipped",
+                "upstream s.held locked by run run-a: it is refreshing that view now".to_string()
+            )
         );
         assert!(
             reasons[2].1.contains("already refreshed by run run-b"),
