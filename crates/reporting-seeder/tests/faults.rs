@@ -496,6 +496,30 @@ async fn retry_after_sigkill_reruns_the_views_the_dead_run_never_reached() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(durations, [None]);
+    // `history` counts what the dead run never finished as abandoned.
+    let out = db
+        .run(&["run", "history", "--", "--output", "json"], &[])
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let killed = json["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["run_id"] == killed_run.as_str())
+        .unwrap_or_else(|| panic!("{json}"));
+    let counts = &killed["counts"];
+    assert_eq!(counts["views"], 3, "{json}");
+    assert_eq!(counts["cancelled"], 0, "{json}");
+    assert!(counts["abandoned"].as_i64().unwrap_or(0) >= 1, "{json}");
+    assert_eq!(
+        ["success", "error", "skipped", "abandoned"]
+            .iter()
+            .map(|k| counts[k].as_i64().unwrap_or(-100))
+            .sum::<i64>(),
+        3,
+        "{json}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

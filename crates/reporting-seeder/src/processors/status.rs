@@ -139,6 +139,7 @@ pub fn render_runs(runs: &[RunRow]) -> String {
         "error",
         "skipped",
         "cancelled",
+        "abandoned",
     ]);
     for r in runs {
         t.add_row(vec![
@@ -154,6 +155,7 @@ pub fn render_runs(runs: &[RunRow]) -> String {
             r.failed.to_string(),
             r.skipped.to_string(),
             r.cancelled().to_string(),
+            r.abandoned().to_string(),
         ]);
     }
     if runs.is_empty() {
@@ -167,7 +169,7 @@ pub fn runs_json(runs: &[RunRow]) -> serde_json::Value {
         "runs": runs.iter().map(|r| serde_json::json!({
             "run_id": r.run_id, "job": r.job, "arguments": r.arguments, "started_at": r.started_at,
             "wall_seconds": r.wall_seconds, "status": r.status,
-            "counts": { "views": r.views, "success": r.succeeded, "error": r.failed, "skipped": r.skipped, "cancelled": r.cancelled() },
+            "counts": { "views": r.views, "success": r.succeeded, "error": r.failed, "skipped": r.skipped, "cancelled": r.cancelled(), "abandoned": r.abandoned() },
         })).collect::<Vec<_>>(),
     })
 }

@@ -77,7 +77,17 @@ impl RunRow {
     /// Views a run stopped by a signal counted but did not finish (the table has no column for
     /// them); 0 for other runs (a running or abandoned run's others are not known to be done).
     pub fn cancelled(&self) -> i32 {
-        if self.status == "cancelled" {
+        self.unfinished_if("cancelled")
+    }
+
+    /// Views a killed run never finished: `abandoned` by the run that found it dead (or never
+    /// started by it).
+    pub fn abandoned(&self) -> i32 {
+        self.unfinished_if("abandoned")
+    }
+
+    fn unfinished_if(&self, status: &str) -> i32 {
+        if self.status == status {
             (self.views - self.succeeded - self.failed - self.skipped).max(0)
         } else {
             0
