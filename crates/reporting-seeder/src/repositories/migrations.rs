@@ -41,6 +41,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "run_selection",
         include_str!("../../migrations/V7__run_selection.sql"),
     ),
+    (
+        8,
+        "view_oid",
+        include_str!("../../migrations/V8__view_oid.sql"),
+    ),
 ];
 
 /// "reporting-seeder migrations", as a fixed advisory-lock key.

@@ -39,7 +39,9 @@ const INSPECT: &str = "
            coalesce((SELECT bool_or(i.indisunique AND i.indisvalid AND i.indpred IS NULL
                                     AND i.indexprs IS NULL)
                      FROM pg_index i WHERE i.indrelid = c.oid), false),
-           s.query_hash
+           -- A view with another OID than the one the tool built was replaced by hand: what it
+           -- holds is not known to be its manifest's query, so it has no hash (it is adopted).
+           CASE WHEN s.view_oid IS NULL OR s.view_oid = c.oid THEN s.query_hash END
     FROM unnest($1::text[], $2::text[]) AS v(schema, name)
     LEFT JOIN pg_namespace n ON n.nspname = v.schema
     LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = v.name
@@ -83,12 +85,17 @@ pub async fn inspect(
     Ok(out)
 }
 
+// With the view's OID ($4, $5: its schema and name) when it exists by now: not yet for a
+// create, whose row goes first (the figures read after its ANALYZE fill it in).
 const UPSERT_STATE: &str = "
-    INSERT INTO reporting.seeder_view_state (table_name, query_hash, built_at, built_by_run_id)
-    VALUES ($1, $2, now(), $3)
+    INSERT INTO reporting.seeder_view_state
+        (table_name, query_hash, built_at, built_by_run_id, view_oid)
+    VALUES ($1, $2, now(), $3,
+            (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $4 AND c.relname = $5 AND c.relkind = 'm'))
     ON CONFLICT (table_name) DO UPDATE
     SET query_hash = EXCLUDED.query_hash, built_at = EXCLUDED.built_at,
-        built_by_run_id = EXCLUDED.built_by_run_id";
+        built_by_run_id = EXCLUDED.built_by_run_id, view_oid = EXCLUDED.view_oid";
 
 fn create_sql(target: &str, query: &str) -> String {
     // The query goes last, on a line of its own, so nothing of ours follows it.
@@ -126,7 +133,8 @@ pub async fn create(
     let upsert = client.prepare_cached(UPSERT_STATE).await?;
     let create = create_sql(&view.quoted(), query);
     let key = view.key();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] = [&key, &hash, &run_id];
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&key, &hash, &run_id, &view.schema, &view.name];
     // The state row goes before the CREATE: when the manifest's query fails (its own error, a
     // cancel), only COMMIT follows, which rolls back quietly. After it, the state row would
     // fail too, with a second ERROR in the server's log ("current transaction is aborted").
@@ -808,8 +816,11 @@ pub async fn swap(
         ))
         .await?;
     }
-    tx.execute(UPSERT_STATE, &[&view.key(), &hash, &run_id])
-        .await?;
+    tx.execute(
+        UPSERT_STATE,
+        &[&view.key(), &hash, &run_id, &view.schema, &view.name],
+    )
+    .await?;
     let mut recreated = Vec::with_capacity(deps.len());
     // Each dependent runs its query under its manifest's statement timeout, when it has one.
     let base_timeout: Option<String> = if deps
@@ -871,7 +882,8 @@ pub async fn swap(
             e
         })?;
         put_on(&tx, rel, &key, d, |_, original| original.to_string()).await?;
-        tx.execute(UPSERT_STATE, &[&key, dep_hash, &run_id]).await?;
+        tx.execute(UPSERT_STATE, &[&key, dep_hash, &run_id, s, n])
+            .await?;
         recreated.push(key);
     }
     tx.commit().await?;
@@ -991,10 +1003,20 @@ pub async fn dependencies(
         .collect()
 }
 
+// The figures, and the view's OID recorded where it is not yet (a view just created, or built
+// before the tool recorded OIDs): a lookup by key that finds nothing to write, most times.
 const STATS: &str = "
-    SELECT greatest(c.reltuples, 0)::bigint, pg_total_relation_size(c.oid)
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = $1 AND c.relname = $2";
+    WITH v AS (
+        SELECT c.oid, greatest(c.reltuples, 0)::bigint AS rows,
+               pg_total_relation_size(c.oid) AS bytes
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind = 'm'
+    ), known AS (
+        UPDATE reporting.seeder_view_state s SET view_oid = v.oid FROM v
+        WHERE s.table_name = $1::text || '.' || $2::text AND s.view_oid IS NULL
+        RETURNING 1
+    )
+    SELECT rows, bytes FROM v";
 
 /// Has this session plan its prepared statements once, not at each execution.
 ///
