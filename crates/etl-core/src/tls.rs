@@ -2,8 +2,9 @@
 //!
 //! tokio-postgres itself knows only disable / prefer / require; verify-ca and verify-full are
 //! `require` plus certificate checks done here: verify-ca checks the chain against the root
-//! certificates, verify-full also the host name. `require` and `prefer` encrypt without checking
-//! the certificate (as libpq does when no root certificate is given).
+//! certificates, verify-full also the host name. `prefer` encrypts without checking the
+//! certificate, and so does `require` when no root certificate is given; given one, `require`
+//! checks the chain as verify-ca does, as libpq does.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -40,7 +41,8 @@ impl FromStr for SslMode {
             "verify-ca" => Ok(SslMode::VerifyCa),
             "verify-full" => Ok(SslMode::VerifyFull),
             other => Err(format!(
-                "sslmode {other:?} is not one of disable, prefer, require, verify-ca, verify-full"
+                "sslmode {other:?} is not one of disable, allow (read as prefer), prefer, require, \
+                 verify-ca, verify-full"
             )),
         }
     }
@@ -104,7 +106,13 @@ pub fn connector(settings: &TlsSettings) -> Result<Connector, String> {
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("cannot set up TLS: {e}"))?;
-    let verifier: Arc<dyn ServerCertVerifier> = match settings.mode {
+    // libpq's rule, kept for deployments that set a root certificate with `require`: the
+    // certificate is then checked against it, as with verify-ca.
+    let mode = match (settings.mode, &settings.root_cert) {
+        (SslMode::Require, Some(_)) => SslMode::VerifyCa,
+        (mode, _) => mode,
+    };
+    let verifier: Arc<dyn ServerCertVerifier> = match mode {
         SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(EncryptOnly(provider)),
         SslMode::VerifyCa | SslMode::VerifyFull => {
             let path = settings.root_cert.as_deref().ok_or_else(|| {
@@ -114,7 +122,7 @@ pub fn connector(settings: &TlsSettings) -> Result<Connector, String> {
                 WebPkiServerVerifier::builder_with_provider(Arc::new(roots(path)?), provider)
                     .build()
                     .map_err(|e| format!("cannot set up certificate checks: {e}"))?;
-            if settings.mode == SslMode::VerifyCa {
+            if mode == SslMode::VerifyCa {
                 Arc::new(ChainOnly(webpki))
             } else {
                 webpki

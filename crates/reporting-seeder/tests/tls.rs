@@ -129,6 +129,31 @@ async fn verify_ca_and_verify_full_check_the_certificate() {
     )
     .await;
     assert_exit(&out, 2);
+    // `require` with roots checks the chain against them, as libpq does: the wrong ones are
+    // refused, the right ones pass whatever the host is called.
+    let out = run_with(
+        &db,
+        &url(
+            &db,
+            "127.0.0.1",
+            "sslmode=require&sslrootcert=/etc/ssl/certs/ca-certificates.crt",
+        ),
+        &["run", "migrate"],
+    )
+    .await;
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).to_lowercase().contains("certificate"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_with(
+        &db,
+        &url(&db, "127.0.0.1", &format!("sslmode=require&{root}")),
+        &["run", "migrate"],
+    )
+    .await;
+    assert_exit(&out, 0);
     // verify-full without roots is a configuration error, before any connection.
     let out = run_with(
         &db,
