@@ -329,6 +329,19 @@ fn check_writable(flag: &str, path: &std::path::Path, renamed: bool) -> Result<(
     }
 }
 
+/// Where `path` is, links and `..` resolved, whether or not the file exists yet (its directory
+/// does: [`check_writable`] saw to that).
+fn resolved(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    if let Ok(whole) = std::fs::canonicalize(path) {
+        return Some(whole);
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    Some(std::fs::canonicalize(dir).ok()?.join(path.file_name()?))
+}
+
 /// The shared body of the refresh jobs.
 pub async fn refresh(
     job: &etl_core::JobContext,
@@ -347,10 +360,8 @@ pub async fn refresh(
         }
     }
     if let (Some(results), Some(metrics)) = (&output.results_file, &output.metrics_file) {
-        let same = results == metrics
-            || std::fs::canonicalize(results)
-                .ok()
-                .is_some_and(|r| std::fs::canonicalize(metrics).ok() == Some(r));
+        let same =
+            results == metrics || resolved(results).is_some_and(|r| resolved(metrics) == Some(r));
         if same {
             return Err(JobError::usage(format!(
                 "--results-file and --metrics-file both name {}: one would overwrite the other; \
