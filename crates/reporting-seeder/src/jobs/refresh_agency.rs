@@ -18,7 +18,8 @@ pub const JOB: JobEntry = JobEntry {
 #[derive(Debug, Parser)]
 #[command(
     after_help = "Example: reporting-seeder run refresh_agency -- gotham\n\
-Same as: reporting-seeder run refresh_all -- --select agency:gotham"
+Same as: reporting-seeder run refresh_all -- --select agency:gotham\n\
+A --select given here narrows these views; it does not add to them."
 )]
 struct Cli {
     /// The agency's slug, as in the manifests' agency_slug column.

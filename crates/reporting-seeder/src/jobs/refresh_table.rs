@@ -17,7 +17,8 @@ pub const JOB: JobEntry = JobEntry {
 #[derive(Debug, Parser)]
 #[command(
     after_help = "Example: reporting-seeder run refresh_table -- reporting.stg_arrests\n\
-Same as: reporting-seeder run refresh_all -- --select table:reporting.stg_arrests"
+Same as: reporting-seeder run refresh_all -- --select table:reporting.stg_arrests\n\
+A --select given here narrows these views; it does not add to them."
 )]
 struct Cli {
     /// The view, as in the manifests' table_name column (schema.table).

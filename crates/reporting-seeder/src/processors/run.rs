@@ -409,13 +409,19 @@ pub async fn prepare(
         &search_path,
         &on_search_path,
     );
-    let mask = select::apply(
+    let mask = match select::apply(
         &planned,
         &deps,
         &selection.select,
         &selection.exclude,
         selection.report_type.only(),
-    )?;
+    ) {
+        // What a retried run left undone need not include the selected views: nothing to do.
+        Err(SelectError::LeavesNothing) if retried_run.is_some() => {
+            vec![false; planned.views.len()]
+        }
+        other => other?,
+    };
     let keep: Vec<usize> = (0..planned.views.len()).filter(|&i| mask[i]).collect();
     if let Some(tell) = on_count.take() {
         tell(keep.len());

@@ -37,6 +37,13 @@ pub enum SelectError {
         "selector {0:?} matches no enabled {1} view; leave out --report-type to run its others"
     )]
     MatchesNoneOfType(String, &'static str),
+    #[error(
+        "--select/--exclude leave none of the job's views to run: --select narrows what the job \
+         covers (refresh_agency X --select Y runs those of X's views that Y matches) and \
+         --exclude takes views out of it; `reporting-seeder run plan` with the same arguments \
+         shows the rest"
+    )]
+    LeavesNothing,
 }
 
 const FORMS: &str = "expected agency:<slug>, type:custom|canned or table:<schema.table> (glob * allowed), optionally +X or X+";
@@ -183,11 +190,18 @@ pub fn apply(
             *c &= !h;
         }
     }
-    Ok(chosen
+    let chosen: Vec<bool> = chosen
         .into_iter()
         .zip(&plan.in_scope)
         .map(|(c, s)| c && *s)
-        .collect())
+        .collect();
+    // Selectors that each match views but together leave none of the job's: a mistake to say,
+    // not a run of nothing that exits 0.
+    let narrowed = !(select.is_empty() && exclude.is_empty());
+    if narrowed && !chosen.contains(&true) && plan.in_scope.contains(&true) {
+        return Err(SelectError::LeavesNothing);
+    }
+    Ok(chosen)
 }
 
 #[cfg(test)]
@@ -378,6 +392,15 @@ mod tests {
         assert_eq!(
             chosen(&p, &d, &[], &["table:nope.*"]),
             chosen(&p, &d, &[], &[])
+        );
+        // Selectors that each match, together leaving nothing.
+        assert_eq!(
+            chosen(&p, &d, &["table:reporting.metro"], &["agency:metropolis"]),
+            Err(SelectError::LeavesNothing)
+        );
+        assert_eq!(
+            chosen(&p, &d, &[], &["table:*"]),
+            Err(SelectError::LeavesNothing)
         );
     }
 
