@@ -1306,6 +1306,42 @@ async fn a_lock_timeout_on_the_manifest_tables_names_the_holder() {
     assert!(db.oid("reporting.v").await.is_none(), "nothing ran");
 }
 
+/// A job other than a run (`status`, `plan`) waiting for a manifest table someone holds ends
+/// at once on a signal: its statement is cancelled on the server, not left to wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_ends_a_job_waiting_for_a_lock_at_once() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.v", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE reporting.seeder_canned_report IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for job in ["status", "plan"] {
+        let child = db.spawn(&["run", job], &[("SEEDER_LOCK_TIMEOUT", "0")]);
+        db.wait_active("%seeder_canned_report%", 1).await;
+        let sent = std::time::Instant::now();
+        signal(&child, "INT");
+        let out = child.wait_with_output().await.unwrap();
+        assert_exit(&out, 130);
+        assert!(
+            sent.elapsed() < std::time::Duration::from_secs(2),
+            "{job} waited for the lock: {:?}",
+            sent.elapsed()
+        );
+        assert!(
+            stderr(&out).contains("cancelled"),
+            "{job}: {}",
+            stderr(&out)
+        );
+        // Nothing of it is left waiting on the server.
+        db.wait_tool_gone().await;
+    }
+    holder.batch_execute("ROLLBACK").await.unwrap();
+}
+
 /// A rebuild that finds another run's rebuild of a view reading it half done (the new view
 /// built, not yet swapped in) says so, rather than asking for the tool's own new view to be
 /// dropped by hand; that other run goes on.

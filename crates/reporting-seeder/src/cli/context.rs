@@ -192,6 +192,10 @@ pub fn run_error(e: RunError) -> JobError {
         {
             let next = if error.message.contains("[lock_timeout ") {
                 "try again once the sessions holding the lock are done, or raise SEEDER_LOCK_TIMEOUT"
+            } else if error.code.as_deref() == Some("57014")
+                && error.message.contains("due to user request")
+            {
+                "the statement was cancelled (by a signal to this job, or pg_cancel_backend)"
             } else if error.message.contains("[statement_timeout ") {
                 "try again when the database is less busy, or raise SEEDER_STATEMENT_TIMEOUT"
             } else {

@@ -5,7 +5,7 @@ use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
 
 use crate::cli::args::OutputFormat;
 use crate::cli::context::{run_error, AppContext};
-use crate::processors::run::{connect, RunError};
+use crate::processors::run::{cancel_on_interrupt, connect, RunError};
 use crate::processors::status::{render_runs, render_view_runs, runs_json, view_runs_json};
 
 pub const JOB: JobEntry = JobEntry {
@@ -38,6 +38,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let mut session = connect(app.store.as_ref(), &ctx.interrupt)
             .await
             .map_err(run_error)?;
+        let _cancel = cancel_on_interrupt(session.as_ref(), &ctx.interrupt);
         let db = |error| {
             run_error(RunError::Database {
                 context: "reading the history",

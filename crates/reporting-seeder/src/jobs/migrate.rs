@@ -4,7 +4,7 @@ use clap::{CommandFactory, Parser};
 use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
 
 use crate::cli::context::{run_error, AppContext};
-use crate::processors::run::{connect, RunError};
+use crate::processors::run::{cancel_on_interrupt, connect, RunError};
 
 pub const JOB: JobEntry = JobEntry {
     name: "migrate",
@@ -23,6 +23,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let mut session = connect(app.store.as_ref(), &ctx.interrupt)
             .await
             .map_err(run_error)?;
+        let _cancel = cancel_on_interrupt(session.as_ref(), &ctx.interrupt);
         let applied = session.migrate().await.map_err(|error| {
             run_error(RunError::Database {
                 context: "applying migrations",

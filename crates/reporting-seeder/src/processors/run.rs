@@ -163,6 +163,32 @@ pub async fn connect(
     }
 }
 
+/// Cancels the session's statements on the server once the job is interrupted, and again every
+/// 100 ms (a statement sent after a cancel included) for as long as the guard lives: a job
+/// waiting on a lock someone holds (a manifest or control table) ends at once on a signal, as
+/// the notice says. For the jobs whose every statement may be cut short; not for a run, whose
+/// bookkeeping goes on after a signal. `None` when the session cannot cancel (a fake).
+pub fn cancel_on_interrupt(session: &dyn Session, interrupt: &Interrupt) -> Option<CancelGuard> {
+    let canceller = session.canceller()?;
+    let interrupt = interrupt.clone();
+    Some(CancelGuard(tokio::spawn(async move {
+        interrupt.cancelled().await;
+        loop {
+            canceller.cancel().await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })))
+}
+
+/// Stops [`cancel_on_interrupt`]'s cancels when dropped.
+pub struct CancelGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What a run with a selection would do, before anything changes.
 #[derive(Debug, Clone, Default)]
 pub struct Prepared {
