@@ -79,6 +79,11 @@ impl Env {
             .filter(|v| !v.trim().is_empty())
     }
 
+    /// Every variable's name, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.vars.keys().map(String::as_str)
+    }
+
     /// The raw value even when empty (a password may legitimately be empty).
     pub fn get_raw(&self, name: &str) -> Option<&str> {
         self.vars.get(name).map(String::as_str)
@@ -185,12 +190,14 @@ pub fn load_dotenv(path: &Path) -> Result<Vec<String>, ConfigError> {
         reason: e.to_string(),
     })?;
     let parsed = crate::pydotenv::parse(&text);
+    let mut set = Vec::new();
     for (name, value) in crate::pydotenv::resolve(&parsed, |n| std::env::var(n).ok()) {
         if std::env::var_os(&name).is_none() {
-            std::env::set_var(name, value);
+            std::env::set_var(&name, value);
+            set.push(name);
         }
     }
-    Ok(parsed
+    let mut warnings: Vec<String> = parsed
         .bad_lines
         .iter()
         .map(|line| {
@@ -201,8 +208,31 @@ pub fn load_dotenv(path: &Path) -> Result<Vec<String>, ConfigError> {
                 path.display()
             )
         })
-        .collect())
+        .collect();
+    // Each variable keeps the environment's value, but DATABASE_URL from the file outranks the
+    // DB_* the environment sets: say so, as the connection goes elsewhere than they say.
+    if set.iter().any(|n| n == "DATABASE_URL") {
+        let outranked: Vec<&str> = DB_PARTS
+            .iter()
+            .copied()
+            .filter(|n| !set.iter().any(|s| s == n))
+            .filter(|n| std::env::var(n).is_ok_and(|v| !v.trim().is_empty()))
+            .collect();
+        if !outranked.is_empty() {
+            warnings.push(format!(
+                "{}: its DATABASE_URL is used, and {} set in the environment ignored \
+                 (DATABASE_URL outranks them); set DATABASE_URL in the environment, or remove \
+                 it from the file",
+                path.display(),
+                outranked.join(", ")
+            ));
+        }
+    }
+    Ok(warnings)
 }
+
+/// The variables DATABASE_URL replaces (DB_SSLMODE and DB_SSLROOTCERT still apply to it).
+const DB_PARTS: &[&str] = &["DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD"];
 
 #[cfg(test)]
 mod tests {

@@ -337,6 +337,30 @@ fn dotenv_is_read_but_never_overrides_the_environment() {
     assert!(err.contains("127.0.0.1:1"), "{err}");
     assert!(err.contains("line 2 could not be parsed"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
+    // DATABASE_URL from .env outranks the DB_* of the environment: used, and said.
+    let out = run_with(
+        "DATABASE_URL=postgres://postgres@127.0.0.1:1/x\n",
+        &[("DB_HOST", "127.0.0.1"), ("DB_NAME", "elsewhere")],
+    );
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "its DATABASE_URL is used, and DB_HOST, DB_NAME set in the environment ignored"
+        ),
+        "{err}"
+    );
+    // A misspelt setting is not silently ignored.
+    let out = run_with(
+        "DB_HOST=127.0.0.1\nDB_PORT=1\n",
+        &[("SEEDER_MAX_WORKER", "2")],
+    );
+    assert_exit(&out, 3);
+    let err = stderr(&out);
+    assert!(
+        err.contains("SEEDER_MAX_WORKER") && err.contains("did you mean SEEDER_MAX_WORKERS?"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

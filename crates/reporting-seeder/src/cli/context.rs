@@ -26,8 +26,44 @@ pub struct Settings {
 /// view trying for hours.
 const MAX_RETRIES: u32 = 100;
 
+/// Every `SEEDER_*` variable the tool reads.
+const KNOWN: &[&str] = &[
+    "SEEDER_MAX_WORKERS",
+    "SEEDER_MAX_FAILURES",
+    "SEEDER_RESET_SECONDS",
+    "SEEDER_REFRESH_CONCURRENTLY",
+    "SEEDER_STATEMENT_TIMEOUT",
+    "SEEDER_LOCK_TIMEOUT",
+    "SEEDER_MAX_RETRIES",
+    "SEEDER_BATCH_SIZE",
+    "SEEDER_START_DELAY_MS",
+    "SEEDER_MAX_DB_ACTIVE_QUERIES",
+    "SEEDER_LOG_FORMAT",
+];
+
+/// A `SEEDER_*` variable the tool does not read is most likely a misspelt setting, which would
+/// otherwise be ignored without a word: warned of, with the nearest known name.
+fn warn_unknown(env: &Env) {
+    let mut unknown: Vec<&str> = env
+        .names()
+        .filter(|n| n.starts_with("SEEDER_") && !KNOWN.contains(n))
+        .collect();
+    unknown.sort_unstable();
+    for name in unknown {
+        let near = KNOWN
+            .iter()
+            .map(|k| (strsim::levenshtein(k, name), *k))
+            .min()
+            .filter(|(d, _)| *d <= 3)
+            .map(|(_, k)| format!("; did you mean {k}?"))
+            .unwrap_or_default();
+        tracing::warn!("{name} is not a setting of this tool and is ignored{near}");
+    }
+}
+
 impl Settings {
     pub fn from_env(env: &Env) -> Result<Settings, ConfigError> {
+        warn_unknown(env);
         let workers = env.positive_or("SEEDER_MAX_WORKERS", 8)?;
         let failures = env.positive_or("SEEDER_MAX_FAILURES", 5)?;
         let invalid = |var: &str, value: u64, expected: &str| ConfigError::Invalid {
