@@ -520,6 +520,12 @@ pub fn main(bin: &'static str, about: &'static str, jobs: &[JobEntry]) -> ExitCo
             e.status
         }
     };
+    // A job that did its work but whose output never arrived has not done what was asked.
+    let status = if status == ExitStatus::Success && crate::output::stdout_failed() {
+        ExitStatus::Failed
+    } else {
+        status
+    };
     interrupt.status().unwrap_or(status).into()
 }
 

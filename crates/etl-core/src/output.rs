@@ -95,8 +95,18 @@ impl Write for PrintableStderr {
     }
 }
 
+/// Set when stdout refused a write for another reason than a closed pipe.
+static STDOUT_FAILED: AtomicBool = AtomicBool::new(false);
+
+/// Whether some output never reached stdout (a full disk behind a redirect): a job that
+/// otherwise succeeded then exits 1, as what was asked of it did not arrive.
+pub fn stdout_failed() -> bool {
+    STDOUT_FAILED.load(Ordering::Relaxed)
+}
+
 /// Writes `text` to stdout. A closed pipe ends the output quietly; any other write error (a full
-/// disk behind a redirect) is said on stderr, once per write, and the job goes on.
+/// disk behind a redirect) is said on stderr, once per write, and the job goes on (and exits 1
+/// at its end: [`stdout_failed`]).
 pub fn write_stdout(text: &str) {
     let keep = Keep {
         newlines: true,
@@ -111,6 +121,7 @@ pub fn write_stdout(text: &str) {
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::BrokenPipe => {}
         Err(e) => {
+            STDOUT_FAILED.store(true, Ordering::Relaxed);
             let _ = writeln!(std::io::stderr(), "could not write the output: {e}");
         }
     }

@@ -693,3 +693,39 @@ fn an_output_file_that_is_a_directory_or_given_twice_exits_2_before_running() {
         assert!(left.is_empty(), "{args:?} left {left:?}");
     }
 }
+
+/// Output that never reached stdout (a full disk behind the redirect) is exit 1, not a success.
+#[tokio::test]
+async fn output_that_cannot_be_written_is_exit_1() {
+    if !std::path::Path::new("/dev/full").exists() {
+        return;
+    }
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = db
+        .cmd()
+        .args(["run", "history", "--", "--output", "json"])
+        .stdout(full)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+        .wait_with_output()
+        .await
+        .unwrap();
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("could not write the output"),
+        "{}",
+        stderr(&out)
+    );
+    // Written where it can be, the same job succeeds.
+    assert_exit(
+        &db.run(&["run", "history", "--", "--output", "json"], &[])
+            .await,
+        0,
+    );
+}
