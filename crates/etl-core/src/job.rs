@@ -153,7 +153,15 @@ async fn watch(
             _ = term.recv() => ExitStatus::Terminated,
         };
         if interrupt.is_interrupted() {
-            let _ = writeln!(std::io::stderr(), "second signal: exiting now");
+            let message = "second signal: exiting now; statements still running on the server \
+                           end on their own, and the next run marks this one abandoned";
+            if json {
+                json_always(tracing::enabled!(tracing::Level::WARN), || {
+                    tracing::warn!(exit_code = status as i32, "{message}")
+                });
+            } else {
+                let _ = writeln!(std::io::stderr(), "{message}");
+            }
             std::process::exit(status as i32);
         }
         interrupt.trigger(status);
