@@ -890,8 +890,90 @@ async fn old_views_that_cannot_be_adopted_are_refreshed_in_place() {
     );
 }
 
-/// A manifest naming a schema the tool's role may not use is that view's error: the run reads the
-/// catalog without touching the schema, and every other view is refreshed.
+/// Views the tool's role may not create (no CREATE on the schema, or a new schema and no CREATE
+/// on the database) or refresh (owned by a role whose privileges it lacks) are errors that
+/// `plan` shows and the run records before running anything for them, saying what to grant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_the_role_may_not_create_or_refresh_are_planned_as_errors() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let c = db.client().await;
+    let role = format!("{}_runner", db.name);
+    db.custom("reporting.theirs", "gotham", 1, "SELECT 1 AS n")
+        .await;
+    // Built by the tool as another role (the superuser): the runner is no member of it.
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    db.custom("reporting.fresh", "gotham", 1, "SELECT 1 AS n")
+        .await;
+    db.custom("brandnew.v", "gotham", 1, "SELECT 1 AS n").await;
+    c.batch_execute(&format!(
+        "CREATE ROLE \"{role}\" LOGIN;
+         GRANT USAGE ON SCHEMA reporting TO \"{role}\";
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA reporting TO \"{role}\";
+         GRANT USAGE ON ALL SEQUENCES IN SCHEMA reporting TO \"{role}\";"
+    ))
+    .await
+    .unwrap();
+    let as_role = db.url_as(&role);
+    let oid = db.oid("reporting.theirs").await;
+    let plan = db
+        .run(&["run", "plan"], &[("DATABASE_URL", &as_role)])
+        .await;
+    let run = db
+        .run(&["run", "refresh_all"], &[("DATABASE_URL", &as_role)])
+        .await;
+    let errors: Vec<(String, String)> = c
+        .query(
+            "SELECT table_name, coalesce(error, '') FROM reporting.seeder_view_run
+             WHERE run_id = (SELECT run_id FROM reporting.seeder_run ORDER BY started_at DESC LIMIT 1)
+             ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    c.batch_execute(&format!(
+        "REVOKE ALL ON ALL TABLES IN SCHEMA reporting FROM \"{role}\";
+         REVOKE ALL ON ALL SEQUENCES IN SCHEMA reporting FROM \"{role}\";
+         REVOKE ALL ON SCHEMA reporting FROM \"{role}\"; DROP ROLE \"{role}\";"
+    ))
+    .await
+    .unwrap();
+
+    assert_exit(&plan, 0);
+    let shown = stdout(&plan);
+    for (view, hint) in [
+        ("reporting.theirs", "GRANT postgres TO"),
+        (
+            "reporting.fresh",
+            "GRANT USAGE, CREATE ON SCHEMA reporting TO",
+        ),
+        ("brandnew.v", "schema brandnew does not exist"),
+    ] {
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.contains(view) && l.contains("skip-invalid")),
+            "{view}: {shown}"
+        );
+        assert!(shown.contains(hint), "{hint}: {shown}");
+        let error = errors
+            .iter()
+            .find(|(t, _)| t == view)
+            .map(|(_, e)| e.as_str())
+            .unwrap_or_default();
+        assert!(error.contains(hint), "{view}: {errors:?}");
+    }
+    assert_exit(&run, 1);
+    assert_eq!(db.oid("reporting.theirs").await, oid, "left as it was");
+    assert!(db.oid("reporting.fresh").await.is_none());
+}
+
+/// A manifest naming a schema the tool's role may not use is that view's error, found before
+/// running it (saying what to grant): the run reads the catalog without touching the schema,
+/// and every other view is refreshed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_view_in_a_schema_the_role_cannot_use_fails_alone() {
     let db = TestDb::new().await;
@@ -940,7 +1022,7 @@ async fn a_view_in_a_schema_the_role_cannot_use_fails_alone() {
     assert!(
         errors
             .unwrap_or_default()
-            .contains("permission denied for schema secret"),
+            .contains("GRANT USAGE, CREATE ON SCHEMA secret TO"),
         "{}",
         stdout(&out)
     );

@@ -42,7 +42,23 @@ pub fn decide(
     concurrently_enabled: bool,
     key: &str,
 ) -> Result<Action, String> {
+    let schema = key.split_once('.').map_or(key, |(schema, _)| schema);
     let Some(oid) = state.oid else {
+        if let Some(role) = &state.create_denied {
+            return Err(if state.schema_exists {
+                format!(
+                    "cannot create {key}: role {role} may not create in schema {schema} (or use \
+                     it); GRANT USAGE, CREATE ON SCHEMA {schema} TO {role}, or run the tool as the \
+                     schema's owner"
+                )
+            } else {
+                format!(
+                    "cannot create {key}: schema {schema} does not exist and role {role} may not \
+                     create schemas in this database; create it (and GRANT CREATE ON SCHEMA \
+                     {schema} TO {role}), or GRANT CREATE ON DATABASE to {role}"
+                )
+            });
+        }
         return Ok(Action::Create {
             create_schema: !state.schema_exists,
         });
@@ -59,6 +75,12 @@ pub fn decide(
         };
         return Err(format!(
             "{key} exists and is {kind}, not a materialized view; it is left alone: rename it or change the manifest's table_name"
+        ));
+    }
+    if let Some((owner, role)) = &state.foreign_owner {
+        return Err(format!(
+            "cannot refresh or rebuild {key}: it is owned by role {owner}, whose privileges role \
+             {role} does not have; GRANT {owner} TO {role}, or run the tool as {owner}"
         ));
     }
     match &state.stored_hash {
@@ -220,6 +242,31 @@ mod tests {
             populated: true,
             has_concurrent_index: true,
             stored_hash: hash.map(str::to_string),
+            ..ViewState::default()
+        }
+    }
+
+    #[test]
+    fn a_view_the_role_may_not_create_refresh_or_replace_is_an_error_before_running() {
+        let denied = |schema_exists| ViewState {
+            schema_exists,
+            create_denied: Some("seeder".into()),
+            ..ViewState::default()
+        };
+        let err = decide(&denied(true), "h", false, "s.v").unwrap_err();
+        assert!(
+            err.contains("GRANT USAGE, CREATE ON SCHEMA s TO seeder"),
+            "{err}"
+        );
+        let err = decide(&denied(false), "h", false, "s.v").unwrap_err();
+        assert!(err.contains("schema s does not exist"), "{err}");
+        let foreign = ViewState {
+            foreign_owner: Some(("bi".into(), "seeder".into())),
+            ..matview(Some("h"))
+        };
+        for hash in ["h", "changed"] {
+            let err = decide(&foreign, hash, false, "s.v").unwrap_err();
+            assert!(err.contains("GRANT bi TO seeder"), "{err}");
         }
     }
 

@@ -2108,6 +2108,7 @@ mod tests {
             populated: true,
             has_concurrent_index: false,
             stored_hash: Some(hash.into()),
+            ..ViewState::default()
         }
     }
 

@@ -23,6 +23,12 @@ pub struct ViewState {
     pub has_concurrent_index: bool,
     /// The hash of the query the view was last built from by this tool.
     pub stored_hash: Option<String>,
+    /// (owner, the tool's role) when the relation's owner is a role whose privileges the tool's
+    /// role does not have: it can neither refresh nor replace the view.
+    pub foreign_owner: Option<(String, String)>,
+    /// The tool's role, when it may not create the view: no CREATE on its schema, or (the schema
+    /// missing) on the database.
+    pub create_denied: Option<String>,
 }
 
 /// Figures read after `ANALYZE`.
@@ -41,7 +47,14 @@ const INSPECT: &str = "
                      FROM pg_index i WHERE i.indrelid = c.oid), false),
            -- A view with another OID than the one the tool built was replaced by hand: what it
            -- holds is not known to be its manifest's query, so it has no hash (it is adopted).
-           CASE WHEN s.view_oid IS NULL OR s.view_oid = c.oid THEN s.query_hash END
+           CASE WHEN s.view_oid IS NULL OR s.view_oid = c.oid THEN s.query_hash END,
+           -- REFRESH, DROP and the swap's ALTER … OWNER all need the owner's privileges.
+           CASE WHEN c.oid IS NOT NULL AND NOT pg_has_role(c.relowner, 'USAGE')
+                THEN pg_get_userbyid(c.relowner)::text END,
+           CASE WHEN n.oid IS NULL THEN NOT has_database_privilege(current_database(), 'CREATE')
+                ELSE NOT (has_schema_privilege(n.oid, 'CREATE')
+                          AND has_schema_privilege(n.oid, 'USAGE')) END,
+           current_user::text
     FROM unnest($1::text[], $2::text[]) AS v(schema, name)
     LEFT JOIN pg_namespace n ON n.nspname = v.schema
     LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = v.name
@@ -79,6 +92,15 @@ pub async fn inspect(
                 populated: r.try_get(5)?,
                 has_concurrent_index: r.try_get(6)?,
                 stored_hash: r.try_get(7)?,
+                foreign_owner: r
+                    .try_get::<_, Option<String>>(8)?
+                    .map(|owner| Ok::<_, DbError>((owner, r.try_get(10)?)))
+                    .transpose()?,
+                create_denied: if r.try_get(9)? {
+                    Some(r.try_get(10)?)
+                } else {
+                    None
+                },
             },
         );
     }
