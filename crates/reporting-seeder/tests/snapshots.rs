@@ -356,6 +356,13 @@ async fn bad_arguments_exit_2() {
     for args in cases {
         let out = db.run(args, &[]).await;
         assert_eq!(code(&out), 2, "{args:?}: {}{}", stdout(&out), stderr(&out));
+        if args.contains(&"not-a-uuid") {
+            assert!(
+                stderr(&out).contains("is not a snapshot id (a UUID"),
+                "{}",
+                stderr(&out)
+            );
+        }
     }
     // A view not refreshed yet: recorded as an error snapshot, exit 1.
     let out = db

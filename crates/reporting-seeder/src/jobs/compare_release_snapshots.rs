@@ -25,7 +25,7 @@ reporting-seeder run compare_release_snapshots -- --table-name reporting.reports
 )]
 struct Cli {
     /// Two snapshot ids: the base, then the new one.
-    #[arg(value_name = "SNAPSHOT_ID", num_args = 2, conflicts_with_all = ["table_name", "base_tag", "new_tag"])]
+    #[arg(value_name = "SNAPSHOT_ID", num_args = 2, value_parser = snapshot_id, conflicts_with_all = ["table_name", "base_tag", "new_tag"])]
     ids: Vec<uuid::Uuid>,
     /// Or: the view, with two release tags (the newest snapshot at each).
     #[arg(long, value_name = "SCHEMA.TABLE", requires_all = ["base_tag", "new_tag"])]
@@ -161,5 +161,15 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         } else {
             ExitStatus::Success
         })
+    })
+}
+
+/// A snapshot id as `capture_release_snapshot` prints it: a UUID.
+fn snapshot_id(s: &str) -> Result<uuid::Uuid, String> {
+    uuid::Uuid::parse_str(s.trim()).map_err(|_| {
+        format!(
+            "{s:?} is not a snapshot id (a UUID, as capture_release_snapshot prints it); or \
+             compare by release with --table-name, --base-tag and --new-tag"
+        )
     })
 }

@@ -1428,7 +1428,7 @@ fn start_view<C: Clock + 'static>(shared: &Arc<Shared<C>>, i: usize) -> Start<Ta
                     shared.progress.started(i);
                     t
                 }
-                Err(outcome) => return never_ran(&shared, i, outcome),
+                Err(outcome) => return never_ran_in_span(&shared, i, outcome),
             },
         };
         let mut guard = TicketGuard {
@@ -1493,6 +1493,12 @@ fn never_ran<C: Clock>(shared: &Shared<C>, i: usize, outcome: Outcome) -> TaskRe
     // The same span as a view that ran: log shippers find its view and agency on each line.
     let _span =
         tracing::error_span!("view", view = %view.key, agency = %view.record.agency_slug).entered();
+    never_ran_in_span(shared, i, outcome)
+}
+
+/// [`never_ran`] from inside the view's span already (a view that waited for the breaker).
+fn never_ran_in_span<C: Clock>(shared: &Shared<C>, i: usize, outcome: Outcome) -> TaskResult {
+    let view = &shared.prepared.views[i];
     let reason = outcome.error.as_deref().unwrap_or_default();
     match outcome.status {
         "error" => tracing::warn!(view = %view.key, error = %reason, "not refreshed"),
