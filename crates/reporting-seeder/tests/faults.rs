@@ -1304,6 +1304,21 @@ async fn a_lock_timeout_on_the_manifest_tables_names_the_holder() {
     }
     holder.batch_execute("ROLLBACK").await.unwrap();
     assert!(db.oid("reporting.v").await.is_none(), "nothing ran");
+    // `status` reads the views' status rows too: one held there is named as well.
+    holder
+        .batch_execute("BEGIN; LOCK TABLE reporting.seeder_job_status IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let out = db
+        .run(&["run", "status"], &[("SEEDER_LOCK_TIMEOUT", "200ms")])
+        .await;
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_exit(&out, 3);
+    assert!(
+        stderr(&out).contains("AccessExclusiveLock on reporting.seeder_job_status)"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 /// A job other than a run (`status`, `plan`) waiting for a manifest table someone holds ends

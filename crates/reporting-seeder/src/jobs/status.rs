@@ -86,10 +86,13 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             .filter(|(_, s)| **s)
             .map(|(v, _)| v.key.clone())
             .collect();
-        let status = session
-            .view_status(&keys)
-            .await
-            .map_err(db("reading the views' status"))?;
+        let status = match session.view_status(&keys).await {
+            Ok(status) => status,
+            Err(mut e) => {
+                name_manifest_lock_holders(&mut e, session.as_mut(), &app.settings.run).await;
+                return Err(db("reading the views' status")(e));
+            }
+        };
         match cli.output {
             OutputFormat::Text => etl_core::out!("{}", render_status(&status, cli.stale_after)),
             OutputFormat::Json => etl_core::outln!("{:#}", status_json(&status, cli.stale_after)),

@@ -790,13 +790,19 @@ impl Session for PgSession {
         locks::holders(&self.conn, view, dependents, exclusive_access).await
     }
     async fn manifest_lock_holders(&mut self) -> Result<LockHolders, DbError> {
-        locks::table_holders(
-            &self.conn,
-            "reporting",
-            &manifests::TABLES,
-            &["AccessExclusiveLock"],
-        )
-        .await
+        // The manifests, and the tables the read-only jobs read (status, history): a reader
+        // waits only for an ACCESS EXCLUSIVE lock.
+        let tables: Vec<&str> = manifests::TABLES
+            .iter()
+            .chain(&[
+                "seeder_job_status",
+                "seeder_canned_job_status",
+                "seeder_run",
+                "seeder_view_run",
+            ])
+            .copied()
+            .collect();
+        locks::table_holders(&self.conn, "reporting", &tables, &["AccessExclusiveLock"]).await
     }
     async fn rebuild_blocker(
         &mut self,
