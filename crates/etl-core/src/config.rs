@@ -141,17 +141,19 @@ impl Env {
         }
     }
 
-    /// `true/false`, `1/0`, `yes/no`, `on/off`, any case.
+    /// `true/false`, `t/f`, `1/0`, `yes/no`, `y/n`, `on/off`, any case: what PostgreSQL takes for
+    /// a boolean (and so a manifest's `enabled` column).
     pub fn bool_or(&self, name: &str, default: bool) -> Result<bool, ConfigError> {
         match self.get(name) {
             None => Ok(default),
             Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
-                "true" | "1" | "yes" | "on" => Ok(true),
-                "false" | "0" | "no" | "off" => Ok(false),
+                "true" | "t" | "1" | "yes" | "y" | "on" => Ok(true),
+                "false" | "f" | "0" | "no" | "n" | "off" => Ok(false),
                 _ => Err(ConfigError::Invalid {
                     var: name.to_string(),
                     value: raw.to_string(),
-                    expected: "expected true or false (or 1/0, yes/no, on/off)".to_string(),
+                    expected: "expected true or false (or t/f, 1/0, yes/no, y/n, on/off)"
+                        .to_string(),
                 }),
             },
         }
@@ -295,9 +297,17 @@ mod tests {
 
     #[test]
     fn booleans() {
-        let env = Env::from_pairs([("T", "YES"), ("F", "off"), ("X", "maybe")]);
+        let env = Env::from_pairs([
+            ("T", "YES"),
+            ("F", "off"),
+            ("X", "maybe"),
+            ("T1", "t"),
+            ("F1", "N"),
+        ]);
         assert_eq!(env.bool_or("T", false), Ok(true));
         assert_eq!(env.bool_or("F", true), Ok(false));
+        assert_eq!(env.bool_or("T1", false), Ok(true));
+        assert_eq!(env.bool_or("F1", true), Ok(false));
         assert_eq!(env.bool_or("U", true), Ok(true));
         assert!(env
             .bool_or("X", true)
