@@ -67,8 +67,20 @@ impl ConnectionSettings {
             }
             None => {
                 let mut config = tokio_postgres::Config::new();
+                // Several hosts, comma-separated, are tried in turn, as libpq's PGHOST.
+                for host in env.get("DB_HOST").unwrap_or("localhost").split(',') {
+                    if host.trim().is_empty() {
+                        return Err(ConfigError::Invalid {
+                            var: "DB_HOST".into(),
+                            value: env.get("DB_HOST").unwrap_or_default().into(),
+                            expected: "a host name, address or socket directory, or several \
+                                       separated by commas, none empty"
+                                .into(),
+                        });
+                    }
+                    config.host(db_host(host));
+                }
                 config
-                    .host(db_host(env.get("DB_HOST").unwrap_or("localhost")))
                     .port(
                         env.parse_or("DB_PORT", DEFAULT_PORT, "expected a port number (1-65535)")?
                             .get(),
@@ -1051,6 +1063,22 @@ mod tests {
             s.config().get_hosts(),
             [tokio_postgres::config::Host::Tcp("::1".into())]
         );
+    }
+
+    #[test]
+    fn db_host_takes_several_hosts_separated_by_commas() {
+        use tokio_postgres::config::Host;
+        let env = Env::from_pairs([("DB_HOST", "db1, [::1]"), ("DB_NAME", "r")]);
+        let s = ConnectionSettings::from_env(&env, "t").unwrap();
+        assert_eq!(
+            s.config().get_hosts(),
+            [Host::Tcp("db1".into()), Host::Tcp("::1".into())]
+        );
+        let env = Env::from_pairs([("DB_HOST", "db1,,db2")]);
+        assert!(ConnectionSettings::from_env(&env, "t")
+            .unwrap_err()
+            .to_string()
+            .contains("none empty"));
     }
 
     #[cfg(unix)]
