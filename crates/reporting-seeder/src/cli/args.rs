@@ -29,10 +29,33 @@ impl SelectArgs {
     }
 }
 
-/// One argument may hold several selectors separated by spaces (`--select "a b"`, as dbt takes).
+/// One argument may hold several selectors separated by spaces (`--select "a b"`, as dbt takes);
+/// a value holding spaces is written in double quotes (`agency:"new york"`).
 fn parse_selectors(s: &str) -> Result<Vec<Selector>, String> {
-    let selectors: Vec<Selector> = s
-        .split_whitespace()
+    let mut words = Vec::new();
+    let (mut word, mut quoted) = (String::new(), false);
+    for c in s.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                word.push(c);
+            }
+            c if c.is_whitespace() && !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if quoted {
+        return Err(format!("{s:?}: a double quote is not closed"));
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let selectors: Vec<Selector> = words
+        .iter()
         .map(|one| {
             one.parse()
                 .map_err(|e: crate::processors::select::SelectError| e.to_string())
@@ -110,4 +133,28 @@ pub struct RefreshArgs {
     #[allow(dead_code)]
     #[command(flatten)]
     pub ui: UiArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_split_on_spaces_outside_double_quotes() {
+        let texts = |s: &str| -> Vec<String> {
+            parse_selectors(s)
+                .unwrap()
+                .into_iter()
+                .map(|s| s.text)
+                .collect()
+        };
+        assert_eq!(texts("agency:a  table:s.*"), ["agency:a", "table:s.*"]);
+        assert_eq!(
+            texts("agency:\"new york\" type:custom"),
+            ["agency:\"new york\"", "type:custom"]
+        );
+        assert!(parse_selectors("agency:\"new york").is_err());
+        assert!(parse_selectors("agency:new york").is_err(), "york alone");
+        assert!(parse_selectors("   ").is_err());
+    }
 }

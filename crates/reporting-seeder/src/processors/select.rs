@@ -69,6 +69,16 @@ impl FromStr for Selector {
         }
         let (kind, value) = rest.split_once(':').ok_or_else(|| invalid(FORMS))?;
         let value = value.trim();
+        // `agency:"new york"`: the quotes only keep the value one word.
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        if value.contains('"') {
+            return Err(invalid(
+                "a double quote only goes around a whole value (agency:\"new york\")",
+            ));
+        }
         if value.is_empty() {
             return Err(invalid("empty value"));
         }
@@ -220,6 +230,10 @@ mod tests {
     fn parses_every_form() {
         assert_eq!(sel("agency:gotham").atom, Atom::Agency("gotham".into()));
         assert_eq!(sel("type:canned").atom, Atom::Type(ReportType::Canned));
+        assert_eq!(
+            sel("agency:\"new york\"").atom,
+            Atom::Agency("new york".into())
+        );
         let s = sel("+table:Reporting.*_Rollup+");
         assert_eq!(s.atom, Atom::Table("reporting.*_rollup".into()));
         assert!(s.upstream && s.downstream);
