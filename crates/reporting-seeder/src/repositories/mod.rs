@@ -62,6 +62,15 @@ pub fn ident(name: &str) -> String {
     postgres_protocol::escape::escape_identifier(name)
 }
 
+/// The tables a job reads before it changes anything: the manifests, and the views' status.
+const READ_TABLES: [&str; 5] = [
+    manifests::TABLES[0],
+    manifests::TABLES[1],
+    manifests::TABLES[2],
+    "seeder_job_status",
+    "seeder_canned_job_status",
+];
+
 /// Everything a run does on one connection. The PostgreSQL implementation is [`PgSession`];
 /// processors take `Box<dyn Session>` so unit tests hand in fakes.
 #[async_trait]
@@ -195,8 +204,9 @@ pub trait Session: Send {
     ) -> Result<LockHolders, DbError> {
         Ok(LockHolders::default())
     }
-    /// The other sessions holding a lock that keeps readers out of the manifest tables, to name
-    /// them when reading those timed out. Sessions that cannot tell say none.
+    /// The other sessions holding a lock that keeps readers out of the manifest tables (or the
+    /// status tables `status` reads), to name them when reading those timed out. Sessions that
+    /// cannot tell say none.
     async fn manifest_lock_holders(&mut self) -> Result<LockHolders, DbError> {
         Ok(LockHolders::default())
     }
@@ -790,19 +800,14 @@ impl Session for PgSession {
         locks::holders(&self.conn, view, dependents, exclusive_access).await
     }
     async fn manifest_lock_holders(&mut self) -> Result<LockHolders, DbError> {
-        // The manifests, and the tables the read-only jobs read (status, history): a reader
-        // waits only for an ACCESS EXCLUSIVE lock.
-        let tables: Vec<&str> = manifests::TABLES
-            .iter()
-            .chain(&[
-                "seeder_job_status",
-                "seeder_canned_job_status",
-                "seeder_run",
-                "seeder_view_run",
-            ])
-            .copied()
-            .collect();
-        locks::table_holders(&self.conn, "reporting", &tables, &["AccessExclusiveLock"]).await
+        // A reader waits only for an ACCESS EXCLUSIVE lock.
+        locks::table_holders(
+            &self.conn,
+            "reporting",
+            &READ_TABLES,
+            &["AccessExclusiveLock"],
+        )
+        .await
     }
     async fn rebuild_blocker(
         &mut self,
