@@ -6,7 +6,7 @@ use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
 use crate::cli::args::OutputFormat;
 use crate::cli::context::{run_error, AppContext};
 use crate::processors::planner::{plan, Selection, ViewName};
-use crate::processors::run::{cancel_on_interrupt, connect, name_manifest_lock_holders, RunError};
+use crate::processors::run::{connect_job, name_manifest_lock_holders, RunError};
 use crate::processors::snapshot::{capture, CaptureOptions, RELEASE_TAG_MAX};
 
 pub const JOB: JobEntry = JobEntry {
@@ -159,10 +159,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             None => None,
         };
         let app = AppContext::from_env(&ctx.env)?;
-        let mut session = connect(app.store.as_ref(), &ctx.interrupt)
+        let (mut session, _cancel) = connect_job(app.store.as_ref(), &ctx.interrupt)
             .await
             .map_err(run_error)?;
-        let _cancel = cancel_on_interrupt(session.as_ref(), &ctx.interrupt);
         let db = |context| move |error| run_error(RunError::Database { context, error });
         session.migrate().await.map_err(db("applying migrations"))?;
         let rows = match session.load_manifests().await {

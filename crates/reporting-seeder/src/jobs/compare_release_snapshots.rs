@@ -5,7 +5,7 @@ use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
 
 use crate::cli::args::OutputFormat;
 use crate::cli::context::{run_error, AppContext};
-use crate::processors::run::{cancel_on_interrupt, connect, RunError};
+use crate::processors::run::{connect_job, RunError};
 use crate::processors::snapshot::{
     compare, fraction, incomparable, render_compare, FailOn, Thresholds,
 };
@@ -66,10 +66,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let app = AppContext::from_env(&ctx.env)?;
         // Like every job but plan: pending migrations first (they create the snapshot table).
         {
-            let mut session = connect(app.store.as_ref(), &ctx.interrupt)
+            let (mut session, _cancel) = connect_job(app.store.as_ref(), &ctx.interrupt)
                 .await
                 .map_err(run_error)?;
-            let _cancel = cancel_on_interrupt(session.as_ref(), &ctx.interrupt);
             session.migrate().await.map_err(|error| {
                 run_error(RunError::Database {
                     context: "applying migrations",

@@ -5,7 +5,7 @@ use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
 
 use crate::cli::args::OutputFormat;
 use crate::cli::context::{run_error, AppContext};
-use crate::processors::run::{cancel_on_interrupt, connect, RunError};
+use crate::processors::run::{connect_job, RunError};
 use crate::processors::status::{render_runs, render_view_runs, runs_json, view_runs_json};
 
 pub const JOB: JobEntry = JobEntry {
@@ -35,10 +35,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
     Box::pin(async move {
         let cli: Cli = super::args(&matches)?;
         let app = AppContext::from_env(&ctx.env)?;
-        let mut session = connect(app.store.as_ref(), &ctx.interrupt)
+        let (mut session, _cancel) = connect_job(app.store.as_ref(), &ctx.interrupt)
             .await
             .map_err(run_error)?;
-        let _cancel = cancel_on_interrupt(session.as_ref(), &ctx.interrupt);
         let db = |error| {
             run_error(RunError::Database {
                 context: "reading the history",

@@ -4,7 +4,7 @@ use clap::{CommandFactory, Parser};
 use etl_core::{ExitStatus, JobContext, JobEntry, JobError, JobFuture};
 
 use crate::cli::context::{run_error, AppContext};
-use crate::processors::run::{cancel_on_interrupt, connect, RunError};
+use crate::processors::run::{connect_job, RunError};
 
 pub const JOB: JobEntry = JobEntry {
     name: "migrate",
@@ -20,10 +20,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
     Box::pin(async move {
         let _: Cli = super::args(&matches)?;
         let app = AppContext::from_env(&ctx.env)?;
-        let mut session = connect(app.store.as_ref(), &ctx.interrupt)
+        let (mut session, _cancel) = connect_job(app.store.as_ref(), &ctx.interrupt)
             .await
             .map_err(run_error)?;
-        let _cancel = cancel_on_interrupt(session.as_ref(), &ctx.interrupt);
         let applied = session.migrate().await.map_err(|error| {
             run_error(RunError::Database {
                 context: "applying migrations",

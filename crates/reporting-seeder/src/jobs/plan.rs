@@ -7,7 +7,7 @@ use super::refresh_all::ReportTypeArg;
 use crate::cli::args::{OutputFormat, SelectArgs};
 use crate::cli::context::{run_error, AppContext};
 use crate::processors::planner::{Scope, Selection};
-use crate::processors::run::{cancel_on_interrupt, connect, prepare, RunError};
+use crate::processors::run::{connect_job, prepare, RunError};
 use crate::processors::summary;
 
 pub const JOB: JobEntry = JobEntry {
@@ -61,10 +61,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             exclude: cli.select.exclude(),
         };
         let app = AppContext::from_env(&ctx.env)?;
-        let mut session = connect(app.store.as_ref(), &ctx.interrupt)
+        let (mut session, _cancel) = connect_job(app.store.as_ref(), &ctx.interrupt)
             .await
             .map_err(run_error)?;
-        let _cancel = cancel_on_interrupt(session.as_ref(), &ctx.interrupt);
         let prepared = prepare(
             session.as_mut(),
             &selection,

@@ -8,7 +8,7 @@ use super::refresh_all::ReportTypeArg;
 use crate::cli::args::OutputFormat;
 use crate::cli::context::{run_error, AppContext};
 use crate::processors::planner::{plan, Scope, Selection};
-use crate::processors::run::{cancel_on_interrupt, connect, name_manifest_lock_holders, RunError};
+use crate::processors::run::{connect_job, name_manifest_lock_holders, RunError};
 use crate::processors::status::{assess, render_status, status_json, State};
 
 pub const JOB: JobEntry = JobEntry {
@@ -58,10 +58,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
     Box::pin(async move {
         let cli: Cli = super::args(&matches)?;
         let app = AppContext::from_env(&ctx.env)?;
-        let mut session = connect(app.store.as_ref(), &ctx.interrupt)
+        let (mut session, _cancel) = connect_job(app.store.as_ref(), &ctx.interrupt)
             .await
             .map_err(run_error)?;
-        let _cancel = cancel_on_interrupt(session.as_ref(), &ctx.interrupt);
         let db = |context| move |error| run_error(RunError::Database { context, error });
         // Like every job but `plan`: on a database the tool never ran on, the tables exist
         // (empty) and every view reads as never refreshed, instead of a missing-table error.

@@ -163,12 +163,24 @@ pub async fn connect(
     }
 }
 
+/// [`connect`] for the jobs other than a run (status, plan, history, migrate, the snapshots),
+/// whose every statement may be cut short: with the guard of [`cancel_on_interrupt`], to keep
+/// for as long as the session is used.
+pub async fn connect_job(
+    store: &dyn Store,
+    interrupt: &Interrupt,
+) -> Result<(Box<dyn Session>, Option<CancelGuard>), RunError> {
+    let session = connect(store, interrupt).await?;
+    let cancel = cancel_on_interrupt(session.as_ref(), interrupt);
+    Ok((session, cancel))
+}
+
 /// Cancels the session's statements on the server once the job is interrupted, and again every
 /// 100 ms (a statement sent after a cancel included) for as long as the guard lives: a job
 /// waiting on a lock someone holds (a manifest or control table) ends at once on a signal, as
-/// the notice says. For the jobs whose every statement may be cut short; not for a run, whose
-/// bookkeeping goes on after a signal. `None` when the session cannot cancel (a fake).
-pub fn cancel_on_interrupt(session: &dyn Session, interrupt: &Interrupt) -> Option<CancelGuard> {
+/// the notice says. Not for a run, whose bookkeeping goes on after a signal. `None` when the
+/// session cannot cancel (a fake).
+fn cancel_on_interrupt(session: &dyn Session, interrupt: &Interrupt) -> Option<CancelGuard> {
     let canceller = session.canceller()?;
     let interrupt = interrupt.clone();
     Some(CancelGuard(tokio::spawn(async move {
