@@ -423,3 +423,30 @@ pub async fn refresh(
         .map_err(run_error)?;
     finish(&report, job.job, output, job.ui.colour)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::KNOWN;
+
+    /// Every `SEEDER_*` name this file reads is in the list of known settings, so adding a
+    /// setting without listing it fails here rather than warning users of a setting they set.
+    #[test]
+    fn every_setting_read_here_is_known() {
+        let source = include_str!("context.rs");
+        let read: Vec<&str> = source
+            .match_indices("\"SEEDER_")
+            .map(|(at, _)| {
+                let name = &source[at + 1..];
+                let end = name
+                    .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+                    .unwrap_or(name.len());
+                &name[..end]
+            })
+            .filter(|n| *n != "SEEDER_")
+            .collect();
+        assert!(read.len() >= 10, "{read:?}");
+        for name in read {
+            assert!(KNOWN.contains(&name), "{name} is read but not in KNOWN");
+        }
+    }
+}
