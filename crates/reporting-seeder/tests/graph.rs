@@ -234,6 +234,34 @@ async fn a_changed_upstream_is_rebuilt_with_its_dependents_without_reader_errors
         (v["action"].clone(), v["reason"].clone())
     };
     assert_eq!(planned("reporting.stg").0, "rebuild");
+    let stg = |json: &serde_json::Value| {
+        json["views"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["table"] == "reporting.stg")
+            .cloned()
+            .unwrap_or_else(|| panic!("{json}"))
+    };
+    assert_eq!(
+        stg(&json)["recreates"],
+        serde_json::json!(["reporting.rollup", "reporting.top"]),
+        "{json}"
+    );
+    // Planned alone, it still says what its swap recreates, though neither reader is selected.
+    let out = db
+        .run(&["run", "plan", "--", "--table", "reporting.stg"], &[])
+        .await;
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    assert!(
+        text.contains("also recreates reporting.rollup, reporting.top, which read it"),
+        "{text}"
+    );
+    assert!(
+        text.starts_with("plan: 1 view,"),
+        "only stg is planned: {text}"
+    );
     assert_eq!(
         planned("reporting.alone"),
         ("refresh".into(), serde_json::Value::Null)

@@ -298,13 +298,21 @@ impl Session for FakeStore {
         self.state().active_checks += 1;
         Ok(0)
     }
-    async fn rebuild_blocker(
+    async fn rebuild_check(
         &mut self,
-        _: Rel<'_>,
+        view: Rel<'_>,
         _: u32,
         _: &crate::repositories::Managed,
-    ) -> Result<Option<String>, DbError> {
-        Ok(None)
+    ) -> Result<crate::repositories::views::RebuildCheck, DbError> {
+        Ok(crate::repositories::views::RebuildCheck {
+            blocker: None,
+            recreates: self
+                .state()
+                .rebuilt_dependents
+                .get(&view.key())
+                .cloned()
+                .unwrap_or_default(),
+        })
     }
     async fn statements_available(&mut self) -> Result<(), String> {
         Err("the fake store has no pg_stat_statements".into())

@@ -212,6 +212,9 @@ pub struct Prepared {
     pub upstream: Vec<Vec<String>>,
     /// What each view needs, or why it is an error without running.
     pub actions: Vec<Result<Action, String>>,
+    /// For each view to rebuild: the views reading it (selected or not, each after what it
+    /// reads), which its swap drops and recreates from their manifests. Empty for the others.
+    pub recreates: Vec<Vec<String>>,
     /// Expected duration: the median of recent successful runs, else the median of the others.
     pub expected_ms: Vec<u64>,
     pub expected_known: Vec<bool>,
@@ -557,7 +560,8 @@ pub async fn prepare(
     // so is refreshed in place instead, as the old tool refreshed it: its definition stays
     // unchecked against the manifest, and each run tries the adoption again.
     let mut actions = actions;
-    for (slot, &i) in actions.iter_mut().zip(&keep) {
+    let mut recreates: Vec<Vec<String>> = vec![Vec::new(); keep.len()];
+    for ((slot, &i), recreated) in actions.iter_mut().zip(&keep).zip(&mut recreates) {
         let (Ok(Action::Rebuild { oid, adopt }), ViewPlan::Valid { name, .. }) =
             (&*slot, &planned.views[i].plan)
         else {
@@ -567,11 +571,12 @@ pub async fn prepare(
             schema: name.schema(),
             name: name.name(),
         };
-        let Some(why) = session
-            .rebuild_blocker(rel, *oid, &managed)
+        let check = session
+            .rebuild_check(rel, *oid, &managed)
             .await
-            .map_err(at("reading what reads the views to rebuild"))?
-        else {
+            .map_err(at("reading what reads the views to rebuild"))?;
+        let Some(why) = check.blocker else {
+            *recreated = check.recreates;
             continue;
         };
         if *adopt {
@@ -626,6 +631,7 @@ pub async fn prepare(
         graph,
         upstream,
         actions,
+        recreates,
         expected_ms,
         expected_known,
         managed,

@@ -283,7 +283,6 @@ pub fn to_json(report: &RunReport, job: &str) -> serde_json::Value {
     })
 }
 
-/// What `plan` shows for one view's action.
 /// What `plan` says a run will do with each view, and why where that is not obvious.
 fn planned_actions(p: &super::run::Prepared) -> Vec<(&'static str, Option<String>)> {
     use super::refresh::Action;
@@ -293,7 +292,8 @@ fn planned_actions(p: &super::run::Prepared) -> Vec<(&'static str, Option<String
         .iter()
         .zip(rebuilt_with)
         .zip(blocked_by)
-        .map(|((a, with), blocked)| match (a, blocked, with) {
+        .zip(&p.recreates)
+        .map(|(((a, with), blocked), recreates)| match (a, blocked, with) {
             (Err(reason), _, _) => ("skip-invalid", Some(reason.clone())),
             (Ok(_), Some(upstream), _) => (
                 "skip",
@@ -307,18 +307,33 @@ fn planned_actions(p: &super::run::Prepared) -> Vec<(&'static str, Option<String
                     "recreated by the rebuild of {upstream}, which it reads"
                 )),
             ),
-            (Ok(Action::Rebuild { adopt: true, .. }), None, None) => (
-                "rebuild",
-                Some(
+            (Ok(Action::Rebuild { adopt, .. }), None, None) => {
+                let adopted = adopt.then_some(
                     "adopt: it exists without a recorded query hash (built by the old tool or \
-                     by hand), so it is rebuilt once and recorded as adopt"
-                        .to_string(),
-                ),
-            ),
-            (Ok(Action::Rebuild { .. }), None, None) => ("rebuild", None),
+                     by hand), so it is rebuilt once and recorded as adopt",
+                );
+                let also = recreated_with(recreates);
+                let reason = match (adopted, also) {
+                    (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                    (Some(a), None) => Some(a.to_string()),
+                    (None, b) => b,
+                };
+                ("rebuild", reason)
+            }
             (Ok(other), None, None) => (other.label(), None),
         })
         .collect()
+}
+
+/// "also recreates a.b, c.d, which read it": what a rebuild's swap drops and builds again.
+fn recreated_with(readers: &[String]) -> Option<String> {
+    (!readers.is_empty()).then(|| {
+        format!(
+            "also recreates {}, which read{} it",
+            readers.join(", "),
+            if readers.len() == 1 { "s" } else { "" }
+        )
+    })
 }
 
 fn human_ms(ms: u64) -> String {
@@ -409,6 +424,7 @@ pub fn plan_json(p: &super::run::Prepared, workers: std::num::NonZeroUsize) -> s
             "action": planned[i].0,
             "reason": planned[i].1,
             "upstream": p.upstream[i],
+            "recreates": p.recreates[i],
             "expected_ms": p.expected_ms[i],
             "expected_from_history": p.expected_known[i],
         })).collect::<Vec<_>>(),

@@ -210,14 +210,14 @@ pub trait Session: Send {
     async fn manifest_lock_holders(&mut self) -> Result<LockHolders, DbError> {
         Ok(LockHolders::default())
     }
-    /// Why rebuilding this view would stop (a dependent the swap would have to drop that no
-    /// usable manifest manages), if it would.
-    async fn rebuild_blocker(
+    /// What rebuilding this view would recreate with it, or why it would stop (a dependent the
+    /// swap would have to drop that no usable manifest manages).
+    async fn rebuild_check(
         &mut self,
         view: Rel<'_>,
         oid: u32,
         managed: &Managed,
-    ) -> Result<Option<String>, DbError>;
+    ) -> Result<views::RebuildCheck, DbError>;
     /// Whether pg_stat_statements can be read here: `Err` says why not.
     async fn statements_available(&mut self) -> Result<(), String>;
     /// This session's server process id.
@@ -809,13 +809,13 @@ impl Session for PgSession {
         )
         .await
     }
-    async fn rebuild_blocker(
+    async fn rebuild_check(
         &mut self,
         view: Rel<'_>,
         oid: u32,
         managed: &Managed,
-    ) -> Result<Option<String>, DbError> {
-        views::rebuild_blocker(&**self.conn, view, oid, managed).await
+    ) -> Result<views::RebuildCheck, DbError> {
+        views::rebuild_check(&**self.conn, view, oid, managed).await
     }
     async fn statements_available(&mut self) -> Result<(), String> {
         statements::available(&self.conn).await
