@@ -356,6 +356,64 @@ async fn a_changed_upstream_is_rebuilt_with_its_dependents_without_reader_errors
     assert!(actions.iter().all(|a| a == "refresh"), "{actions:?}");
 }
 
+/// Two levels changed: the upstream one's rebuild recreates the other and what reads it, and
+/// plan names that rebuild for both, as the run records it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_levels_changed_plan_names_the_upstream_rebuild() {
+    let db = TestDb::new().await;
+    chain(&db).await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    db.client()
+        .await
+        .batch_execute(
+            "UPDATE reporting.seeder_canned_report SET query = 'SELECT id, v, 1 AS w FROM public.src';
+             UPDATE reporting.seeder_custom_report_manifest
+                SET query = 'SELECT sum(v) + 0 AS total FROM reporting.stg'
+              WHERE table_name = 'reporting.rollup';",
+        )
+        .await
+        .unwrap();
+    let out = db
+        .run(&["run", "plan", "--", "--output", "json"], &[])
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let planned = |t: &str| {
+        json["views"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["table"] == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("{t}: {json}"))
+    };
+    assert_eq!(planned("reporting.stg")["action"], "rebuild");
+    for t in ["reporting.rollup", "reporting.top"] {
+        let v = planned(t);
+        assert_eq!(v["action"], "rebuild", "{t}: {json}");
+        assert!(
+            v["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("recreated by the rebuild of reporting.stg"),
+            "{t}: {v}"
+        );
+    }
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let action: String = db
+        .client()
+        .await
+        .query_one(
+            "SELECT action FROM reporting.seeder_view_run
+              WHERE run_id = $1 AND table_name = 'reporting.rollup'",
+            &[&db.last_run_id().await],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(action, "rebuilt with upstream");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmanaged_dependent_stops_the_rebuild_and_is_never_dropped() {
     let db = TestDb::new().await;

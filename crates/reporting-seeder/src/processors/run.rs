@@ -249,14 +249,30 @@ impl Prepared {
         self.graph.remaining_path(&self.expected_ms)
     }
 
-    /// For each view that would be refreshed in place: the selected upstream whose rebuild will
-    /// recreate it first (a rebuild recreates the managed views reading the rebuilt one, however
-    /// indirectly), if any. `None` for every other view.
+    /// For each view: the selected view whose rebuild will recreate it first, if any (a rebuild
+    /// recreates the views reading the rebuilt one, however indirectly, so of two rebuilds one
+    /// of which reads the other, the upstream one does it). `None` for every other view.
     pub fn rebuilt_with(&self) -> Vec<Option<String>> {
-        self.through_upstream(
-            |a| matches!(a, Ok(Action::Rebuild { .. })),
-            |a| matches!(a, Ok(Action::Refresh { .. })),
-        )
+        // Each recreated view → the rebuilds that recreate it, in manifest order.
+        let mut by: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (j, readers) in self.recreates.iter().enumerate() {
+            for r in readers {
+                by.entry(r.as_str()).or_default().push(j);
+            }
+        }
+        self.views
+            .iter()
+            .map(|v| {
+                let by = by.get(v.key.as_str())?;
+                // The one no other of them recreates: it runs first.
+                by.iter()
+                    .find(|&&j| {
+                        !by.iter()
+                            .any(|&k| self.recreates[k].contains(&self.views[j].key))
+                    })
+                    .map(|&j| self.views[j].key.clone())
+            })
+            .collect()
     }
 
     /// For each view that could run: the selected upstream, however indirect, that cannot (an

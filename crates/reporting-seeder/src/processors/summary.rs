@@ -304,7 +304,7 @@ fn planned_actions(p: &super::run::Prepared) -> Vec<(&'static str, Option<String
             (Ok(_), None, Some(upstream)) => (
                 "rebuild",
                 Some(format!(
-                    "recreated by the rebuild of {upstream}, which it reads"
+                    "recreated by the rebuild of {upstream}, which it reads, directly or not"
                 )),
             ),
             (Ok(Action::Rebuild { adopt, .. }), None, None) => {
