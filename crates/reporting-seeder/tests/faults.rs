@@ -889,6 +889,52 @@ async fn a_manifest_that_times_out_is_not_retried_and_names_the_timeout() {
     assert!(db.oid("reporting.too_slow").await.is_none());
 }
 
+/// A timeout column of type `interval` (what Django's `DurationField` makes) is read as the
+/// interval it holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interval_timeout_column_is_read_as_its_interval() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.canned(
+        "reporting.roomy",
+        "SELECT 1 AS id FROM (SELECT pg_sleep(0.5)) s",
+        &[(1, "gotham")],
+    )
+    .await;
+    db.canned(
+        "reporting.tight",
+        "SELECT 1 AS id FROM (SELECT pg_sleep(2)) s",
+        &[(1, "gotham")],
+    )
+    .await;
+    db.client()
+        .await
+        .batch_execute(
+            "ALTER TABLE reporting.seeder_canned_report ADD COLUMN statement_timeout interval;
+             UPDATE reporting.seeder_canned_report SET statement_timeout = '5 seconds'
+              WHERE table_name = 'reporting.roomy';
+             UPDATE reporting.seeder_canned_report SET statement_timeout = '0.2 seconds'
+              WHERE table_name = 'reporting.tight';",
+        )
+        .await
+        .unwrap();
+    let out = db
+        .run(
+            &["run", "refresh_all"],
+            &[("SEEDER_STATEMENT_TIMEOUT", "300ms")],
+        )
+        .await;
+    assert_exit(&out, 1);
+    assert_eq!(db.view_run("reporting.roomy").await.0, "success");
+    let (status, _, errors) = db.view_run("reporting.tight").await;
+    assert_eq!(status, "error");
+    let errors = errors.unwrap_or_default();
+    assert!(
+        errors.contains("statement_timeout 200ms, from the manifest's statement_timeout column"),
+        "{errors}"
+    );
+}
+
 /// A view recreated inside its upstream's rebuild runs its query under its own manifest's
 /// statement timeout, as it does when refreshed on its own; the others keep the run's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

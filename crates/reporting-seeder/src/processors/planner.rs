@@ -92,16 +92,55 @@ pub struct Timeouts {
 /// PostgreSQL keeps its timeouts as whole milliseconds in an `int`: about 24.8 days at most.
 pub const TIMEOUT_MAX_MS: u64 = i32::MAX as u64;
 
-/// A manifest's timeout column: a bare number of milliseconds or `30s`, `5min`…
+/// A manifest's timeout column: a bare number of milliseconds, `30s`, `5min`…, or an `interval`
+/// column's value (`00:00:30`, `1 day 02:00:00`: what Django's `DurationField` makes).
 fn timeout(column: &str, raw: &Option<String>) -> Result<Option<u64>, String> {
     match raw.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
         None => Ok(None),
         Some(r) => etl_core::config::parse_duration(r)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .or_else(|| interval_ms(r))
             .filter(|ms| *ms <= TIMEOUT_MAX_MS)
             .map(Some)
-            .ok_or_else(|| format!("invalid {column} {r:?}: expected milliseconds or a duration such as 30s or 5min, at most {TIMEOUT_MAX_MS}ms (PostgreSQL's largest)")),
+            .ok_or_else(|| format!("invalid {column} {r:?}: expected milliseconds, a duration such as 30s or 5min, or an interval such as 00:00:30, at most {TIMEOUT_MAX_MS}ms (PostgreSQL's largest)")),
     }
+}
+
+/// An `interval` as PostgreSQL prints it by default, days and time only: `[N day[s]]
+/// [HH:MM:SS[.fraction]]`, to whole milliseconds. `None` for anything else (months, years and
+/// negative intervals make no timeout).
+fn interval_ms(raw: &str) -> Option<u64> {
+    let mut rest = raw.trim();
+    let mut ms: u64 = 0;
+    if let Some((days, after)) = rest.split_once(" days").or_else(|| rest.split_once(" day")) {
+        let days: u64 = days.trim().parse().ok()?;
+        ms = days.checked_mul(86_400_000)?;
+        rest = after.trim();
+        if rest.is_empty() {
+            return Some(ms);
+        }
+    }
+    let mut parts = rest.splitn(3, ':');
+    let (h, m, sec) = (parts.next()?, parts.next()?, parts.next()?);
+    let all_digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let (whole, fraction) = sec.split_once('.').unwrap_or((sec, ""));
+    if !(all_digits(h) && all_digits(m) && all_digits(whole))
+        || !fraction.bytes().all(|b| b.is_ascii_digit())
+        || m.len() != 2
+        || whole.len() != 2
+    {
+        return None;
+    }
+    let (h, m, whole): (u64, u64, u64) = (h.parse().ok()?, m.parse().ok()?, whole.parse().ok()?);
+    if m > 59 || whole > 59 {
+        return None;
+    }
+    // Milliseconds of the fraction, truncated as PostgreSQL's own setting would round it away.
+    let frac_ms: u64 = format!("{fraction:0<3}")[..3].parse().ok()?;
+    let time = h
+        .checked_mul(3_600_000)?
+        .checked_add(m * 60_000 + whole * 1_000 + frac_ms)?;
+    ms.checked_add(time)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,6 +448,30 @@ pub fn slugs_within(joined: &str, max: usize, len: impl Fn(&str) -> usize) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_interval_columns_value_is_a_timeout() {
+        let t = |r: &str| timeout("lock_timeout", &Some(r.to_string()));
+        assert_eq!(t("00:00:30"), Ok(Some(30_000)));
+        assert_eq!(t("00:00:00.25"), Ok(Some(250)));
+        assert_eq!(t("00:05:00"), Ok(Some(300_000)));
+        assert_eq!(t("1 day"), Ok(Some(86_400_000)));
+        assert_eq!(t("2 days 01:00:00"), Ok(Some(2 * 86_400_000 + 3_600_000)));
+        assert_eq!(t("30s"), Ok(Some(30_000)));
+        assert_eq!(t("1500"), Ok(Some(1_500)));
+        for bad in [
+            "-00:00:01",
+            "1 mon",
+            "00:61:00",
+            "1:2",
+            "00:00:xx",
+            "25 days",
+            "1 day x",
+        ] {
+            let e = t(bad).expect_err(bad);
+            assert!(e.contains("interval such as 00:00:30"), "{bad}: {e}");
+        }
+    }
 
     fn custom(id: i64, table: &str, slug: &str, enabled: bool) -> ManifestRow {
         ManifestRow {
