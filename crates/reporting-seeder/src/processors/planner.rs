@@ -124,11 +124,13 @@ fn interval_ms(raw: &str) -> Option<u64> {
     let (h, m, sec) = (parts.next()?, parts.next()?, parts.next()?);
     let all_digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
     let (whole, fraction) = sec.split_once('.').unwrap_or((sec, ""));
-    if !(all_digits(h) && all_digits(m) && all_digits(whole))
-        || !fraction.bytes().all(|b| b.is_ascii_digit())
-        || m.len() != 2
-        || whole.len() != 2
-    {
+    let well_formed = all_digits(h)
+        && all_digits(m)
+        && all_digits(whole)
+        && fraction.bytes().all(|b| b.is_ascii_digit())
+        && m.len() == 2
+        && whole.len() == 2;
+    if !well_formed {
         return None;
     }
     let (h, m, whole): (u64, u64, u64) = (h.parse().ok()?, m.parse().ok()?, whole.parse().ok()?);
