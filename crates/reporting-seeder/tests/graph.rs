@@ -1028,6 +1028,46 @@ async fn names_in_other_scripts_work_as_they_do_unquoted() {
     assert_eq!(status(&rows, "rapports.résumé_Été").0, "success");
 }
 
+/// `plan`'s columns line up by what a terminal shows: a name in CJK (two cells a character) or
+/// longer than the column does not push the expected durations out of line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_columns_line_up_for_wide_and_long_names() {
+    use unicode_width::UnicodeWidthStr;
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let long = format!("reporting.{}", "l".repeat(50));
+    for (table, id) in [
+        ("reporting.報告書", 1),
+        ("reporting.plain", 2),
+        (long.as_str(), 3),
+    ] {
+        db.custom(table, "gotham", 1, &format!("SELECT {id} AS id"))
+            .await;
+    }
+    let out = db.run(&["run", "plan"], &[]).await;
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    // Where the header's `expected` ends, every row's expected duration ends.
+    let end = lines[0].find("expected").unwrap() + "expected".len();
+    for line in &lines {
+        let (mut cells, mut cut) = (0, line.len());
+        for (i, ch) in line.char_indices() {
+            if cells == end {
+                cut = i;
+                break;
+            }
+            cells += line[i..i + ch.len_utf8()].width();
+        }
+        let (head, rest) = line.split_at(cut);
+        assert!(
+            !head.ends_with(' ') && rest.starts_with("  "),
+            "not aligned at {end} cells: {line:?}\n{text}"
+        );
+    }
+}
+
 /// `pg_depend` is read for the run's own readers only: the pairs of the views asked for, each
 /// once, whatever their names, and none of any other reader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use comfy_table::{Cell, CellAlignment, Color, Table};
+use unicode_width::UnicodeWidthStr;
 
 use super::run::{RunReport, ViewResult};
 
@@ -353,6 +354,12 @@ fn views(n: usize) -> String {
     }
 }
 
+/// `text` followed by spaces to fill `width` terminal cells.
+fn padded(text: &str, width: usize) -> String {
+    let fill = width.saturating_sub(text.width());
+    format!("{text}{}", " ".repeat(fill))
+}
+
 /// `plan` for people.
 pub fn render_plan(p: &super::run::Prepared, workers: std::num::NonZeroUsize) -> String {
     let mut out = String::new();
@@ -372,13 +379,19 @@ pub fn render_plan(p: &super::run::Prepared, workers: std::num::NonZeroUsize) ->
     if p.views.is_empty() {
         return out;
     }
+    // Columns padded by what a terminal shows (a name in CJK takes two cells a character), and
+    // the view column as wide as the widest name.
+    let names: Vec<String> = p.views.iter().map(|v| shown(&v.key)).collect();
+    let view_width = names.iter().map(|n| n.width()).max().unwrap_or(0).max(40);
     let _ = writeln!(
         out,
-        "  {:<20} {:<40} {:>10}  upstream",
-        "action", "view", "expected"
+        "  {:<20} {} {:>10}  upstream",
+        "action",
+        padded("view", view_width),
+        "expected"
     );
     let planned = planned_actions(p);
-    for (i, v) in p.views.iter().enumerate() {
+    for (i, name) in names.iter().enumerate() {
         let expected = if p.expected_known[i] {
             human_ms(p.expected_ms[i])
         } else {
@@ -391,9 +404,9 @@ pub fn render_plan(p: &super::run::Prepared, workers: std::num::NonZeroUsize) ->
         };
         let _ = write!(
             out,
-            "  {:<20} {:<40} {:>10}  {}",
+            "  {:<20} {} {:>10}  {}",
             planned[i].0,
-            shown(&v.key),
+            padded(name, view_width),
             expected,
             shown(&upstream)
         );
