@@ -326,12 +326,17 @@ fn planned_actions(p: &super::run::Prepared) -> Vec<(&'static str, Option<String
         .collect()
 }
 
-/// "also recreates a.b, c.d, which read it": what a rebuild's swap drops and builds again.
+/// "also recreates a.b, c.d, which read it": what a rebuild's swap drops and builds again; past
+/// five, how many more (JSON's `recreates` lists them all).
 fn recreated_with(readers: &[String]) -> Option<String> {
+    const SHOWN: usize = 5;
     (!readers.is_empty()).then(|| {
+        let mut names = readers[..readers.len().min(SHOWN)].join(", ");
+        if readers.len() > SHOWN {
+            let _ = write!(names, " and {} more", readers.len() - SHOWN);
+        }
         format!(
-            "also recreates {}, which read{} it",
-            readers.join(", "),
+            "also recreates {names}, which read{} it",
             if readers.len() == 1 { "s" } else { "" }
         )
     })
@@ -442,4 +447,25 @@ pub fn plan_json(p: &super::run::Prepared, workers: std::num::NonZeroUsize) -> s
             "expected_from_history": p.expected_known[i],
         })).collect::<Vec<_>>(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_rebuild_names_five_of_the_views_it_recreates_then_counts() {
+        let names = |n: usize| (1..=n).map(|i| format!("r.v{i}")).collect::<Vec<_>>();
+        assert_eq!(super::recreated_with(&[]), None);
+        assert_eq!(
+            super::recreated_with(&names(1)).as_deref(),
+            Some("also recreates r.v1, which reads it")
+        );
+        assert_eq!(
+            super::recreated_with(&names(5)).as_deref(),
+            Some("also recreates r.v1, r.v2, r.v3, r.v4, r.v5, which read it")
+        );
+        assert_eq!(
+            super::recreated_with(&names(8)).as_deref(),
+            Some("also recreates r.v1, r.v2, r.v3, r.v4, r.v5 and 3 more, which read it")
+        );
+    }
 }
