@@ -55,6 +55,23 @@ impl ConnectionSettings {
     pub fn from_env(env: &Env, application_name: &str) -> Result<ConnectionSettings, ConfigError> {
         let mut tls = TlsSettings::default();
         let mut mode_var = "DB_SSLMODE";
+        // Set but empty, as `DATABASE_URL=${SECRET}` leaves it when the secret is missing: with
+        // no DB_* either, the defaults would pick a database nobody chose (and migrate it).
+        if env.get_raw("DATABASE_URL").is_some()
+            && env.get("DATABASE_URL").is_none()
+            && ["DB_HOST", "DB_PORT", "DB_NAME", "DB_USER"]
+                .iter()
+                .all(|v| env.get(v).is_none())
+        {
+            return Err(ConfigError::Invalid {
+                var: "DATABASE_URL".into(),
+                value: env.get_raw("DATABASE_URL").unwrap_or_default().into(),
+                expected: "it is set but empty, and no DB_HOST, DB_PORT, DB_NAME or DB_USER is \
+                           set either; give it a postgres:// URL, set the DB_* variables, or \
+                           unset it to connect to localhost:5432/postgres by the defaults"
+                    .into(),
+            });
+        }
         let mut config = match env.get("DATABASE_URL") {
             Some(raw) => {
                 let (config, mode, root) = parse_database_url(raw)?;
@@ -981,6 +998,31 @@ mod tests {
         let (config, _, _) = parse_database_url("postgresql://bob@").unwrap();
         assert_eq!(config.get_user(), Some("bob"));
         assert!(config.get_hosts().is_empty());
+    }
+
+    #[test]
+    fn an_empty_database_url_with_no_db_variables_is_a_configuration_error() {
+        for blank in ["", "  "] {
+            let err =
+                ConnectionSettings::from_env(&Env::from_pairs([("DATABASE_URL", blank)]), "t")
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                err.starts_with("DATABASE_URL=") && err.contains("set but empty"),
+                "{err}"
+            );
+        }
+        // With DB_* set, an empty DATABASE_URL is unset, as the tool this one replaces read it.
+        let settings = ConnectionSettings::from_env(
+            &Env::from_pairs([("DATABASE_URL", ""), ("DB_NAME", "reports")]),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(settings.config.get_dbname(), Some("reports"));
+        // Unset, the defaults apply.
+        let settings =
+            ConnectionSettings::from_env(&Env::from_pairs([("DB_PASSWORD", "")]), "t").unwrap();
+        assert_eq!(settings.config.get_dbname(), Some("postgres"));
     }
 
     #[test]
