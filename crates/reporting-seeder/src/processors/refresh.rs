@@ -54,8 +54,9 @@ pub fn decide(
             } else {
                 format!(
                     "cannot create {key}: schema {schema} does not exist and role {role} may not \
-                     create schemas in this database; create it (and GRANT CREATE ON SCHEMA \
-                     {schema} TO {role}), or GRANT CREATE ON DATABASE to {role}"
+                     create schemas in this database; create it (and GRANT USAGE, CREATE ON \
+                     SCHEMA {schema} TO {role}), or GRANT CREATE ON DATABASE {} TO {role}",
+                    crate::repositories::ident(&state.database)
                 )
             });
         }
@@ -78,10 +79,25 @@ pub fn decide(
         ));
     }
     if let Some((owner, role)) = &state.foreign_owner {
-        return Err(format!(
-            "cannot refresh or rebuild {key}: it is owned by role {owner}, whose privileges role \
-             {role} does not have; GRANT {owner} TO {role}, or run the tool as {owner}"
-        ));
+        // The statement to copy names the view quoted, as SQL must for some names.
+        let view = key.split_once('.').map_or_else(
+            || crate::repositories::ident(key),
+            |(s, n)| crate::repositories::Rel { schema: s, name: n }.quoted(),
+        );
+        return Err(if state.owner_superuser {
+            // Granting a superuser's role would make the tool's role one.
+            format!(
+                "cannot refresh or rebuild {key}: it is owned by {owner}, a superuser, and role \
+                 {role} is not one; give it to the tool's role (ALTER MATERIALIZED VIEW {view} \
+                 OWNER TO {role}), or run the tool as {owner}"
+            )
+        } else {
+            format!(
+                "cannot refresh or rebuild {key}: it is owned by role {owner}, whose privileges \
+                 role {role} does not have; give it to the tool's role (ALTER MATERIALIZED VIEW \
+                 {view} OWNER TO {role}), GRANT {owner} TO {role}, or run the tool as {owner}"
+            )
+        });
     }
     match &state.stored_hash {
         None => Ok(Action::Rebuild { oid, adopt: true }),
@@ -266,8 +282,33 @@ mod tests {
         };
         for hash in ["h", "changed"] {
             let err = decide(&foreign, hash, false, "s.v").unwrap_err();
-            assert!(err.contains("GRANT bi TO seeder"), "{err}");
+            assert!(
+                err.contains("ALTER MATERIALIZED VIEW \"s\".\"v\" OWNER TO seeder")
+                    && err.contains("GRANT bi TO seeder"),
+                "{err}"
+            );
         }
+        // A superuser's role is never suggested for granting.
+        let superuser = ViewState {
+            foreign_owner: Some(("postgres".into(), "seeder".into())),
+            owner_superuser: true,
+            ..matview(Some("h"))
+        };
+        let err = decide(&superuser, "h", false, "s.Mixed").unwrap_err();
+        assert!(
+            err.contains("ALTER MATERIALIZED VIEW \"s\".\"Mixed\" OWNER TO seeder")
+                && !err.contains("GRANT postgres"),
+            "{err}"
+        );
+        let no_schema = ViewState {
+            database: "reports db".into(),
+            ..denied(false)
+        };
+        let err = decide(&no_schema, "h", false, "s.v").unwrap_err();
+        assert!(
+            err.contains("GRANT CREATE ON DATABASE \"reports db\" TO seeder"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -26,6 +26,10 @@ pub struct ViewState {
     /// (owner, the tool's role) when the relation's owner is a role whose privileges the tool's
     /// role does not have: it can neither refresh nor replace the view.
     pub foreign_owner: Option<(String, String)>,
+    /// Whether that owner is a superuser (granting it to the tool's role would make that one).
+    pub owner_superuser: bool,
+    /// The database's name, for the GRANT a message suggests.
+    pub database: String,
     /// The tool's role, when it may not create the view: no CREATE on its schema, or (the schema
     /// missing) on the database.
     pub create_denied: Option<String>,
@@ -54,7 +58,9 @@ const INSPECT: &str = "
            CASE WHEN n.oid IS NULL THEN NOT has_database_privilege(current_database(), 'CREATE')
                 ELSE NOT (has_schema_privilege(n.oid, 'CREATE')
                           AND has_schema_privilege(n.oid, 'USAGE')) END,
-           current_user::text
+           current_user::text,
+           coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.oid = c.relowner), false),
+           current_database()::text
     FROM unnest($1::text[], $2::text[]) AS v(schema, name)
     LEFT JOIN pg_namespace n ON n.nspname = v.schema
     LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = v.name
@@ -101,6 +107,8 @@ pub async fn inspect(
                 } else {
                     None
                 },
+                owner_superuser: r.try_get(11)?,
+                database: r.try_get(12)?,
             },
         );
     }
