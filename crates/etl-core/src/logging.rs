@@ -31,9 +31,11 @@ pub fn init(env: &Env, options: LogOptions) -> Result<(), String> {
     let asked = env
         .get("RUST_LOG")
         .map(|f| {
-            EnvFilter::try_new(f).map_err(|e| {
-                format!("RUST_LOG={f:?}: {e}; expected a filter such as info, warn or reporting_seeder=debug")
-            })
+            EnvFilter::try_new(f)
+                .map(|filter| quiet_parser(f, filter))
+                .map_err(|e| {
+                    format!("RUST_LOG={f:?}: {e}; expected a filter such as info, warn or reporting_seeder=debug")
+                })
         })
         .transpose()?;
     let filter = asked
@@ -62,6 +64,18 @@ pub fn init(env: &Env, options: LogOptions) -> Result<(), String> {
         builder.with_ansi(ansi).try_init()
     };
     Ok(())
+}
+
+/// The SQL parser logs each token it reads at debug: under a plain `RUST_LOG=debug` that buries
+/// everything else, so it keeps to warnings unless the filter names it.
+fn quiet_parser(asked: &str, filter: EnvFilter) -> EnvFilter {
+    if asked.contains("sqlparser") {
+        return filter;
+    }
+    match "sqlparser=warn".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
 }
 
 /// Colour only on a terminal that can show it (not `TERM=dumb`), and never with `NO_COLOR` set

@@ -147,6 +147,29 @@ fn unreachable_database_exits_3_without_showing_the_password() {
     assert!(!all.contains("hunter2secret"), "{all}");
 }
 
+/// `RUST_LOG=debug` shows the tool's debug lines, not the SQL parser's line per token, which
+/// shows only when the filter names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_logs_leave_out_the_sql_parsers_tokens_unless_asked() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.one", "gotham", 1, "SELECT 1 + 2 * 3 AS n")
+        .await;
+    let out = db.run(&["run", "plan"], &[("RUST_LOG", "debug")]).await;
+    assert_exit(&out, 0);
+    let err = stderr(&out);
+    assert!(err.contains("DEBUG"), "{err}");
+    assert!(!err.contains("get_next_precedence"), "{err}");
+    let out = db
+        .run(&["run", "plan"], &[("RUST_LOG", "debug,sqlparser=debug")])
+        .await;
+    assert_exit(&out, 0);
+    assert!(
+        stderr(&out).contains("get_next_precedence"),
+        "the filter names it"
+    );
+}
+
 /// A server that accepts the connection and never answers (a stuck pooler, a black-holed
 /// path): exit 3 once the connect timeout and the handshake's allowance are spent, and a signal
 /// meanwhile ends the run at once.
