@@ -1059,7 +1059,7 @@ impl<C: Clock + Clone + 'static> RunProcessor<C> {
                     match lock(&shared.held_elsewhere).get(upstream) {
                         // Nothing failed: the other run is at it (and refreshes its readers).
                         Some(by) => skipped(format!(
-                            "upstream {upstream} locked by {by}: it is refreshing that view now"
+                            "upstream {upstream} locked by {by}: its session holds that view now"
                         )),
                         None => skipped(format!("upstream {upstream} failed")),
                     }
@@ -1556,9 +1556,14 @@ fn never_ran_in_span<C: Clock>(shared: &Shared<C>, i: usize, outcome: Outcome) -
 fn breaker_gave_up<C: Clock>(shared: &Shared<C>) -> String {
     let last = lock(&shared.last_trouble).clone().unwrap_or_default();
     format!(
-        "circuit breaker open after {} consecutive database failures (last: {last}), and the probe \
-         after {}s failed too: not started",
+        "circuit breaker open after {} consecutive database failure{} (last: {last}), and the \
+         probe after {}s failed too: not started",
         shared.settings.max_failures,
+        if shared.settings.max_failures.get() == 1 {
+            ""
+        } else {
+            "s"
+        },
         shared.settings.reset_after.as_secs()
     )
 }
@@ -1636,7 +1641,9 @@ async fn ready<C: Clock>(
                 .map(|r| format!("run {r}"))
                 .unwrap_or_else(|| "another run".to_string());
             lock(&shared.held_elsewhere).insert(view.key.clone(), by.clone());
-            let reason = format!("locked by {by}: it is refreshing this view now");
+            // A killed run's session may still hold it (its last statement running on): say what is
+            // known, not that the run is alive.
+            let reason = format!("locked by {by}: its session holds this view now");
             tracing::warn!(view = %view.key, %reason, "skipped");
             return Err(skipped(reason));
         }
@@ -2556,7 +2563,7 @@ mod tests {
             reasons[1],
             (
                 "skipped",
-                "upstream s.held locked by run run-a: it is refreshing that view now".to_string()
+                "upstream s.held locked by run run-a: its session holds that view now".to_string()
             )
         );
         assert!(
