@@ -338,6 +338,36 @@ async fn history_lists_runs_and_their_views() {
     );
 }
 
+/// A manifest whose table name the tool refuses has history rows all the same (its errors):
+/// `history --table` finds them under the name as the manifest wrote it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_of_a_refused_table_name_shows_its_errors() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("bad table; drop", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 1);
+    let out = db
+        .run(
+            &[
+                "run",
+                "history",
+                "--",
+                "--table",
+                "bad table; drop",
+                "--output",
+                "json",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let views = json["views"].as_array().unwrap();
+    assert_eq!(views.len(), 1, "{json}");
+    assert_eq!(views[0]["status"], "error", "{json}");
+}
+
 /// `history --run-id` of a run that is recorded but has no finished view (still running, or a
 /// retry that had nothing to do) shows what there is, exit 0: the run exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,9 +66,10 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                 }
             }
             (None, Some(table)) => {
+                // A name the tool refuses still has history rows (its manifest's errors),
+                // recorded under the manifest's text: look that up as given.
                 let table = crate::processors::planner::ViewName::parse(table)
-                    .map_err(|e| JobError::usage(format!("--table: {e}")))?
-                    .to_string();
+                    .map_or_else(|_| table.trim().to_string(), |name| name.to_string());
                 let rows = session.table_history(&table, cli.limit).await.map_err(db)?;
                 if json {
                     format!("{:#}\n", view_runs_json(&rows))
