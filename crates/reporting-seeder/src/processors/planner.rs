@@ -173,8 +173,8 @@ pub enum PlanError {
     DisabledTable(String),
     #[error("invalid table argument: {0}")]
     BadTable(String),
-    #[error("no manifest names agency {0:?}; check the slug")]
-    UnknownAgency(String),
+    #[error("no manifest names agency {0:?}; check the slug{hint}", hint = did_you_mean(.1))]
+    UnknownAgency(String, Option<String>),
     #[error("agency {0:?} has only disabled manifests; enable one to refresh it")]
     DisabledAgency(String),
     #[error(
@@ -201,6 +201,29 @@ pub fn hash_query(query: &str) -> String {
         .collect()
 }
 
+fn did_you_mean(slug: &Option<String>) -> String {
+    slug.as_ref()
+        .map(|s| format!(" (did you mean {s:?}?)"))
+        .unwrap_or_default()
+}
+
+/// The slug an operator probably meant: the same but for case and spaces, else one within two
+/// edits.
+fn nearest_slug<'a>(asked: &str, slugs: impl Iterator<Item = &'a str> + Clone) -> Option<String> {
+    let folded = asked.trim().to_lowercase();
+    slugs
+        .clone()
+        .find(|s| s.trim().to_lowercase() == folded)
+        .or_else(|| {
+            slugs
+                .map(|s| (strsim::levenshtein(&folded, &s.to_lowercase()), s))
+                .filter(|(d, _)| *d <= 2)
+                .min_by_key(|(d, _)| *d)
+                .map(|(_, s)| s)
+        })
+        .map(str::to_string)
+}
+
 /// Every enabled view (manifest order: custom by id, then canned), and which of them
 /// `selection`'s scope and report type select. A scope naming nothing is a usage error.
 pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Plan, PlanError> {
@@ -213,7 +236,10 @@ pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Plan, PlanErr
             let named: Vec<&&ManifestRow> =
                 rows.iter().filter(|r| &r.agency_slug == slug).collect();
             if named.is_empty() {
-                return Err(PlanError::UnknownAgency(slug.clone()));
+                return Err(PlanError::UnknownAgency(
+                    slug.clone(),
+                    nearest_slug(slug, rows.iter().map(|r| r.agency_slug.as_str())),
+                ));
             }
             if !named.iter().any(|r| r.enabled) {
                 return Err(PlanError::DisabledAgency(slug.clone()));
@@ -676,8 +702,21 @@ mod tests {
         };
         assert_eq!(
             plan(&rows(), &agency("smallville")),
-            Err(PlanError::UnknownAgency("smallville".into()))
+            Err(PlanError::UnknownAgency("smallville".into(), None))
         );
+        // A slug off by case or a typo gets the one meant.
+        for asked in ["Gotham", "gothm"] {
+            let err = plan(&rows(), &agency(asked)).unwrap_err();
+            assert_eq!(
+                err,
+                PlanError::UnknownAgency(asked.into(), Some("gotham".into()))
+            );
+            assert!(
+                err.to_string()
+                    .ends_with("check the slug (did you mean \"gotham\"?)"),
+                "{err}"
+            );
+        }
         let mut r = rows();
         r.push(custom(4, "reporting.sv", "smallville", false));
         assert_eq!(
