@@ -607,7 +607,8 @@ async fn two_runs_at_once_refresh_each_view_exactly_once() {
         )
         .await;
     }
-    let env = [("SEEDER_MAX_WORKERS", "2")];
+    // At info: a view found already refreshed by the other run is up to date, said at info.
+    let env = [("SEEDER_MAX_WORKERS", "2"), ("RUST_LOG", "info")];
     let a = db.spawn(&["run", "refresh_all"], &env);
     let b = db.spawn(&["run", "refresh_all"], &env);
     let (a, b) = tokio::join!(a.wait_with_output(), b.wait_with_output());
