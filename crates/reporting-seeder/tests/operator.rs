@@ -795,7 +795,10 @@ async fn a_role_lacking_privileges_is_a_configuration_error() {
     .unwrap();
     assert_exit(&out, 2);
     assert!(
-        stderr(&out).contains("lacks a privilege"),
+        stderr(&out).contains("lacks a privilege")
+            && stderr(&out).contains(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA reporting TO <role>"
+            ),
         "{}",
         stderr(&out)
     );

@@ -217,7 +217,12 @@ pub fn run_error(e: RunError) -> JobError {
         RunError::Database { ref error, .. } if error.code.as_deref() == Some("42501") => {
             JobError::usage(format!(
                 "{e}; the role in DATABASE_URL (or DB_USER) lacks a privilege the tool needs on \
-                 the reporting schema or its control tables: grant it, or use a role that has it"
+                 the reporting schema or its control tables: grant it, or use a role that has \
+                 it. What a role that runs the tool needs, once `run migrate` has created the \
+                 tables as their owner: GRANT USAGE, CREATE ON SCHEMA reporting TO <role>; \
+                 GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA reporting TO \
+                 <role>; GRANT USAGE ON ALL SEQUENCES IN SCHEMA reporting TO <role> (README, \
+                 \"Privileges\")"
             ))
         }
         // Before any view started (every RunError::Database is): the database in trouble
