@@ -85,7 +85,8 @@ async fn drift_across_a_release_is_reported_exactly() {
                 "--table-name",
                 "reporting.v",
                 "--base-tag",
-                "r1",
+                // Tags are stored trimmed, and found so, whatever spaces a CI variable adds.
+                " r1 ",
                 "--new-tag",
                 "r2",
                 "--output",

@@ -99,6 +99,8 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let (base, new) = match (&cli.table_name, &cli.base_tag, &cli.new_tag) {
             (Some(table), Some(a), Some(b)) => {
                 let table = table.to_ascii_lowercase();
+                // Stored trimmed at capture: the same CI variable finds them here.
+                let (a, b) = (a.trim(), b.trim());
                 let base = repo
                     .snapshot_by_tag(&table, a)
                     .await

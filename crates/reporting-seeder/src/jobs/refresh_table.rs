@@ -17,8 +17,7 @@ pub const JOB: JobEntry = JobEntry {
 #[derive(Debug, Parser)]
 #[command(
     after_help = "Example: reporting-seeder run refresh_table -- reporting.stg_arrests\n\
-Same as: reporting-seeder run refresh_all -- --select table:reporting.stg_arrests\n\
-A --select given here narrows these views; it does not add to them."
+Same as: reporting-seeder run refresh_all -- --select table:reporting.stg_arrests"
 )]
 struct Cli {
     /// The view, as in the manifests' table_name column (schema.table).
