@@ -485,3 +485,29 @@ async fn a_capture_that_times_out_names_the_timeout() {
         "{text}"
     );
 }
+
+/// A capture's lines show a manifest's name as printable text: a newline in it cannot make a
+/// line of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_with_a_newline_is_one_line_of_capture_output() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let id = db.custom("bad\nname", "gotham", 1, "SELECT 1 AS id").await;
+    let out = db
+        .run(
+            &[
+                "run",
+                "capture_release_snapshot",
+                "--",
+                "--manifest-id",
+                &id.to_string(),
+                "--release-tag",
+                "v1",
+            ],
+            &[],
+        )
+        .await;
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("bad\\u{a}name"), "{text}");
+}

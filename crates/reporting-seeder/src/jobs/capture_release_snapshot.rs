@@ -8,6 +8,7 @@ use crate::cli::context::{run_error, AppContext};
 use crate::processors::planner::{plan, Selection, ViewName};
 use crate::processors::run::{connect_job, name_manifest_lock_holders, RunError};
 use crate::processors::snapshot::{capture, CaptureOptions, RELEASE_TAG_MAX};
+use crate::processors::summary::shown;
 
 pub const JOB: JobEntry = JobEntry {
     name: "capture_release_snapshot",
@@ -231,9 +232,10 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                     let message = format!("storing the snapshot of {}: {error}", view.key);
                     tracing::error!(view = %view.key, "{message}");
                     match cli.output {
-                        OutputFormat::Text => {
-                            etl_core::outln!("no snapshot of {}: {message}", view.key)
-                        }
+                        OutputFormat::Text => etl_core::outln!(
+                            "{}",
+                            shown(&format!("no snapshot of {}: {message}", view.key))
+                        ),
                         OutputFormat::Json => out.push(serde_json::json!({
                             "table": view.key, "status": "not stored", "error": message,
                         })),
@@ -249,15 +251,23 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             }
             match cli.output {
                 // An error snapshot holds no statistics: its counts and hash mean nothing.
+                // Names and tags as printable text: one line each, whatever they hold.
                 OutputFormat::Text if s.status != "success" => etl_core::outln!(
-                    "snapshot {} of {} at {}: {} ({})",
-                    s.id,
-                    s.table_name,
-                    s.release_tag,
-                    s.status,
-                    s.column_stats["error"].as_str().unwrap_or("no reason recorded")
+                    "{}",
+                    shown(&format!(
+                        "snapshot {} of {} at {}: {} ({})",
+                        s.id,
+                        s.table_name,
+                        s.release_tag,
+                        s.status,
+                        s.column_stats["error"]
+                            .as_str()
+                            .unwrap_or("no reason recorded")
+                    ))
                 ),
                 OutputFormat::Text => etl_core::outln!(
+                    "{}",
+                    shown(&format!(
                     "snapshot {} of {} at {}: {}, {} rows{}, {} columns, schema {}{}",
                     s.id,
                     s.table_name,
@@ -271,6 +281,7 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                     s.total_columns,
                     &s.schema_hash[..12.min(s.schema_hash.len())],
                     s.column_stats["error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default()
+                    ))
                 ),
                 OutputFormat::Json => out.push(serde_json::json!({
                     "id": s.id.to_string(), "table": s.table_name, "release_tag": s.release_tag,
