@@ -511,3 +511,44 @@ async fn a_name_with_a_newline_is_one_line_of_capture_output() {
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains("bad\\u{a}name"), "{text}");
 }
+
+/// A sample of a small view would draw a page or none (an estimate of 0 rows, or of ten times
+/// too many): fewer than 1,000 rows sampled and the view is read whole, and the snapshot says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_view_is_read_whole_whatever_the_sample() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom(
+        "reporting.small",
+        "gotham",
+        1,
+        "SELECT i AS id, CASE WHEN i % 5 = 0 THEN NULL ELSE i END AS v FROM generate_series(1, 50) i",
+    )
+    .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    for percent in ["10", "50"] {
+        let s = capture(
+            &db,
+            &[
+                "--all",
+                "--release-tag",
+                percent,
+                "--sample-percent",
+                percent,
+            ],
+            &[],
+        )
+        .await;
+        let snap = &s["snapshots"][0];
+        assert_eq!(snap["total_rows"], 50, "{snap}");
+        let stats = &snap["column_stats"];
+        assert_eq!(stats["sample_percent"], Value::Null, "{stats}");
+        assert_eq!(stats["columns"]["v"]["null_count"], 10, "{stats}");
+        assert!(
+            stats["sample_skipped"]
+                .as_str()
+                .is_some_and(|s| s.contains("the whole view was read")),
+            "{stats}"
+        );
+    }
+}

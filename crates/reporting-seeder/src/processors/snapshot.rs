@@ -138,6 +138,10 @@ fn scaled(count: i64, sample: Option<Sample>) -> i64 {
     }
 }
 
+/// Fewer rows than this in a sample and the view is read whole instead: an estimate from so few
+/// would be noise, and the view is small enough to read.
+const MIN_SAMPLED_ROWS: i64 = 1_000;
+
 async fn gather(
     repo: &mut dyn Snapshots,
     view: &PlannedView,
@@ -163,8 +167,17 @@ async fn gather(
     }
     let mut read = 0;
     let mut counts = Vec::with_capacity(columns.len());
-    for pass in columns.chunks(COLUMNS_PER_PASS) {
-        let (rows, c) = repo.snapshot_counts(rel, pass, sample).await?;
+    let mut sample = sample;
+    let mut whole_instead = false;
+    for (i, pass) in columns.chunks(COLUMNS_PER_PASS).enumerate() {
+        let (mut rows, mut c) = repo.snapshot_counts(rel, pass, sample).await?;
+        // A sample of a small view draws a page or none: its estimate would be 0 rows, or a
+        // page's rows times the inverse of the percentage. Such a view is cheap to read whole.
+        if i == 0 && sample.is_some() && rows < MIN_SAMPLED_ROWS {
+            sample = None;
+            whole_instead = true;
+            (rows, c) = repo.snapshot_counts(rel, pass, None).await?;
+        }
         read = rows;
         counts.extend(c);
     }
@@ -198,7 +211,16 @@ async fn gather(
     }
     let mut all = serde_json::Map::new();
     all.insert("columns".into(), Value::Object(stats));
-    all.insert("sample_percent".into(), json!(options.sample_percent));
+    all.insert("sample_percent".into(), json!(sample.map(|s| s.percent)));
+    if whole_instead {
+        all.insert(
+            "sample_skipped".into(),
+            json!(format!(
+                "the {}% sample read fewer than {MIN_SAMPLED_ROWS} rows: the whole view was read",
+                options.sample_percent.unwrap_or_default()
+            )),
+        );
+    }
     if let Some(s) = sample {
         all.insert("sample_rows".into(), json!(read));
         all.insert("sample_seed".into(), json!(s.seed));
