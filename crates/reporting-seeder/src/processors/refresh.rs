@@ -108,6 +108,19 @@ pub fn decide(
     }
 }
 
+/// Why the role cannot rebuild an existing view, from what the catalog says: the new view is
+/// built beside the old one, in its schema. `None` when it may.
+pub fn rebuild_denied(state: &ViewState, key: &str) -> Option<String> {
+    let role = state.create_denied.as_ref()?;
+    let schema = key.split_once('.').map_or(key, |(schema, _)| schema);
+    Some(format!(
+        "cannot rebuild {key}: role {role} may not create in schema {schema} (the new view is \
+         built beside the old one); GRANT CREATE ON SCHEMA {} TO {role}, or run the tool as the \
+         schema's owner",
+        crate::repositories::ident(schema)
+    ))
+}
+
 pub use crate::repositories::views::temp_name;
 
 /// What a successful refresh reports.

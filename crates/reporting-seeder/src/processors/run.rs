@@ -587,19 +587,25 @@ pub async fn prepare(
             schema: name.schema(),
             name: name.name(),
         };
-        let check = session
-            .rebuild_check(rel, *oid, &managed)
-            .await
-            .map_err(at("reading what reads the views to rebuild"))?;
-        let Some(why) = check.blocker else {
-            *recreated = check.recreates;
-            continue;
+        let state = states
+            .get(&planned.views[i].key)
+            .cloned()
+            .unwrap_or_default();
+        let why = match super::refresh::rebuild_denied(&state, &planned.views[i].key) {
+            Some(why) => why,
+            None => {
+                let check = session
+                    .rebuild_check(rel, *oid, &managed)
+                    .await
+                    .map_err(at("reading what reads the views to rebuild"))?;
+                let Some(why) = check.blocker else {
+                    *recreated = check.recreates;
+                    continue;
+                };
+                why
+            }
         };
         if *adopt {
-            let state = states
-                .get(&planned.views[i].key)
-                .cloned()
-                .unwrap_or_default();
             tracing::warn!(
                 view = %planned.views[i].key,
                 reason = %why,

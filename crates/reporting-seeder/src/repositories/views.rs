@@ -668,41 +668,22 @@ const DEPENDENTS: &str = "
 /// What a rebuild of one view would do beyond the view itself, found before anything is built.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RebuildCheck {
-    /// Why it would stop: the role may not create the new view in the schema, or a view reading
-    /// it that no usable manifest manages would have to be dropped by the swap.
+    /// Why it would stop: a view reading it that no usable manifest manages would have to be
+    /// dropped by the swap.
     pub blocker: Option<String>,
     /// The views reading it (`schema.name`, each after what it reads), which the swap drops and
     /// recreates from their manifests.
     pub recreates: Vec<String>,
 }
 
-/// What a rebuild of the view with `oid` would recreate with it, or why it would stop.
+/// What a rebuild of the view with `oid` would recreate with it, or why it would stop. (Whether
+/// the role may build the new view beside it is in its [`ViewState`].)
 pub async fn rebuild_check(
     client: &impl GenericClient,
     view: Rel<'_>,
     oid: u32,
     managed: &Managed,
 ) -> Result<RebuildCheck, DbError> {
-    let may = client
-        .query_one(
-            "SELECT has_schema_privilege(current_user, $1::text, 'CREATE'), current_user::text",
-            &[&view.schema],
-        )
-        .await?;
-    if !may.try_get::<_, bool>(0)? {
-        return Ok(RebuildCheck {
-            blocker: Some(format!(
-                "cannot rebuild {}: role {} may not create in schema {} (the new view is built \
-             beside the old one); GRANT CREATE ON SCHEMA {} to it, or run the tool as the \
-             schema's owner",
-                view.key(),
-                may.try_get::<_, String>(1)?,
-                view.schema,
-                ident(view.schema)
-            )),
-            recreates: Vec::new(),
-        });
-    }
     let deps = dependents(client, oid).await?;
     Ok(match unmanaged(view, &deps, managed) {
         Some(e) => RebuildCheck {
