@@ -8,7 +8,7 @@ use crate::cli::context::{run_error, AppContext};
 use crate::processors::planner::{plan, Selection, ViewName};
 use crate::processors::run::{connect_job, name_manifest_lock_holders, RunError};
 use crate::processors::snapshot::{capture, CaptureOptions, RELEASE_TAG_MAX};
-use crate::processors::summary::shown;
+use crate::processors::summary::{counted, shown};
 
 pub const JOB: JobEntry = JobEntry {
     name: "capture_release_snapshot",
@@ -268,17 +268,17 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
                 OutputFormat::Text => etl_core::outln!(
                     "{}",
                     shown(&format!(
-                    "snapshot {} of {} at {}: {}, {} rows{}, {} columns, schema {}{}",
+                    "snapshot {} of {} at {}: {}, {}{}, {}, schema {}{}",
                     s.id,
                     s.table_name,
                     s.release_tag,
                     s.status,
-                    s.total_rows,
+                    counted(s.total_rows, "row", "rows"),
                     s.column_stats["sample_percent"]
                         .as_f64()
                         .map(|p| format!(" (estimated from a {p}% sample)"))
                         .unwrap_or_default(),
-                    s.total_columns,
+                    counted(s.total_columns.into(), "column", "columns"),
                     &s.schema_hash[..12.min(s.schema_hash.len())],
                     s.column_stats["error"].as_str().map(|e| format!(" ({e})")).unwrap_or_default()
                     ))

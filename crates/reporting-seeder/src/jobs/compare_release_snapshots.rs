@@ -7,7 +7,7 @@ use crate::cli::args::OutputFormat;
 use crate::cli::context::{run_error, AppContext};
 use crate::processors::run::{connect_job, RunError};
 use crate::processors::snapshot::{
-    compare, fraction, incomparable, render_compare, FailOn, Thresholds,
+    compare, fraction, incomparable, render_compare, share, FailOn, Thresholds,
 };
 
 pub const JOB: JobEntry = JobEntry {
@@ -36,8 +36,8 @@ struct Cli {
     /// With --table-name: the new release's tag.
     #[arg(long, value_name = "TAG", requires = "table_name")]
     new_tag: Option<String>,
-    /// Report a column whose null fraction moved by more than this (0.05 = 5 points).
-    #[arg(long, default_value_t = 0.05, value_parser = threshold)]
+    /// Report a column whose null fraction moved by more than this (0.05 = 5 points), 0 to 1.
+    #[arg(long, default_value_t = 0.05, value_parser = null_threshold)]
     null_threshold: f64,
     /// Report a column whose distinct count changed by more than this fraction.
     #[arg(long, default_value_t = 0.10, value_parser = threshold)]
@@ -49,6 +49,10 @@ struct Cli {
     /// What to print.
     #[arg(long, value_enum, default_value = "text")]
     output: OutputFormat,
+}
+
+fn null_threshold(s: &str) -> Result<f64, String> {
+    share(s.trim()).ok_or_else(|| format!("{s:?} is not a fraction from 0 to 1, e.g. 0.05"))
 }
 
 fn threshold(s: &str) -> Result<f64, String> {

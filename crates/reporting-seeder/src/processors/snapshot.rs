@@ -252,6 +252,11 @@ pub fn fraction(s: &str) -> Option<f64> {
     s.parse::<f64>().ok().filter(|v| v.is_finite() && *v >= 0.0)
 }
 
+/// A fraction of a whole, from 0 to 1: how far a null fraction may move.
+pub fn share(s: &str) -> Option<f64> {
+    fraction(s).filter(|v| *v <= 1.0)
+}
+
 /// Whether a change is more than a threshold. Changes are differences of binary fractions
 /// (0.65 − 0.60 is 0.05000000000000004), so a change equal to the threshold up to rounding is
 /// not more than it, whichever way it goes.
@@ -290,7 +295,12 @@ impl std::str::FromStr for FailOn {
             match kind {
                 "schema" if value.is_empty() => f.schema = true,
                 "rows" => f.rows = Some(number()?),
-                "nulls" => f.nulls = Some(number()?),
+                // A null fraction moves by at most 1: a larger limit would gate nothing.
+                "nulls" => {
+                    f.nulls = Some(share(value).ok_or_else(|| {
+                        format!("{part:?}: expected nulls:<fraction from 0 to 1>, e.g. nulls:0.05")
+                    })?)
+                }
                 "distinct" => f.distinct = Some(number()?),
                 _ => {
                     return Err(format!(
@@ -1178,6 +1188,10 @@ mod tests {
         assert!("colour:1".parse::<FailOn>().is_err());
         assert!("nulls:-1".parse::<FailOn>().is_err());
         assert!("nulls:NaN".parse::<FailOn>().is_err());
+        // A null fraction cannot move by more than 1; rows and distinct counts can.
+        assert!("nulls:2".parse::<FailOn>().is_err());
+        assert!("nulls:1".parse::<FailOn>().is_ok());
+        assert!("rows:2,distinct:3".parse::<FailOn>().is_ok());
         for gates_nothing in ["", " ", ","] {
             assert!(
                 gates_nothing.parse::<FailOn>().is_err(),

@@ -98,8 +98,8 @@ pub fn render_status(rows: &[StatusRow], stale_after: Option<Duration>) -> Strin
         ]);
     }
     let mut out = format!(
-        "{} views: {} ok, {} failing, {} stale\n",
-        rows.len(),
+        "{}: {} ok, {} failing, {} stale\n",
+        super::summary::counted(rows.len() as i64, "view", "views"),
         counts[State::Ok as usize],
         counts[State::Failing as usize],
         counts[State::Stale as usize]

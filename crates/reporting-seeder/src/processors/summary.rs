@@ -352,11 +352,12 @@ fn human_ms(ms: u64) -> String {
 
 /// "1 view", "2 views".
 fn views(n: usize) -> String {
-    if n == 1 {
-        "1 view".into()
-    } else {
-        format!("{n} views")
-    }
+    counted(n as i64, "view", "views")
+}
+
+/// `n` and the noun for it: "1 row", "0 rows", "2 rows".
+pub fn counted(n: i64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// `text` followed by spaces to fill `width` terminal cells.
@@ -451,6 +452,15 @@ pub fn plan_json(p: &super::run::Prepared, workers: std::num::NonZeroUsize) -> s
 
 #[cfg(test)]
 mod tests {
+    use super::counted;
+
+    #[test]
+    fn counts_take_the_singular_only_for_one() {
+        assert_eq!(counted(1, "row", "rows"), "1 row");
+        assert_eq!(counted(0, "row", "rows"), "0 rows");
+        assert_eq!(counted(2, "column", "columns"), "2 columns");
+    }
+
     #[test]
     fn a_rebuild_names_five_of_the_views_it_recreates_then_counts() {
         let names = |n: usize| (1..=n).map(|i| format!("r.v{i}")).collect::<Vec<_>>();
