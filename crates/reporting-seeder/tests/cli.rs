@@ -147,6 +147,42 @@ fn unreachable_database_exits_3_without_showing_the_password() {
     assert!(!all.contains("hunter2secret"), "{all}");
 }
 
+/// A refresh job that ends before its run (the database unreachable, a bad setting) rewrites
+/// its results file to say so: a reader of the file never takes the last run's results for
+/// this one's. The metrics file keeps the last run's figures, with their timestamps.
+#[test]
+fn a_job_that_ends_before_running_says_so_in_its_results_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results.json");
+    let stale = r#"{"run_id": "yesterday", "status": "success"}"#;
+    for (env, code) in [
+        (("DATABASE_URL", "postgres://u@127.0.0.1:1/db"), 3),
+        (("SEEDER_MAX_WORKERS", "many"), 2),
+    ] {
+        std::fs::write(&results, stale).unwrap();
+        let out = bin()
+            .env("DB_HOST", "127.0.0.1")
+            .env("DB_PORT", "1")
+            .env(env.0, env.1)
+            .args(["run", "refresh_all", "--", "--results-file"])
+            .arg(&results)
+            .output()
+            .unwrap();
+        assert_exit(&out, code);
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+        assert_eq!(doc["status"], "error", "{doc}");
+        assert_eq!(doc["exit_code"], code, "{doc}");
+        assert!(doc["run_id"].is_null(), "{doc}");
+        assert_eq!(doc["views"], serde_json::json!([]), "{doc}");
+        assert!(
+            stderr(&out).contains(doc["error"].as_str().unwrap()),
+            "{doc} {}",
+            stderr(&out)
+        );
+    }
+}
+
 /// `RUST_LOG=debug` shows the tool's debug lines, not the SQL parser's line per token, which
 /// shows only when the filter names it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

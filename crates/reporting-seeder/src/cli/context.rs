@@ -415,18 +415,53 @@ pub async fn refresh(
             )));
         }
     }
-    let mut ctx = AppContext::from_env(&job.env)?;
-    ctx.settings.run.wait_for_locks = locks.wait_for_locks;
-    tracing::debug!(target = %ctx.connection.target(), "configuration read");
-    let mut processor = ctx.processor().with_interrupt(job.interrupt.clone());
-    if job.ui.progress {
-        processor = processor.with_progress(std::sync::Arc::new(super::progress::Bar::new()));
+    let outcome = async {
+        let mut ctx = AppContext::from_env(&job.env)?;
+        ctx.settings.run.wait_for_locks = locks.wait_for_locks;
+        tracing::debug!(target = %ctx.connection.target(), "configuration read");
+        let mut processor = ctx.processor().with_interrupt(job.interrupt.clone());
+        if job.ui.progress {
+            processor = processor.with_progress(std::sync::Arc::new(super::progress::Bar::new()));
+        }
+        processor
+            .run(job.job, &job.args.join(" "), &selection)
+            .await
+            .map_err(run_error)
     }
-    let report = processor
-        .run(job.job, &job.args.join(" "), &selection)
-        .await
-        .map_err(run_error)?;
-    finish(&report, job.job, output, job.ui.colour)
+    .await;
+    match outcome {
+        Ok(report) => finish(&report, job.job, output, job.ui.colour),
+        Err(e) => {
+            if let Some(path) = &output.results_file {
+                // Yesterday's results must not pass for today's: the file says why nothing ran.
+                let text = format!("{:#}\n", not_run_json(job.job, &e));
+                if let Err(io) = std::fs::write(path, text) {
+                    tracing::warn!(
+                        "the results file {} could not be written: {io}",
+                        path.display()
+                    );
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The results document of a refresh job that ended before its run did anything to report: a
+/// usage or configuration error, the database unreachable, a signal before the first view.
+fn not_run_json(job: &str, e: &JobError) -> serde_json::Value {
+    let interrupted = matches!(e.status, ExitStatus::Interrupted | ExitStatus::Terminated);
+    serde_json::json!({
+        "run_id": null,
+        "job": job,
+        "status": if interrupted { "cancelled" } else { "error" },
+        "exit_code": e.status as i32,
+        "error": e.message,
+        "wall_ms": null,
+        "counts": { "views": 0, "success": 0, "error": 0, "skipped": 0, "cancelled": 0 },
+        "views": [],
+        "bookkeeping_errors": [],
+    })
 }
 
 #[cfg(test)]
