@@ -241,12 +241,23 @@ async fn a_server_that_never_answers_is_unreachable_and_a_signal_ends_the_wait()
     assert!(stderr(&out).contains("did not answer"), "{}", stderr(&out));
 
     while connected.try_recv().is_ok() {}
-    let child = run().spawn().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let results = dir.path().join("results.json");
+    let child = run()
+        .args(["--", "--results-file"])
+        .arg(&results)
+        .spawn()
+        .unwrap();
     // Signalled once it waits for the server (which holds the connection it opened).
     connected.recv().await.unwrap();
     signal(&child, "TERM");
     let out = child.wait_with_output().await.unwrap();
     assert_exit(&out, 143);
+    // Its results file says it was stopped before its run, with the code it exited with.
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&results).unwrap()).unwrap();
+    assert_eq!(doc["status"], "cancelled", "{doc}");
+    assert_eq!(doc["exit_code"], 143, "{doc}");
 
     // Every job that connects ends at once too, and with JSON logs filtered off, the notice and
     // the fatal line are still JSON lines, the latter with the code the process exits with.

@@ -434,7 +434,9 @@ pub async fn refresh(
         Err(e) => {
             if let Some(path) = &output.results_file {
                 // Yesterday's results must not pass for today's: the file says why nothing ran.
-                let text = format!("{:#}\n", not_run_json(job.job, &e));
+                // A signal decides the exit code over the error it caused.
+                let exit = job.interrupt.status().unwrap_or(e.status);
+                let text = format!("{:#}\n", not_run_json(job.job, exit, &e.message));
                 if let Err(io) = std::fs::write(path, text) {
                     tracing::warn!(
                         "the results file {} could not be written: {io}",
@@ -449,14 +451,14 @@ pub async fn refresh(
 
 /// The results document of a refresh job that ended before its run did anything to report: a
 /// usage or configuration error, the database unreachable, a signal before the first view.
-fn not_run_json(job: &str, e: &JobError) -> serde_json::Value {
-    let interrupted = matches!(e.status, ExitStatus::Interrupted | ExitStatus::Terminated);
+fn not_run_json(job: &str, exit: ExitStatus, error: &str) -> serde_json::Value {
+    let interrupted = matches!(exit, ExitStatus::Interrupted | ExitStatus::Terminated);
     serde_json::json!({
         "run_id": null,
         "job": job,
         "status": if interrupted { "cancelled" } else { "error" },
-        "exit_code": e.status as i32,
-        "error": e.message,
+        "exit_code": exit as i32,
+        "error": error,
         "wall_ms": null,
         "counts": { "views": 0, "success": 0, "error": 0, "skipped": 0, "cancelled": 0 },
         "views": [],
