@@ -106,6 +106,32 @@ async fn plan_retry_after_a_killed_run_plans_what_retry_runs() {
     signal(&child, "KILL");
     let _ = child.wait().await;
     db.wait_tool_gone().await;
+    // `history` shows it abandoned at once, and the view it was refreshing too (recorded
+    // `running` until a later refresh job's recovery marks it), not as still running.
+    let out = db
+        .run(&["run", "history", "--", "--output", "json"], &[])
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["runs"][0]["run_id"], killed.as_str(), "{json}");
+    assert_eq!(json["runs"][0]["status"], "abandoned", "{json}");
+    let out = db
+        .run(
+            &[
+                "run", "history", "--", "--run-id", &killed, "--output", "json",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let slow = json["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["table"] == "reporting.slow")
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(slow["status"], "abandoned", "{json}");
     let out = db
         .run(&["run", "plan", "--", "--retry", "--output", "json"], &[])
         .await;

@@ -446,27 +446,22 @@ fn whole_seconds(ms: u64) -> i32 {
 /// has them all to retry) or history rows (runs from before that record). One that selected none
 /// has nothing to retry.
 pub async fn last_run_id(client: &Client) -> Result<Option<String>, DbError> {
+    // A run still `running` whose lock nobody holds is over too (killed, its connections
+    // gone): the next run's recovery marks it abandoned, and `plan --retry` must name the run
+    // `retry` will take without doing that first.
+    let sql = format!(
+        "SELECT r.run_id FROM reporting.seeder_run r
+         WHERE (r.status <> 'running' OR NOT {})
+           AND (cardinality(r.selected) > 0
+            OR EXISTS (SELECT 1 FROM reporting.seeder_view_run v WHERE v.run_id = r.run_id)
+            OR EXISTS (SELECT 1 FROM reporting.seeder_run_history h WHERE h.run_id = r.run_id)
+            OR EXISTS (SELECT 1 FROM reporting.seeder_canned_run_history h
+                       WHERE h.run_id = r.run_id))
+         ORDER BY r.started_at DESC LIMIT 1",
+        super::locks::run_lock_held("r.run_id", "$1")
+    );
     Ok(client
-        .query_opt(
-            // A run still `running` whose lock nobody holds is over too (killed, its
-            // connections gone): the next run's recovery marks it abandoned, and `plan --retry`
-            // must name the run `retry` will take without doing that first.
-            "SELECT r.run_id FROM reporting.seeder_run r
-             WHERE (r.status <> 'running'
-                    OR NOT EXISTS (
-                        SELECT 1 FROM pg_locks l
-                        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                          AND l.database = (SELECT oid FROM pg_database
-                                            WHERE datname = current_database())
-                          AND l.classid = $1::int4::oid AND l.objid = hashtext(r.run_id)::oid))
-               AND (cardinality(r.selected) > 0
-                OR EXISTS (SELECT 1 FROM reporting.seeder_view_run v WHERE v.run_id = r.run_id)
-                OR EXISTS (SELECT 1 FROM reporting.seeder_run_history h WHERE h.run_id = r.run_id)
-                OR EXISTS (SELECT 1 FROM reporting.seeder_canned_run_history h
-                           WHERE h.run_id = r.run_id))
-             ORDER BY r.started_at DESC LIMIT 1",
-            &[&super::locks::RUN_CLASS],
-        )
+        .query_opt(&sql, &[&super::locks::RUN_CLASS])
         .await?
         .map(|r| r.try_get(0))
         .transpose()?)
@@ -477,17 +472,12 @@ pub async fn last_run_id(client: &Client) -> Result<Option<String>, DbError> {
 /// recovery, or no row at all: selected, and never reached by a run that was killed). `None` when no such run is recorded.
 pub async fn unfinished_views(client: &Client, run_id: &str) -> Result<RetryViews, DbError> {
     // Still going: `running`, and its lock held (by its own connections).
+    let sql = format!(
+        "SELECT r.status = 'running' AND {} FROM reporting.seeder_run r WHERE r.run_id = $1::text",
+        super::locks::run_lock_held("r.run_id", "$2")
+    );
     let live: Option<bool> = client
-        .query_opt(
-            "SELECT r.status = 'running' AND EXISTS (
-                 SELECT 1 FROM pg_locks l
-                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                   AND l.database = (SELECT oid FROM pg_database
-                                     WHERE datname = current_database())
-                   AND l.classid = $2::int4::oid AND l.objid = hashtext(r.run_id)::oid)
-             FROM reporting.seeder_run r WHERE r.run_id = $1::text",
-            &[&run_id, &super::locks::RUN_CLASS],
-        )
+        .query_opt(&sql, &[&run_id, &super::locks::RUN_CLASS])
         .await?
         .map(|r| r.try_get(0))
         .transpose()?;

@@ -11,6 +11,20 @@ use tokio_postgres::Client;
 
 /// Lock classes (the first key of the two-key advisory locks): "RS" + 1 or 2.
 pub(super) const RUN_CLASS: i32 = 0x5253_0001;
+
+/// An SQL condition, true while some session holds the lock of the run whose id is the
+/// expression `run_id`; `class` is the placeholder bound to [`RUN_CLASS`]. A run's sessions hold
+/// it from its start to its end: a run recorded `running` that nobody holds it for is over
+/// (killed, its connections gone), and the next run's recovery marks it abandoned.
+pub(super) fn run_lock_held(run_id: &str, class: &str) -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM pg_locks l
+                 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                   AND l.database = (SELECT oid FROM pg_database
+                                     WHERE datname = current_database())
+                   AND l.classid = {class}::int4::oid AND l.objid = hashtext({run_id})::oid)"
+    )
+}
 const VIEW_CLASS: i32 = 0x5253_0002;
 
 // Shared: the run's own connection and each of its workers' hold it, and another run's

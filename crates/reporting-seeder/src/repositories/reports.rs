@@ -98,11 +98,13 @@ impl RunRow {
 const ISO: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'";
 
 pub async fn runs(client: &Client, limit: i64) -> Result<Vec<RunRow>, DbError> {
+    // A run recorded `running` whose sessions are all gone (killed) is shown `abandoned` at
+    // once, as the next run's recovery will record it.
     let sql = format!(
         "SELECT r.run_id, r.job, r.arguments, to_char(r.started_at AT TIME ZONE 'UTC', {ISO}),
                 -- An abandoned run's end is not known (finished_at is when it was found).
-                CASE WHEN r.status <> 'abandoned'
-                     THEN extract(epoch FROM r.finished_at - r.started_at)::float8 END, r.status,
+                CASE WHEN s.status <> 'abandoned'
+                     THEN extract(epoch FROM r.finished_at - r.started_at)::float8 END, s.status,
                 r.views,
                 -- A run still going writes its counts at its end: until then, what it has
                 -- finished so far, from its views' rows.
@@ -110,16 +112,20 @@ pub async fn runs(client: &Client, limit: i64) -> Result<Vec<RunRow>, DbError> {
                 CASE WHEN r.status = 'running' THEN l.failed ELSE r.failed END,
                 CASE WHEN r.status = 'running' THEN l.skipped ELSE r.skipped END
          FROM reporting.seeder_run r
+         CROSS JOIN LATERAL (
+             SELECT CASE WHEN r.status = 'running' AND NOT {held} THEN 'abandoned'
+                         ELSE r.status END AS status) s
          LEFT JOIN LATERAL (
              SELECT count(*) FILTER (WHERE v.status = 'success')::int AS succeeded,
                     count(*) FILTER (WHERE v.status = 'error')::int AS failed,
                     count(*) FILTER (WHERE v.status = 'skipped')::int AS skipped
              FROM reporting.seeder_view_run v
              WHERE r.status = 'running' AND v.run_id = r.run_id) l ON true
-         ORDER BY r.started_at DESC LIMIT $1"
+         ORDER BY r.started_at DESC LIMIT $1",
+        held = super::locks::run_lock_held("r.run_id", "$2")
     );
     client
-        .query(&sql, &[&limit])
+        .query(&sql, &[&limit, &super::locks::RUN_CLASS])
         .await?
         .iter()
         .map(|r| {
@@ -187,9 +193,13 @@ fn view_run_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<ViewRunRow>, DbErro
 
 // A run's views with an outcome, then those it is working on now (their history row still
 // `running`, no outcome yet).
-const IN_FLIGHT: &str = "
+fn in_flight() -> String {
+    format!(
+        "
     UNION ALL
-    SELECT h.run_id::text, h.table_name::text, h.report_type::text, 'running', NULL, NULL, NULL,
+    SELECT h.run_id::text, h.table_name::text, h.report_type::text,
+           -- Its run killed (its sessions gone): abandoned, as the next run's recovery records.
+           CASE WHEN {held} THEN 'running' ELSE 'abandoned' END, NULL, NULL, NULL,
            NULL, 0, NULL, NULL
     FROM (SELECT run_id, table_name, report_type, status FROM reporting.seeder_run_history
           UNION ALL
@@ -197,18 +207,21 @@ const IN_FLIGHT: &str = "
     WHERE h.run_id = $1::text AND h.status = 'running'
       AND NOT EXISTS (SELECT 1 FROM reporting.seeder_view_run v
                       WHERE v.run_id = $1::text AND v.table_name = h.table_name)
-    ORDER BY 2";
+    ORDER BY 2",
+        held = super::locks::run_lock_held("$1::text", "$2")
+    )
+}
 
 /// A run's views, those still running included; `None` when no such run is recorded.
 pub async fn run_views(client: &Client, run_id: &str) -> Result<Option<Vec<ViewRunRow>>, DbError> {
-    let sql = format!("{}{IN_FLIGHT}", view_runs_sql("run_id = $1::text"));
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&run_id];
+    let sql = format!("{}{}", view_runs_sql("run_id = $1::text"), in_flight());
+    let (one, both): (
+        [&(dyn tokio_postgres::types::ToSql + Sync); 1],
+        [&(dyn tokio_postgres::types::ToSql + Sync); 2],
+    ) = ([&run_id], [&run_id, &super::locks::RUN_CLASS]);
     let (known, rows) = tokio::join!(
-        client.query_opt(
-            "SELECT 1 FROM reporting.seeder_run WHERE run_id = $1",
-            &params
-        ),
-        client.query(&sql, &params)
+        client.query_opt("SELECT 1 FROM reporting.seeder_run WHERE run_id = $1", &one),
+        client.query(&sql, &both)
     );
     let rows = view_run_rows(&rows?)?;
     if known?.is_none() && rows.is_empty() {
