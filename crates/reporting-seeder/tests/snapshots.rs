@@ -552,3 +552,41 @@ async fn a_small_view_is_read_whole_whatever_the_sample() {
         );
     }
 }
+
+/// A second capture at a release tag is stored beside the first (snapshots are never replaced)
+/// and says so, naming the first, for a CI job that ran twice by mistake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_capture_at_a_tag_names_the_first() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.v", "gotham", 1, BEFORE).await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let args = [
+        "run",
+        "capture_release_snapshot",
+        "--",
+        "--all",
+        "--release-tag",
+        "r1",
+        "--output",
+        "json",
+    ];
+    let first = db.run(&args, &[]).await;
+    assert_exit(&first, 0);
+    assert!(
+        !stderr(&first).contains("already has"),
+        "{}",
+        stderr(&first)
+    );
+    let first: Value = serde_json::from_str(&stdout(&first)).unwrap();
+    let second = db.run(&args, &[]).await;
+    assert_exit(&second, 0);
+    let id = first["snapshots"][0]["id"].as_str().unwrap();
+    assert!(
+        stderr(&second).contains(&format!("already has snapshot {id} at release r1")),
+        "{}",
+        stderr(&second)
+    );
+    let second: Value = serde_json::from_str(&stdout(&second)).unwrap();
+    assert_ne!(second["snapshots"][0]["id"], first["snapshots"][0]["id"]);
+}

@@ -218,6 +218,19 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let mut out = Vec::new();
         let mut seen_columns = std::collections::BTreeSet::new();
         for view in views {
+            // Snapshots are never replaced: a second one at a tag is stored beside the first,
+            // and compare takes the newer. Say so, for a CI job that ran twice by mistake.
+            if let Ok(Some(earlier)) = repo.snapshot_by_tag(&view.key, &options.release_tag).await {
+                tracing::warn!(
+                    view = %view.key,
+                    "{} already has snapshot {} at release {} (taken {}); this one is stored \
+                     beside it, and compare_release_snapshots will take the newer",
+                    shown(&view.key),
+                    earlier.id,
+                    shown(&options.release_tag),
+                    earlier.released_at
+                );
+            }
             // One view's snapshot that cannot be stored does not stop the others'.
             let s = match capture(repo.as_mut(), view, &options).await {
                 Ok(s) => s,
