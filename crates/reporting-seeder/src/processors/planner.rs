@@ -78,6 +78,10 @@ pub struct PlannedView {
     /// the same table and query are one view, which `type:canned` selects as well as
     /// `type:custom`.
     pub types: Vec<ReportType>,
+    /// Each agency the view serves, with the report type it serves that agency as: a view that
+    /// is one agency's custom view and another's canned one is not the first agency's canned
+    /// view.
+    pub served: Vec<(String, ReportType)>,
     /// The manifest's own timeouts (milliseconds), overriding the run's.
     pub timeouts: Timeouts,
     pub plan: ViewPlan,
@@ -320,7 +324,11 @@ pub fn plan(rows: &[ManifestRow], selection: &Selection) -> Result<Plan, PlanErr
             v.types.iter().any(|t| selection.report_type.admits(*t))
                 && match &selection.scope {
                     Scope::All => true,
-                    Scope::Agency(slug) => v.agencies.contains(slug),
+                    // The agency's own views of the type asked for.
+                    Scope::Agency(slug) => v
+                        .served
+                        .iter()
+                        .any(|(s, t)| s == slug && selection.report_type.admits(*t)),
                     Scope::Table(_) => Some(&v.key) == wanted_table.as_ref(),
                     Scope::Tables(keys) => keys.contains(&v.key),
                     Scope::Retry(_) => false,
@@ -434,11 +442,19 @@ fn plan_view(key: String, group: &[&ManifestRow]) -> PlannedView {
     let mut types: Vec<ReportType> = group.iter().map(|r| r.report_type).collect();
     types.sort();
     types.dedup();
+    let mut served: Vec<(String, ReportType)> = group
+        .iter()
+        .filter(|r| !r.agency_slug.is_empty())
+        .map(|r| (r.agency_slug.clone(), r.report_type))
+        .collect();
+    served.sort();
+    served.dedup();
     PlannedView {
         key,
         record,
         agencies: agency_list,
         types,
+        served,
         timeouts: timeouts.unwrap_or_default(),
         plan,
     }
@@ -570,6 +586,39 @@ mod tests {
         assert_eq!(shared.record.agency_slug, "gotham,metropolis");
         assert_eq!(shared.record.agency_id, 5);
         assert!(matches!(shared.plan, ViewPlan::Valid { .. }));
+    }
+
+    /// One agency's custom view that is another's canned view is the first agency's custom
+    /// view only: `refresh_agency gotham --report-type canned` does not take it.
+    #[test]
+    fn an_agency_and_a_report_type_select_the_views_of_that_type_for_that_agency() {
+        let mut rows = vec![
+            custom(1, "reporting.same", "gotham", true),
+            canned(10, 100, "reporting.same", 2, "metropolis"),
+        ];
+        rows[1].query = rows[0].query.clone();
+        let pick = |slug: &str, report_type| {
+            plan(
+                &rows,
+                &Selection {
+                    scope: Scope::Agency(slug.into()),
+                    report_type,
+                    ..Selection::default()
+                },
+            )
+            .map(|p| p.in_scope.iter().filter(|s| **s).count())
+        };
+        assert_eq!(pick("gotham", TypeFilter::Custom), Ok(1));
+        assert_eq!(pick("gotham", TypeFilter::All), Ok(1));
+        assert_eq!(pick("metropolis", TypeFilter::Canned), Ok(1));
+        assert_eq!(
+            pick("gotham", TypeFilter::Canned),
+            Err(PlanError::AgencyLacksType("gotham".into(), "canned"))
+        );
+        assert_eq!(
+            pick("metropolis", TypeFilter::Custom),
+            Err(PlanError::AgencyLacksType("metropolis".into(), "custom"))
+        );
     }
 
     #[test]
