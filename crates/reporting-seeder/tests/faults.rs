@@ -85,6 +85,28 @@ async fn a_terminated_backend_is_retried_on_a_new_connection() {
     assert!(db.oid("reporting.slow").await.is_some());
 }
 
+/// A tool killed in the middle of a long refresh does not leave it running on the server for
+/// nobody: the server finds the client gone within seconds (client_connection_check_interval),
+/// cancels the statement and frees its locks, so the next run can refresh the view at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runs_long_refresh_stops_on_the_server() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom(
+        "reporting.long",
+        "gotham",
+        1,
+        "SELECT 1 AS id FROM (SELECT pg_sleep(600)) s",
+    )
+    .await;
+    let mut child = db.spawn(&["run", "refresh_all"], &[]);
+    db.wait_active("%pg_sleep(600)%", 1).await;
+    signal(&child, "KILL");
+    let _ = child.wait().await;
+    // Within wait_tool_gone's 10 s, not the statement's ten minutes.
+    db.wait_tool_gone().await;
+}
+
 /// `plan --retry` right after a run was killed names the run `retry` will take, the killed one,
 /// though no recovery has marked it abandoned yet (plan changes nothing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -961,8 +961,8 @@ async fn bookkeeping_commits_leave_the_sessions_durability_as_configured() {
 }
 
 /// A worker's session, once warmed, plans its prepared bookkeeping statements once (a generic
-/// plan) rather than at each of their first five executions; a fresh session keeps the server's
-/// default.
+/// plan) rather than at each of their first five executions, and has the server check for a
+/// vanished client while a statement runs; a fresh session keeps the server's defaults.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warmed_sessions_plan_their_statements_once() {
     use reporting_seeder::repositories::{HistoryRoutes, Session};
@@ -974,6 +974,11 @@ async fn warmed_sessions_plan_their_statements_once() {
     assert_eq!(
         show(&session, "plan_cache_mode").await,
         "force_generic_plan"
+    );
+    // And the server checks, while a statement runs, that the tool is still there.
+    assert_eq!(
+        show(&session, "client_connection_check_interval").await,
+        "2s"
     );
     // The statements every view runs are prepared on it.
     let prepared: i64 = session

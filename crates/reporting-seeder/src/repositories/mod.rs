@@ -691,7 +691,7 @@ impl Session for PgSession {
     }
     async fn warm(&mut self, routes: HistoryRoutes) -> Result<(), DbError> {
         let (a, b, c, d) = tokio::join!(
-            views::plan_once(&self.conn),
+            views::tune_session(&self.conn),
             history::prepare_view_statements(&self.conn, routes),
             locks::prepare_view_statements(&self.conn),
             views::prepare_view_statements(&self.conn),

@@ -1050,22 +1050,31 @@ const STATS: &str = "
     )
     SELECT rows, bytes FROM v";
 
-/// Has this session plan its prepared statements once, not at each execution.
+/// A worker session's settings, set once when it opens; each only where the server knows it, so
+/// an older server takes the rest.
 ///
-/// A worker runs the same few bookkeeping statements (history rows, locks, figures) for every
-/// view, each time with other values. PostgreSQL plans a prepared statement afresh for each of
-/// its first five executions (a custom plan) before it considers reusing one, so a worker with
-/// six views planned nearly every execution: 13 % of the server's CPU in a run of 48 views on
-/// eight workers, 6 % with this setting. The statements are lookups by key, whose generic plan
-/// is the custom one. Only this session's prepared statements are affected: a view's own query
-/// is planned by `CREATE` / `REFRESH` as always. A server that does not know the setting (before
-/// PostgreSQL 12) refuses it; the session then works as before.
-pub async fn plan_once(client: &Client) -> Result<(), DbError> {
-    client
-        .batch_execute("SET plan_cache_mode = force_generic_plan")
-        .await?;
+/// - `plan_cache_mode = force_generic_plan`: its prepared statements planned once, not at each
+///   execution. A worker runs the same few bookkeeping statements (history rows, locks,
+///   figures) for every view, each time with other values. PostgreSQL plans a prepared statement
+///   afresh for each of its first five executions (a custom plan) before it considers reusing
+///   one, so a worker with six views planned nearly every execution: 13 % of the server's CPU in
+///   a run of 48 views on eight workers, 6 % with this setting. The statements are lookups by
+///   key, whose generic plan is the custom one. Only this session's prepared statements are
+///   affected: a view's own query is planned by `CREATE` / `REFRESH` as always (PostgreSQL 12+).
+/// - `client_connection_check_interval` (PostgreSQL 14+), unless the server or role already sets
+///   one: while a statement runs, the server checks every 2 s that the tool is still there. A
+///   tool killed (`kill -9`, an evicted pod) or cut off mid-`REFRESH` then has its statements
+///   stopped within seconds, and their locks freed, instead of running to their end for nobody.
+pub async fn tune_session(client: &Client) -> Result<(), DbError> {
+    client.batch_execute(SESSION_SETTINGS).await?;
     Ok(())
 }
+
+const SESSION_SETTINGS: &str = "
+    SELECT set_config('plan_cache_mode', 'force_generic_plan', false)
+    WHERE current_setting('plan_cache_mode', true) IS NOT NULL;
+    SELECT set_config('client_connection_check_interval', '2000', false)
+    WHERE current_setting('client_connection_check_interval', true) = '0'";
 
 /// Prepares the figures' statement, which every view runs after `ANALYZE`.
 pub async fn prepare_view_statements(client: &ClientWrapper) -> Result<(), DbError> {
