@@ -269,6 +269,9 @@ fn parse_database_url(raw: &str) -> Result<ParsedUrl, ConfigError> {
     };
     // url's errors never repeat the input, so the password cannot leak through them.
     let raw = without_empty_host(raw.trim());
+    // libpq's several hosts, `host1:5432,host2:5433`, tried in turn: the URL parser takes one,
+    // so the list is set aside while the rest is read and put back for the connection's parser.
+    let (raw, host_list) = one_host(&raw).map_err(|e| invalid(e.to_string()))?;
     let mut url = url::Url::parse(&raw).map_err(|e| {
         invalid(format!(
             "{e}; expected postgres://user:password@host:port/dbname"
@@ -302,7 +305,11 @@ fn parse_database_url(raw: &str) -> Result<ParsedUrl, ConfigError> {
             .replace('+', "%20");
         url.set_query(Some(&query));
     }
-    let config = tokio_postgres::Config::from_str(url.as_str()).map_err(|e| {
+    let text = match host_list {
+        Some(list) => with_hosts(url.as_str(), list),
+        None => url.as_str().to_string(),
+    };
+    let config = tokio_postgres::Config::from_str(&text).map_err(|e| {
         invalid(format!(
             "could not be parsed as a PostgreSQL connection URL{}; expected \
              postgres://user:password@host:port/dbname[?parameter=value&…]",
@@ -353,6 +360,47 @@ fn url_parse_reason(e: &tokio_postgres::Error, url: &url::Url) -> String {
 /// URL parser refuses a user with an empty host. Percent-encoding is kept (a `+`, which means
 /// itself in the user part and a space in a query, is encoded); anything else is returned as it
 /// was.
+/// Where a connection URL's hosts are: the span of `url` between its userinfo (if any) and its
+/// path or query.
+fn host_span(url: &str) -> Option<std::ops::Range<usize>> {
+    let start = url.find("://")? + 3;
+    let end = url[start..]
+        .find(['/', '?'])
+        .map_or(url.len(), |e| start + e);
+    let hosts = url[start..end]
+        .rfind('@')
+        .map_or(start, |at| start + at + 1);
+    Some(hosts..end)
+}
+
+/// `url` with its comma-separated host list cut to the first host, and the list; `url` as it is
+/// when it names one host.
+fn one_host(url: &str) -> Result<(String, Option<&str>), &'static str> {
+    let Some(span) = host_span(url) else {
+        return Ok((url.to_string(), None));
+    };
+    let list = &url[span.clone()];
+    if !list.contains(',') {
+        return Ok((url.to_string(), None));
+    }
+    if list.split(',').any(|h| h.trim().is_empty()) {
+        return Err("its host list has an empty entry; expected                     postgres://user:password@host1:port1,host2:port2/dbname");
+    }
+    let first = list.split(',').next().unwrap_or_default();
+    Ok((
+        format!("{}{first}{}", &url[..span.start], &url[span.end..]),
+        Some(list),
+    ))
+}
+
+/// `url` (one host) with the host list put back in its place.
+fn with_hosts(url: &str, list: &str) -> String {
+    match host_span(url) {
+        Some(span) => format!("{}{list}{}", &url[..span.start], &url[span.end..]),
+        None => url.to_string(),
+    }
+}
+
 fn without_empty_host(raw: &str) -> std::borrow::Cow<'_, str> {
     let Some((scheme, rest)) = raw.split_once("://") else {
         return raw.into();
@@ -410,7 +458,7 @@ fn describe(config: &tokio_postgres::Config) -> String {
             dir.join(format!(".s.PGSQL.{port}")).display()
         );
     }
-    let host = match config.get_hosts().first() {
+    let shown = |host: Option<&tokio_postgres::config::Host>| match host {
         // An IPv6 address goes in brackets, as in a URL: `::1:5432` would not say where the
         // address ends and the port begins.
         Some(tokio_postgres::config::Host::Tcp(h)) if h.contains(':') => format!("[{h}]"),
@@ -418,11 +466,25 @@ fn describe(config: &tokio_postgres::Config) -> String {
         Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
         None => "localhost".to_string(),
     };
+    let ports = config.get_ports();
+    // Several hosts, each with its port (one port given is every host's): all of them, in the
+    // order they are tried, as libpq writes them.
+    let hosts = match config.get_hosts() {
+        [] | [_] => format!("{}:{port}", shown(config.get_hosts().first())),
+        many => many
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let p = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+                format!("{}:{p}", shown(Some(h)))
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+    };
     format!(
-        "postgres://{}@{}:{}/{}",
+        "postgres://{}@{}/{}",
         config.get_user().unwrap_or("postgres"),
-        host,
-        port,
+        hosts,
         config.get_dbname().unwrap_or("postgres")
     )
 }
@@ -1105,6 +1167,38 @@ mod tests {
             s.config().get_hosts(),
             [tokio_postgres::config::Host::Tcp("::1".into())]
         );
+    }
+
+    /// libpq's form of several hosts in one URL, each with its port or the default, tried in
+    /// turn; the query's settings still apply.
+    #[test]
+    fn a_url_takes_several_hosts_separated_by_commas() {
+        use tokio_postgres::config::Host;
+        let env = Env::from_pairs([(
+            "DATABASE_URL",
+            "postgres://u:p%40ss@db1:5433,[::1]:5434,db3/r?sslmode=disable&target_session_attrs=read-write",
+        )]);
+        let s = ConnectionSettings::from_env(&env, "t").unwrap();
+        assert_eq!(
+            s.config().get_hosts(),
+            [
+                Host::Tcp("db1".into()),
+                Host::Tcp("::1".into()),
+                Host::Tcp("db3".into())
+            ]
+        );
+        assert_eq!(s.config().get_ports(), [5433, 5434, 5432]);
+        assert_eq!(s.target(), "postgres://u@db1:5433,[::1]:5434,db3:5432/r");
+        assert_eq!(s.config().get_dbname(), Some("r"));
+        assert_eq!(s.config().get_password(), Some(&b"p@ss"[..]));
+        for bad in [
+            "postgres://u@db1,,db2/r",
+            "postgres://u@db1:0,db2/r",
+            "postgres://u@db1,/r",
+        ] {
+            let env = Env::from_pairs([("DATABASE_URL", bad)]);
+            assert!(ConnectionSettings::from_env(&env, "t").is_err(), "{bad}");
+        }
     }
 
     #[test]
