@@ -153,8 +153,9 @@ async fn watch(
             _ = term.recv() => ExitStatus::Terminated,
         };
         if interrupt.is_interrupted() {
-            let message = "second signal: exiting now; statements still running on the server \
-                           end on their own, and the next run marks this one abandoned";
+            let message = "second signal: exiting now; a statement still running on the server \
+                           stops when the server finds the connection gone (within seconds where \
+                           it checks), and the next run marks this one abandoned";
             if json {
                 json_always(tracing::enabled!(tracing::Level::WARN), || {
                     tracing::warn!(exit_code = status as i32, "{message}")
