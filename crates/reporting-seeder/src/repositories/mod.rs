@@ -431,8 +431,11 @@ impl<C: DatabaseClient + 'static> Store for PgStore<C> {
         }))
     }
     async fn snapshots(&self) -> Result<Box<dyn Snapshots>, DbError> {
+        let conn = self.client.connection().await?;
+        // A capture reads whole views: one killed meanwhile stops on the server too.
+        views::check_client(&conn).await?;
         Ok(Box::new(PgSession {
-            conn: self.client.connection().await?,
+            conn,
             tls: Some(self.client.tls()),
             holds_run: None,
         }))

@@ -1066,14 +1066,23 @@ const STATS: &str = "
 ///   tool killed (`kill -9`, an evicted pod) or cut off mid-`REFRESH` then has its statements
 ///   stopped within seconds, and their locks freed, instead of running to their end for nobody.
 pub async fn tune_session(client: &Client) -> Result<(), DbError> {
-    client.batch_execute(SESSION_SETTINGS).await?;
+    client
+        .batch_execute(&format!("{PLAN_ONCE}; {CHECK_CLIENT}"))
+        .await?;
     Ok(())
 }
 
-const SESSION_SETTINGS: &str = "
-    SELECT set_config('plan_cache_mode', 'force_generic_plan', false)
-    WHERE current_setting('plan_cache_mode', true) IS NOT NULL;
-    SELECT set_config('client_connection_check_interval', '2000', false)
+/// The second of [`tune_session`]'s settings alone, for a session whose statements may run long
+/// but are not the workers' bookkeeping (a release snapshot's reads of a whole view).
+pub async fn check_client(client: &Client) -> Result<(), DbError> {
+    client.batch_execute(CHECK_CLIENT).await?;
+    Ok(())
+}
+
+const PLAN_ONCE: &str = "SELECT set_config('plan_cache_mode', 'force_generic_plan', false)
+    WHERE current_setting('plan_cache_mode', true) IS NOT NULL";
+
+const CHECK_CLIENT: &str = "SELECT set_config('client_connection_check_interval', '2000', false)
     WHERE current_setting('client_connection_check_interval', true) = '0'";
 
 /// Prepares the figures' statement, which every view runs after `ANALYZE`.
