@@ -217,18 +217,22 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
         let mut refused = None;
         let mut out = Vec::new();
         let mut seen_columns = std::collections::BTreeSet::new();
+        // Snapshots are never replaced: a second one at a tag is stored beside the first, and
+        // compare takes the newer. Say so, for a CI job that ran twice by mistake; one read for
+        // every view, and a capture goes on without it.
+        let keys: Vec<String> = views.iter().map(|v| v.key.clone()).collect();
+        let earlier = repo
+            .snapshots_taken_at(&options.release_tag, &keys)
+            .await
+            .unwrap_or_default();
         for view in views {
-            // Snapshots are never replaced: a second one at a tag is stored beside the first,
-            // and compare takes the newer. Say so, for a CI job that ran twice by mistake.
-            if let Ok(Some(earlier)) = repo.snapshot_by_tag(&view.key, &options.release_tag).await {
+            if let Some((_, id, taken)) = earlier.iter().find(|(key, ..)| *key == view.key) {
                 tracing::warn!(
                     view = %view.key,
-                    "{} already has snapshot {} at release {} (taken {}); this one is stored \
-                     beside it, and compare_release_snapshots will take the newer",
+                    "{} already has snapshot {id} at release {} (taken {taken}); this one is \
+                     stored beside it, and compare_release_snapshots will take the newer",
                     shown(&view.key),
-                    earlier.id,
                     shown(&options.release_tag),
-                    earlier.released_at
                 );
             }
             // One view's snapshot that cannot be stored does not stop the others'.

@@ -811,6 +811,13 @@ mod tests {
         async fn snapshot_by_tag(&mut self, _: &str, _: &str) -> Result<Option<Snapshot>, DbError> {
             Ok(None)
         }
+        async fn snapshots_taken_at(
+            &mut self,
+            _: &str,
+            _: &[String],
+        ) -> Result<Vec<(String, uuid::Uuid, String)>, DbError> {
+            Ok(Vec::new())
+        }
     }
 
     fn one_view(slug: &str) -> PlannedView {

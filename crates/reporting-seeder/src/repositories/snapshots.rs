@@ -232,6 +232,29 @@ pub async fn by_tag(client: &Client, view: &str, tag: &str) -> Result<Option<Sna
         .transpose()
 }
 
+/// The snapshots already taken at `tag` of any of `views`, oldest first: (view, id, when).
+pub async fn taken_at(
+    client: &Client,
+    tag: &str,
+    views: &[String],
+) -> Result<Vec<(String, uuid::Uuid, String)>, DbError> {
+    let table = table(client).await?;
+    client
+        .query(
+            &format!(
+                "SELECT table_name::text, id,
+                        to_char(released_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+                 FROM {table} WHERE release_tag = $1 AND table_name = ANY($2)
+                 ORDER BY released_at, executed_at"
+            ),
+            &[&tag, &views],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .collect()
+}
+
 const BEGIN_READ: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
 /// What the snapshot jobs need from the database.
@@ -260,6 +283,12 @@ pub trait Snapshots: Send {
     async fn snapshot_by_id(&mut self, id: uuid::Uuid) -> Result<Option<Snapshot>, DbError>;
     async fn snapshot_by_tag(&mut self, view: &str, tag: &str)
         -> Result<Option<Snapshot>, DbError>;
+    /// The snapshots already taken at `tag` of any of `views`, oldest first: (view, id, when).
+    async fn snapshots_taken_at(
+        &mut self,
+        tag: &str,
+        views: &[String],
+    ) -> Result<Vec<(String, uuid::Uuid, String)>, DbError>;
 }
 
 #[async_trait::async_trait]
@@ -308,5 +337,12 @@ impl Snapshots for super::PgSession {
         tag: &str,
     ) -> Result<Option<Snapshot>, DbError> {
         by_tag(self.client(), view, tag).await
+    }
+    async fn snapshots_taken_at(
+        &mut self,
+        tag: &str,
+        views: &[String],
+    ) -> Result<Vec<(String, uuid::Uuid, String)>, DbError> {
+        taken_at(self.client(), tag, views).await
     }
 }
