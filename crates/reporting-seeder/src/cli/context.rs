@@ -436,7 +436,7 @@ pub async fn refresh(
                 // Yesterday's results must not pass for today's: the file says why nothing ran.
                 // A signal decides the exit code over the error it caused.
                 let exit = job.interrupt.status().unwrap_or(e.status);
-                let text = format!("{:#}\n", not_run_json(job.job, exit, &e.message));
+                let text = format!("{:#}\n", summary::not_run_json(job.job, exit, &e.message));
                 if let Err(io) = std::fs::write(path, text) {
                     tracing::warn!(
                         "the results file {} could not be written: {io}",
@@ -447,23 +447,6 @@ pub async fn refresh(
             Err(e)
         }
     }
-}
-
-/// The results document of a refresh job that ended before its run did anything to report: a
-/// usage or configuration error, the database unreachable, a signal before the first view.
-fn not_run_json(job: &str, exit: ExitStatus, error: &str) -> serde_json::Value {
-    let interrupted = matches!(exit, ExitStatus::Interrupted | ExitStatus::Terminated);
-    serde_json::json!({
-        "run_id": null,
-        "job": job,
-        "status": if interrupted { "cancelled" } else { "error" },
-        "exit_code": exit as i32,
-        "error": error,
-        "wall_ms": null,
-        "counts": { "views": 0, "success": 0, "error": 0, "skipped": 0, "cancelled": 0 },
-        "views": [],
-        "bookkeeping_errors": [],
-    })
 }
 
 #[cfg(test)]

@@ -246,6 +246,27 @@ pub fn metrics(report: &RunReport, job: &str) -> String {
     out
 }
 
+/// [`to_json`]'s document, with the same keys, for a refresh job that ended before its run had
+/// anything to report: a usage or configuration error, the database unreachable, a signal
+/// before the first view.
+pub fn not_run_json(job: &str, exit: etl_core::ExitStatus, error: &str) -> serde_json::Value {
+    let interrupted = matches!(
+        exit,
+        etl_core::ExitStatus::Interrupted | etl_core::ExitStatus::Terminated
+    );
+    serde_json::json!({
+        "run_id": null,
+        "job": job,
+        "status": if interrupted { "cancelled" } else { "error" },
+        "exit_code": exit as i32,
+        "error": error,
+        "wall_ms": null,
+        "counts": { "views": 0, "success": 0, "error": 0, "skipped": 0, "cancelled": 0 },
+        "views": [],
+        "bookkeeping_errors": [],
+    })
+}
+
 /// The run's results for machines (`--output json`, `--results-file`); the schema is in the README.
 pub fn to_json(report: &RunReport, job: &str) -> serde_json::Value {
     let c = report.counts();
