@@ -249,11 +249,12 @@ pub fn run_error(e: RunError) -> JobError {
 }
 
 /// Prints the summary (or JSON), writes the results file, and maps the outcome to the exit code.
-pub fn finish(
+pub async fn finish(
     report: &RunReport,
     job: &str,
     output: &OutputArgs,
     colour: bool,
+    interrupt: &etl_core::job::Interrupt,
 ) -> Result<ExitStatus, JobError> {
     let json = summary::to_json(report, job);
     match output.output {
@@ -275,7 +276,7 @@ pub fn finish(
         let written = if what == "metrics" {
             write_whole(path, &text)
         } else {
-            std::fs::write(path, &text)
+            write_in_place(path, text, READER_WAIT, interrupt).await
         };
         if let Err(e) = written {
             unwritten.push(format!(
@@ -319,6 +320,86 @@ fn write_whole(path: &std::path::Path, text: &str) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// How long the results file, when it is a FIFO (or `/dev/stdout` on a pipe), waits at the end
+/// of a run for a process to read it. A signal ends the wait (one that came before it, at once).
+const READER_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Writes the results in place: `path` may be a FIFO or `/dev/stdout`, which a rename would
+/// replace. A FIFO with no reader would block the write, and the job, for ever (a scheduled job
+/// piling up behind a collector that died, deaf to signals on its one runtime thread); it is
+/// given `wait` for a reader to open it, and then the write fails naming the FIFO. The write
+/// itself runs off the runtime thread, so that a reader that stops reading leaves signals heard.
+async fn write_in_place(
+    path: &std::path::Path,
+    text: String,
+    wait: std::time::Duration,
+    interrupt: &etl_core::job::Interrupt,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let fifo = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
+    // The open that found the reader is the one written through (a second, blocking open would
+    // wait for ever if the reader left in between).
+    let mut probe = None;
+    if fifo {
+        let deadline = tokio::time::Instant::now() + wait;
+        // Opening a FIFO for writing without blocking fails with ENXIO while no process has it
+        // open for reading.
+        while probe.is_none() {
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(path);
+            match opened {
+                Ok(file) => probe = Some(file),
+                Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(std::io::Error::other(format!(
+                            "it is a FIFO that no process opened for reading within {wait:?}; \
+                             start its reader before the job, or give a regular file"
+                        )));
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+                        () = interrupt.cancelled() => {
+                            return Err(std::io::Error::other(format!(
+                                "it is a FIFO that no process had opened for reading when {} \
+                                 stopped the job",
+                                interrupt.signal_name()
+                            )));
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || match probe {
+        Some(pipe) => write_to_pipe(pipe, text.as_bytes()),
+        None => std::fs::write(path, text),
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Writes all of `bytes` to a FIFO opened without blocking: a full pipe is waited out while its
+/// reader reads; a reader that leaves ends the write with an error (EPIPE).
+fn write_to_pipe(mut pipe: std::fs::File, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        match pipe.write(rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Whether `path` can take the file, checked before the run so that a bad path is a usage error
@@ -430,14 +511,14 @@ pub async fn refresh(
     }
     .await;
     match outcome {
-        Ok(report) => finish(&report, job.job, output, job.ui.colour),
+        Ok(report) => finish(&report, job.job, output, job.ui.colour, &job.interrupt).await,
         Err(e) => {
             if let Some(path) = &output.results_file {
                 // Yesterday's results must not pass for today's: the file says why nothing ran.
                 // A signal decides the exit code over the error it caused.
                 let exit = job.interrupt.status().unwrap_or(e.status);
                 let text = format!("{:#}\n", summary::not_run_json(job.job, exit, &e.message));
-                if let Err(io) = std::fs::write(path, text) {
+                if let Err(io) = write_in_place(path, text, READER_WAIT, &job.interrupt).await {
                     tracing::warn!(
                         "the results file {} could not be written: {io}",
                         path.display()
@@ -451,7 +532,70 @@ pub async fn refresh(
 
 #[cfg(test)]
 mod tests {
-    use super::KNOWN;
+    use super::{write_in_place, KNOWN};
+    use etl_core::job::Interrupt;
+    use std::time::Duration;
+
+    fn fifo(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        let path = dir.path().join("results.fifo");
+        let made = std::process::Command::new("mkfifo").arg(&path).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo failed");
+        path
+    }
+
+    /// A FIFO nobody reads fails the write after the wait, naming why, instead of blocking the
+    /// job (and its signals) for ever.
+    #[tokio::test]
+    async fn a_fifo_without_a_reader_fails_after_the_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fifo(&dir);
+        let started = std::time::Instant::now();
+        let written = write_in_place(
+            &path,
+            "{}".into(),
+            Duration::from_millis(200),
+            &Interrupt::new(),
+        )
+        .await;
+        let e = written.unwrap_err().to_string();
+        assert!(e.contains("FIFO") && e.contains("reading"), "{e}");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    /// A signal ends the wait for a reader, even a long one.
+    #[tokio::test]
+    async fn a_signal_ends_the_wait_for_a_reader() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fifo(&dir);
+        let interrupt = Interrupt::new();
+        interrupt.trigger(etl_core::ExitStatus::Terminated);
+        let written =
+            write_in_place(&path, "{}".into(), Duration::from_secs(3600), &interrupt).await;
+        let e = written.unwrap_err().to_string();
+        assert!(e.contains("SIGTERM"), "{e}");
+    }
+
+    /// A reader that opens the FIFO while the job waits gets the whole document.
+    #[tokio::test]
+    async fn a_fifo_with_a_reader_gets_the_document() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = fifo(&dir);
+        let reader = {
+            let path = path.clone();
+            std::thread::spawn(move || std::fs::read_to_string(path))
+        };
+        let text = format!("{{\"views\": \"{}\"}}\n", "x".repeat(200_000));
+        write_in_place(
+            &path,
+            text.clone(),
+            Duration::from_secs(60),
+            &Interrupt::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reader.join().unwrap().unwrap(), text);
+    }
 
     /// Every `SEEDER_*` name this file reads is in the list of known settings, so adding a
     /// setting without listing it fails here rather than warning users of a setting they set.

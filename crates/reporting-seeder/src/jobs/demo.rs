@@ -45,7 +45,9 @@ fn run(ctx: JobContext, matches: clap::ArgMatches) -> JobFuture {
             "demo",
             &OutputArgs::default(),
             ctx.ui.colour,
-        )?;
+            &ctx.interrupt,
+        )
+        .await?;
         if !outcome.preview.is_empty() {
             etl_core::outln!("reporting.canned_arrests_by_agency (shared by both agencies):");
             for line in &outcome.preview {
