@@ -861,6 +861,70 @@ async fn a_view_reading_an_invalid_manifest_is_skipped_not_refreshed_from_stale_
     );
 }
 
+/// `X+` and `+X` go on through a view whose manifest became invalid: the view that exists still
+/// reads (and is read by) the others, so it is selected, recorded as the error it is, and its
+/// readers are skipped rather than left out of the run unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graph_operators_go_on_through_an_invalid_manifest() {
+    let db = TestDb::new().await;
+    chain(&db).await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let rollup: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT id::bigint FROM reporting.seeder_custom_report_manifest WHERE table_name = 'reporting.rollup'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    db.set_query(
+        rollup,
+        "SELECT sum(v) AS total FROM reporting.stg; SELECT 4",
+    )
+    .await;
+
+    let out = db
+        .run(
+            &[
+                "run",
+                "refresh_all",
+                "--",
+                "--select",
+                "table:reporting.stg+",
+            ],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 1);
+    let rows = last(&db).await;
+    assert_eq!(
+        ran(&db).await,
+        ["reporting.rollup", "reporting.stg", "reporting.top"]
+    );
+    assert_eq!(status(&rows, "reporting.stg").0, "success");
+    assert_eq!(status(&rows, "reporting.rollup").0, "error");
+    let (top, why) = status(&rows, "reporting.top");
+    assert_eq!(top, "skipped", "{rows:?}");
+    assert!(
+        why.unwrap_or_default().contains("reporting.rollup"),
+        "{rows:?}"
+    );
+
+    let out = db
+        .run(
+            &["run", "plan", "--", "--select", "+table:reporting.top"],
+            &[],
+        )
+        .await;
+    assert_exit(&out, 0);
+    let text = stdout(&out);
+    for view in ["reporting.top", "reporting.rollup", "reporting.stg"] {
+        assert!(text.contains(view), "{view} missing from:\n{text}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_failing_in_a_dependent_or_an_index_copy_says_which() {
     let db = TestDb::new().await;

@@ -407,14 +407,22 @@ pub async fn prepare(
     // catalog dependencies still hold (those of views built from their current query). Without
     // --select/--exclude the run's views are known: a refresh_table out of ten thousand
     // manifests inspects one view, not all of them.
+    // A view whose query is invalid but whose name is not is inspected too: the view that
+    // exists is what its readers read, and what it reads links it into the graph.
+    let invalid_names: Vec<ViewName> = (planned.views.iter().zip(&planned.in_scope))
+        .filter(|&(p, &in_scope)| (narrowed || in_scope) && matches!(p.plan, ViewPlan::Invalid(_)))
+        .filter_map(|(p, _)| ViewName::parse(&p.key).ok())
+        .collect();
     let names: Vec<Rel<'_>> = (planned.views.iter().zip(&planned.in_scope))
         .filter(|&(_, &in_scope)| narrowed || in_scope)
         .filter_map(|(p, _)| match &p.plan {
-            ViewPlan::Valid { name, .. } => Some(Rel {
-                schema: name.schema(),
-                name: name.name(),
-            }),
+            ViewPlan::Valid { name, .. } => Some(name),
             ViewPlan::Invalid(_) => None,
+        })
+        .chain(&invalid_names)
+        .map(|name| Rel {
+            schema: name.schema(),
+            name: name.name(),
         })
         .collect();
     // Without --select/--exclude the run is the scope's views, so their recent durations go
@@ -451,12 +459,14 @@ pub async fn prepare(
             ViewPlan::Invalid(_) => None,
         })
         .collect();
-    // The catalog's dependencies hold only for views built from their current query.
+    // The catalog's dependencies hold only for views built from their current query, and for
+    // views whose manifest is invalid: their query says nothing, and the view that exists is
+    // what they read, so `X+` and `+X` go on through them (and their readers wait for them).
     let catalog: Vec<(String, String)> = dependencies
         .into_iter()
-        .filter(|(reader, _)| {
-            states.get(reader).and_then(|s| s.stored_hash.as_deref())
-                == hashes.get(reader.as_str()).copied()
+        .filter(|(reader, _)| match hashes.get(reader.as_str()) {
+            Some(&hash) => states.get(reader).and_then(|s| s.stored_hash.as_deref()) == Some(hash),
+            None => true,
         })
         .collect();
     let deps = graph::build(
