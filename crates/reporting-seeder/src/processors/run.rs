@@ -409,17 +409,16 @@ pub async fn prepare(
     // manifests inspects one view, not all of them.
     // A view whose query is invalid but whose name is not is inspected too: the view that
     // exists is what its readers read, and what it reads links it into the graph.
-    let invalid_names: Vec<ViewName> = (planned.views.iter().zip(&planned.in_scope))
-        .filter(|&(p, &in_scope)| (narrowed || in_scope) && matches!(p.plan, ViewPlan::Invalid(_)))
-        .filter_map(|(p, _)| ViewName::parse(&p.key).ok())
-        .collect();
-    let names: Vec<Rel<'_>> = (planned.views.iter().zip(&planned.in_scope))
+    let inspected: Vec<std::borrow::Cow<'_, ViewName>> = (planned.views.iter())
+        .zip(&planned.in_scope)
         .filter(|&(_, &in_scope)| narrowed || in_scope)
         .filter_map(|(p, _)| match &p.plan {
-            ViewPlan::Valid { name, .. } => Some(name),
-            ViewPlan::Invalid(_) => None,
+            ViewPlan::Valid { name, .. } => Some(std::borrow::Cow::Borrowed(name)),
+            ViewPlan::Invalid(_) => ViewName::parse(&p.key).ok().map(std::borrow::Cow::Owned),
         })
-        .chain(&invalid_names)
+        .collect();
+    let names: Vec<Rel<'_>> = inspected
+        .iter()
         .map(|name| Rel {
             schema: name.schema(),
             name: name.name(),
