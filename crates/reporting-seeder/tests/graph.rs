@@ -1287,6 +1287,88 @@ async fn a_rebuild_names_the_dependent_whose_manifest_is_invalid_or_disabled() {
     assert!(db.oid("reporting.d2").await.is_some(), "never dropped");
 }
 
+/// What binds to a view without being a view (a `BEGIN ATOMIC` function, a row-level security
+/// policy, a column of its row type) would make the swap's `DROP` fail after the new view is
+/// built: found first, `plan` shows it and the run records it before building anything, naming
+/// each object and, for one bound to a dependent the swap recreates, that dependent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_under_a_function_or_policy_bound_to_it_stops_before_building() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    let d1 = db
+        .custom("reporting.d1", "gotham", 1, "SELECT 10 AS n")
+        .await;
+    db.custom("reporting.d2", "gotham", 1, "SELECT n FROM reporting.d1")
+        .await;
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    let before = db.oid("reporting.d1").await;
+    db.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION public.f() RETURNS bigint LANGUAGE sql
+                 BEGIN ATOMIC SELECT count(*) FROM reporting.d1; END;
+             CREATE TABLE public.t (a int);
+             ALTER TABLE public.t ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY p ON public.t USING (a IN (SELECT n FROM reporting.d2));
+             CREATE TABLE public.keep (r reporting.d1);",
+        )
+        .await
+        .unwrap();
+    db.set_query(d1, "SELECT 11 AS n").await;
+
+    let out = db
+        .run(&["run", "plan", "--", "--output", "json"], &[])
+        .await;
+    assert_exit(&out, 0);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let d1_plan = json["views"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["table"] == "reporting.d1")
+        .unwrap_or_else(|| panic!("{json}"));
+    assert_eq!(d1_plan["action"], "skip-invalid", "{json}");
+    let why = d1_plan["reason"].as_str().unwrap_or_default();
+    for part in [
+        "function f()",
+        "column r of table keep",
+        "policy p on table t (on reporting.d2, which the rebuild recreates)",
+    ] {
+        assert!(why.contains(part), "{part} not in {why}");
+    }
+
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 1);
+    let rows = last(&db).await;
+    let (s, e) = status(&rows, "reporting.d1");
+    assert_eq!(s, "error");
+    assert!(
+        e.unwrap_or_default().contains("policy p on table t"),
+        "{e:?}"
+    );
+    assert_eq!(status(&rows, "reporting.d2").0, "skipped");
+    assert_eq!(db.oid("reporting.d1").await, before, "the old view stays");
+    let temporaries: i64 = db
+        .client()
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_rs\\_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(temporaries, 0, "nothing was built");
+
+    // Once they are gone, the rebuild goes ahead.
+    db.client()
+        .await
+        .batch_execute("DROP FUNCTION public.f(); DROP TABLE public.t, public.keep;")
+        .await
+        .unwrap();
+    assert_exit(&db.run(&["run", "refresh_all"], &[]).await, 0);
+    assert_ne!(db.oid("reporting.d1").await, before, "rebuilt");
+}
+
 /// A rebuild recreates the managed views reading it even when the run did not select them: each
 /// gets a history row saying so, rather than changing unrecorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -660,10 +660,33 @@ const DEPENDENTS: &str = "
         WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
           AND r.ev_class <> deps.oid AND deps.depth < 64
     )
-    SELECT n.nspname::text, c.relname::text, c.relkind::text, max(deps.depth)
+    SELECT n.nspname::text, c.relname::text, c.relkind::text, c.oid, max(deps.depth)
     FROM deps JOIN pg_class c ON c.oid = deps.oid JOIN pg_namespace n ON n.oid = c.relnamespace
-    GROUP BY 1, 2, 3
-    ORDER BY 4, 1, 2";
+    GROUP BY 1, 2, 3, 4
+    ORDER BY 5, 1, 2";
+
+// What else binds to the relations in $1 (a view to rebuild and the views its swap recreates),
+// so that dropping them without CASCADE fails: a SQL function with a `BEGIN ATOMIC` body, a
+// row-level security policy, a column or function using a view's row type, a view other than
+// those (one using only a row type). Each as `pg_describe_object` names it (a rule, or a view's
+// column, as its view), with the relation it binds to.
+const OTHER_DEPENDENTS: &str = "
+    WITH rels AS (SELECT c.oid, c.reltype FROM pg_class c WHERE c.oid = ANY($1))
+    SELECT DISTINCT
+           CASE WHEN d.classid = 'pg_rewrite'::regclass
+                THEN pg_describe_object('pg_class'::regclass, r.ev_class, 0)
+                WHEN d.classid = 'pg_class'::regclass
+                     AND (SELECT relkind FROM pg_class WHERE oid = d.objid) IN ('v', 'm')
+                THEN pg_describe_object('pg_class'::regclass, d.objid, 0)
+                ELSE pg_describe_object(d.classid, d.objid, d.objsubid) END,
+           rels.oid
+    FROM pg_depend d
+    JOIN rels ON (d.refclassid = 'pg_class'::regclass AND d.refobjid = rels.oid)
+              OR (d.refclassid = 'pg_type'::regclass AND d.refobjid = rels.reltype)
+    LEFT JOIN pg_rewrite r ON d.classid = 'pg_rewrite'::regclass AND r.oid = d.objid
+    WHERE d.deptype = 'n'
+      AND NOT (d.classid = 'pg_rewrite'::regclass AND r.ev_class = ANY($1))
+    ORDER BY 2, 1";
 
 /// What a rebuild of one view would do beyond the view itself, found before anything is built.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -685,14 +708,18 @@ pub async fn rebuild_check(
     managed: &Managed,
 ) -> Result<RebuildCheck, DbError> {
     let deps = dependents(client, oid).await?;
-    Ok(match unmanaged(view, &deps, managed) {
+    let blocked = match unmanaged(view, &deps, managed) {
+        Some(e) => Some(e),
+        None => bound(client, view, oid, &deps).await?,
+    };
+    Ok(match blocked {
         Some(e) => RebuildCheck {
             blocker: Some(e.message),
             recreates: Vec::new(),
         },
         None => RebuildCheck {
             blocker: None,
-            recreates: deps.iter().map(|(s, n, _)| format!("{s}.{n}")).collect(),
+            recreates: deps.iter().map(|(s, n, _, _)| format!("{s}.{n}")).collect(),
         },
     })
 }
@@ -710,17 +737,61 @@ fn is_temp_name(name: &str) -> bool {
         .is_some_and(|oid| !oid.is_empty() && oid.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// (schema, name, relkind) of everything depending on `oid`, each after what it reads.
-async fn dependents(
-    client: &impl GenericClient,
-    oid: u32,
-) -> Result<Vec<(String, String, String)>, DbError> {
+/// (schema, name, relkind, oid) of everything depending on `oid` through a rule, each after
+/// what it reads.
+type Dependent = (String, String, String, u32);
+
+async fn dependents(client: &impl GenericClient, oid: u32) -> Result<Vec<Dependent>, DbError> {
     client
         .query(DEPENDENTS, &[&oid])
         .await?
         .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
         .collect()
+}
+
+/// Why a rebuild of `view` (OID `oid`, read by `deps`) cannot drop it and its readers: what
+/// else binds to them (see [`OTHER_DEPENDENTS`]). PostgreSQL would refuse the swap's `DROP`;
+/// found first, it is an error that names them and says what to do, before anything is built.
+async fn bound(
+    client: &impl GenericClient,
+    view: Rel<'_>,
+    oid: u32,
+    deps: &[Dependent],
+) -> Result<Option<DbError>, DbError> {
+    let oids: Vec<u32> = std::iter::once(oid)
+        .chain(deps.iter().map(|d| d.3))
+        .collect();
+    let rows = client.query(OTHER_DEPENDENTS, &[&oids]).await?;
+    let mut found = Vec::with_capacity(rows.len());
+    for r in &rows {
+        let what: Option<String> = r.try_get(0)?;
+        let on: u32 = r.try_get(1)?;
+        let what = what.unwrap_or_else(|| "an object".to_string());
+        found.push(match deps.iter().find(|d| d.3 == on) {
+            Some((s, n, _, _)) => format!("{what} (on {s}.{n}, which the rebuild recreates)"),
+            None => what,
+        });
+    }
+    if found.is_empty() {
+        return Ok(None);
+    }
+    let one = found.len() == 1;
+    Ok(Some(DbError {
+        kind: etl_core::FailureKind::OwnError,
+        code: None,
+        connect: false,
+        message: format!(
+            "cannot rebuild {}: {} depend{} on it, and PostgreSQL cannot drop the old view under {}; \
+             drop or change {} by hand (a SQL function whose body is a string, `AS $$…$$`, \
+             reads the view without binding to it; one with `BEGIN ATOMIC` binds)",
+            view.key(),
+            found.join(", "),
+            if one { "s" } else { "" },
+            if one { "it" } else { "them" },
+            if one { "it" } else { "them" },
+        ),
+    }))
 }
 
 /// A rebuild's new view, built under its temporary name and dressed as the old view is, waiting
@@ -810,8 +881,11 @@ pub async fn swap(
     if let Some(e) = unmanaged(view, &deps, managed) {
         return Err(e);
     }
+    if let Some(e) = bound(&*client, view, built.oid, &deps).await? {
+        return Err(e);
+    }
     let mut dep_dress = Vec::with_capacity(deps.len());
-    for (s, n, _) in &deps {
+    for (s, n, _, _) in &deps {
         dep_dress.push(capture(&*client, Rel { schema: s, name: n }).await?.1);
     }
 
@@ -824,7 +898,7 @@ pub async fn swap(
     // The dependents first, deepest first, then the view, each without CASCADE: should anything
     // else have come to depend on one of them since the check, its DROP fails and the whole
     // swap rolls back, so nothing unmanaged is ever dropped.
-    for (s, n, _) in deps.iter().rev() {
+    for (s, n, _, _) in deps.iter().rev() {
         tx.batch_execute(&format!(
             "DROP MATERIALIZED VIEW {}",
             Rel { schema: s, name: n }.quoted()
@@ -857,7 +931,7 @@ pub async fn swap(
     // Each dependent runs its query under its manifest's statement timeout, when it has one.
     let base_timeout: Option<String> = if deps
         .iter()
-        .any(|(s, n, _)| managed.statement_ms.contains_key(&format!("{s}.{n}")))
+        .any(|(s, n, _, _)| managed.statement_ms.contains_key(&format!("{s}.{n}")))
     {
         Some(
             tx.query_one("SELECT current_setting('statement_timeout')", &[])
@@ -867,7 +941,7 @@ pub async fn swap(
     } else {
         None
     };
-    for ((s, n, _), d) in deps.iter().zip(&dep_dress) {
+    for ((s, n, _, _), d) in deps.iter().zip(&dep_dress) {
         let key = format!("{s}.{n}");
         let Some((query, dep_hash)) = managed.views.get(&key) else {
             continue;
@@ -922,14 +996,10 @@ pub async fn swap(
     Ok(recreated)
 }
 
-fn unmanaged(
-    view: Rel<'_>,
-    deps: &[(String, String, String)],
-    managed: &Managed,
-) -> Option<DbError> {
+fn unmanaged(view: Rel<'_>, deps: &[Dependent], managed: &Managed) -> Option<DbError> {
     // Another run's rebuild of a view reading this one, its new view built and not yet
     // swapped in: not a view to drop by hand, a run to let finish.
-    if let Some((s, n, _)) = deps.iter().find(|(_, n, k)| k == "m" && is_temp_name(n)) {
+    if let Some((s, n, _, _)) = deps.iter().find(|(_, n, k, _)| k == "m" && is_temp_name(n)) {
         return Some(DbError {
             kind: etl_core::FailureKind::OwnError,
             code: None,
@@ -945,8 +1015,8 @@ fn unmanaged(
     }
     let bad: Vec<String> = deps
         .iter()
-        .filter(|(s, n, k)| k != "m" || !managed.views.contains_key(&format!("{s}.{n}")))
-        .map(|(s, n, k)| {
+        .filter(|(s, n, k, _)| k != "m" || !managed.views.contains_key(&format!("{s}.{n}")))
+        .map(|(s, n, k, _)| {
             let key = format!("{s}.{n}");
             match (k.as_str(), managed.unusable.get(&key)) {
                 ("m", Some(why)) => format!("materialized view {key} (its manifest {why})"),
