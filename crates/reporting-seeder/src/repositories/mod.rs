@@ -211,7 +211,8 @@ pub trait Session: Send {
         Ok(LockHolders::default())
     }
     /// What rebuilding this view would recreate with it, or why it would stop (a dependent the
-    /// swap would have to drop that no usable manifest manages).
+    /// swap would have to drop that no usable manifest manages, or a function or policy bound
+    /// to what it drops).
     async fn rebuild_check(
         &mut self,
         view: Rel<'_>,

@@ -692,7 +692,7 @@ const OTHER_DEPENDENTS: &str = "
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RebuildCheck {
     /// Why it would stop: a view reading it that no usable manifest manages would have to be
-    /// dropped by the swap.
+    /// dropped by the swap, or something else (a function, a policy) binds to it or to them.
     pub blocker: Option<String>,
     /// The views reading it (`schema.name`, each after what it reads), which the swap drops and
     /// recreates from their manifests.
