@@ -50,6 +50,8 @@ async fn temporaries(db: &TestDb) -> i64 {
         .get(0)
 }
 
+/// The new connection is set up as the first was: its session finds a killed client within
+/// seconds too (client_connection_check_interval, read by the view's own query).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_terminated_backend_is_retried_on_a_new_connection() {
     let db = TestDb::new().await;
@@ -58,7 +60,8 @@ async fn a_terminated_backend_is_retried_on_a_new_connection() {
         "reporting.slow",
         "gotham",
         1,
-        "SELECT 1 AS id FROM (SELECT pg_sleep(1.5)) s",
+        "SELECT 1 AS id, current_setting('client_connection_check_interval') AS checked \
+         FROM (SELECT pg_sleep(1.5)) s",
     )
     .await;
     db.custom("reporting.quick", "gotham", 1, "SELECT 2 AS id")
@@ -82,7 +85,14 @@ async fn a_terminated_backend_is_retried_on_a_new_connection() {
     let (status, attempts, errors) = db.view_run("reporting.slow").await;
     assert_eq!((status.as_str(), attempts), ("success", 2));
     assert!(errors.unwrap().contains("attempt 1 of 3"));
-    assert!(db.oid("reporting.slow").await.is_some());
+    let checked: String = db
+        .client()
+        .await
+        .query_one("SELECT checked FROM reporting.slow", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(checked, "2s");
 }
 
 /// A tool killed in the middle of a long refresh does not leave it running on the server for

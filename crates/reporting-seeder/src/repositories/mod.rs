@@ -711,6 +711,15 @@ impl Session for PgSession {
         key: &str,
         wait: bool,
     ) -> Result<ViewLock, BeginError> {
+        // A connection the run did not open ahead (one opened after another was lost, or after
+        // one failed to open at the start) has nothing prepared yet: it is set up as those are,
+        // so its session too finds a killed client within seconds. Its own statements report
+        // anything wrong with it.
+        if self.conn.statement_cache.size() == 0 {
+            if let Err(e) = self.warm(routes).await {
+                tracing::debug!(error = %e, "could not set up a new connection ahead of its view");
+            }
+        }
         // Every connection doing the run's work shares the run's lock, so that another run's
         // recovery never takes this one for dead while any of them is alive (the run's own
         // connection may be lost, to a terminated backend say, while its workers go on).
