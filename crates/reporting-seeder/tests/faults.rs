@@ -1371,6 +1371,29 @@ async fn a_start_stopped_by_a_lock_timeout_is_exit_3() {
     assert!(stderr(&out).contains("nothing ran"), "{}", stderr(&out));
 }
 
+/// A tool killed while its start waits for a manifest table someone holds, with no lock
+/// timeout, leaves no backend waiting in that table's lock queue (where it would hold up
+/// whoever queues behind it): the run's own session finds the client gone within seconds too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_runs_wait_for_a_manifest_table_ends_on_the_server() {
+    let db = TestDb::new().await;
+    db.migrate().await;
+    db.custom("reporting.v", "gotham", 1, "SELECT 1 AS id")
+        .await;
+    let mut locker = db.client().await;
+    let tx = locker.transaction().await.unwrap();
+    tx.batch_execute("LOCK TABLE reporting.seeder_custom_report_manifest IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut child = db.spawn(&["run", "refresh_all"], &[("SEEDER_LOCK_TIMEOUT", "0")]);
+    db.wait_active("%seeder_custom_report_manifest%", 1).await;
+    signal(&child, "KILL");
+    let _ = child.wait().await;
+    // Within wait_tool_gone's 10 s, while the table is still held.
+    db.wait_tool_gone().await;
+    tx.rollback().await.unwrap();
+}
+
 /// A run (or `status`) that times out reading the manifest tables says who keeps it out of
 /// them and which setting timed out, as a refresh's lock timeout does: exit 3, nothing ran.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

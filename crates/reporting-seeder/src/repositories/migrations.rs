@@ -71,7 +71,7 @@ pub async fn apply(client: &mut Client) -> Result<Vec<String>, DbError> {
 /// Whether every migration is recorded as applied: one round trip, no lock, the common case of
 /// every run after the first. Anything else (no table yet, no schema, no privilege) takes the
 /// locked path, which reports real errors.
-async fn all_applied(client: &Client) -> bool {
+pub async fn all_applied(client: &Client) -> bool {
     applied_versions(client)
         .await
         .is_ok_and(|done| MIGRATIONS.iter().all(|(v, _, _)| done.contains(v)))

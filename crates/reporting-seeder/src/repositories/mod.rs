@@ -504,6 +504,20 @@ impl PgSession {
 #[async_trait]
 impl Session for PgSession {
     async fn migrate(&mut self) -> Result<Vec<String>, DbError> {
+        // A job's first flight. With the migrations check goes the setting that has the server
+        // find a killed client within seconds, so this session's waits (for the migrations'
+        // lock, for a manifest table someone holds, with SEEDER_LOCK_TIMEOUT=0 for as long as
+        // it takes) end with the tool as the workers' statements do: no round trip of its own.
+        let (checked, done) = tokio::join!(
+            views::check_client(&self.conn),
+            migrations::all_applied(&self.conn)
+        );
+        if let Err(e) = checked {
+            tracing::debug!(error = %e, "could not set client_connection_check_interval");
+        }
+        if done {
+            return Ok(Vec::new());
+        }
         migrations::apply(&mut self.conn).await
     }
     async fn load_manifests(&mut self) -> Result<Vec<ManifestRow>, DbError> {
