@@ -42,6 +42,10 @@ pub struct FakeState {
     pub inspected: Vec<Vec<String>>,
     /// How many times the throttle asked for the server's active queries.
     pub active_checks: usize,
+    /// How many of the next checks find the server busy (then it is not).
+    pub busy_checks: usize,
+    /// How many times the idle connections were closed.
+    pub idle_closed: usize,
     /// A signal that arrives as soon as a rebuild is done.
     pub interrupt_after_rebuild: Option<etl_core::job::Interrupt>,
     /// Failures of the first attempt to take a key's lock (then it is taken).
@@ -91,6 +95,9 @@ impl Store for FakeStore {
     }
     async fn snapshots(&self) -> Result<Box<dyn crate::repositories::Snapshots>, DbError> {
         Err(DbError::other("the fake store keeps no snapshots".into()))
+    }
+    fn close_idle(&self) {
+        self.state().idle_closed += 1;
     }
 }
 
@@ -295,7 +302,12 @@ impl Session for FakeStore {
         Ok(())
     }
     async fn active_queries(&mut self) -> Result<i64, DbError> {
-        self.state().active_checks += 1;
+        let mut s = self.state();
+        s.active_checks += 1;
+        if s.busy_checks > 0 {
+            s.busy_checks -= 1;
+            return Ok(i64::MAX);
+        }
         Ok(0)
     }
     async fn rebuild_check(

@@ -838,6 +838,11 @@ async fn throttle<C: Clock>(shared: Arc<Shared<C>>, started: usize) {
                 return;
             }
             Ok(n) => {
+                // A busy server is what the throttle protects: the run's connections that wait
+                // idle in the pool (opened ahead, or done with their views) are closed rather
+                // than held through the wait, at every check (one may come back meanwhile). The
+                // views open theirs again once it is over.
+                shared.store.close_idle();
                 if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                     tracing::info!(
                         active = n,
@@ -2433,6 +2438,31 @@ mod tests {
         assert!(r.all_succeeded());
         // Batches of 2, 2 and 1: three checks.
         assert_eq!(s.state().active_checks, 3);
+        // Never busy: closed only once every view has started, as in any run.
+        assert_eq!(s.state().idle_closed, 1);
+    }
+
+    /// While the server is busy the run holds no idle connection: at every check that finds it
+    /// busy, those waiting in the pool are closed. (Time is paused: the 500 ms between checks
+    /// pass at once.)
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_server_gets_the_runs_idle_connections_back_while_the_throttle_waits() {
+        let rows: Vec<_> = (1..=3)
+            .map(|i| manifest(i, &format!("s.v{i}"), "SELECT 1"))
+            .collect();
+        let s = store(rows);
+        s.state().busy_checks = 2;
+        let mut config = settings(2, 5);
+        config.max_db_active_queries = 3;
+        let r = RunProcessor::new(Arc::new(s.clone()), config, TestClock::default())
+            .run("test", "", &Selection::default())
+            .await
+            .unwrap();
+        assert!(r.all_succeeded());
+        // One batch of 3: two busy checks, then one that lets it start.
+        assert_eq!(s.state().active_checks, 3);
+        // At each busy check, and once every view has started.
+        assert_eq!(s.state().idle_closed, 3);
     }
 
     #[tokio::test]
