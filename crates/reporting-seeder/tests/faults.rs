@@ -38,18 +38,6 @@ async fn own_statement_timeout(db: &TestDb, table: &str, timeout: Option<&str>) 
     .unwrap();
 }
 
-async fn temporaries(db: &TestDb) -> i64 {
-    db.client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_class WHERE relname ~ '^_rs_[0-9]+_new'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0)
-}
-
 /// The new connection is set up as the first was: its session finds a killed client within
 /// seconds too (client_connection_check_interval, read by the view's own query).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +354,7 @@ async fn after_sigkill_the_next_run_recovers() {
     // The killed run's backend finishes its statement, then notices the client is gone.
     db.wait_tool_gone().await;
     assert_eq!(
-        temporaries(&db).await,
+        db.temporaries().await,
         1,
         "the interrupted rebuild left its temporary view"
     );
@@ -624,7 +612,7 @@ async fn sigterm_cancels_running_statements_on_the_server() {
     let rows = statuses(&db).await;
     assert_eq!(rows.len(), 5, "{rows:?}");
     assert!(rows.iter().all(|(_, s)| s == "cancelled"), "{rows:?}");
-    assert_eq!(temporaries(&db).await, 0);
+    assert_eq!(db.temporaries().await, 0);
     let v: i32 = db
         .client()
         .await
@@ -888,7 +876,7 @@ async fn a_swap_blocked_by_a_reader_is_retried_without_building_again() {
         .get(0);
     assert!(duration >= 600, "{duration} ms");
     assert_eq!(
-        temporaries(&db).await,
+        db.temporaries().await,
         0,
         "the new view is dropped at the end"
     );

@@ -25,6 +25,14 @@ fn status<'a>(
     (r.1.as_str(), r.2.as_deref())
 }
 
+/// The entry for `table` in a JSON document's `views` (plan's or a run's results).
+fn entry<'a>(json: &'a serde_json::Value, table: &str) -> &'a serde_json::Value {
+    json["views"]
+        .as_array()
+        .and_then(|views| views.iter().find(|v| v["table"] == table))
+        .unwrap_or_else(|| panic!("{table} not in {json}"))
+}
+
 /// stg (canned, two agencies) ← rollup (custom gotham) ← top (custom gotham), plus an
 /// independent view; manifests in the reverse of dependency order.
 async fn chain(db: &TestDb) {
@@ -225,24 +233,11 @@ async fn a_changed_upstream_is_rebuilt_with_its_dependents_without_reader_errors
     assert_exit(&out, 0);
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let planned = |t: &str| {
-        let v = json["views"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["table"] == t)
-            .unwrap_or_else(|| panic!("{t}: {json}"));
+        let v = entry(&json, t);
         (v["action"].clone(), v["reason"].clone())
     };
     assert_eq!(planned("reporting.stg").0, "rebuild");
-    let stg = |json: &serde_json::Value| {
-        json["views"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["table"] == "reporting.stg")
-            .cloned()
-            .unwrap_or_else(|| panic!("{json}"))
-    };
+    let stg = |json: &serde_json::Value| entry(json, "reporting.stg").clone();
     assert_eq!(
         stg(&json)["recreates"],
         serde_json::json!(["reporting.rollup", "reporting.top"]),
@@ -378,15 +373,7 @@ async fn with_two_levels_changed_plan_names_the_upstream_rebuild() {
         .await;
     assert_exit(&out, 0);
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let planned = |t: &str| {
-        json["views"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["table"] == t)
-            .cloned()
-            .unwrap_or_else(|| panic!("{t}: {json}"))
-    };
+    let planned = |t: &str| entry(&json, t).clone();
     assert_eq!(planned("reporting.stg")["action"], "rebuild");
     for t in ["reporting.rollup", "reporting.top"] {
         let v = planned(t);
@@ -433,12 +420,7 @@ async fn an_unmanaged_dependent_stops_the_rebuild_and_is_never_dropped() {
         .await;
     assert_exit(&out, 0);
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let stg = json["views"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["table"] == "reporting.stg")
-        .unwrap();
+    let stg = entry(&json, "reporting.stg");
     assert_eq!(stg["action"], "skip-invalid", "{stg}");
     assert!(
         stg["reason"].as_str().unwrap().contains("public.hand_made"),
@@ -995,11 +977,7 @@ async fn json_output_and_results_file() {
     assert_eq!(json["status"], "failed");
     assert_eq!(json["counts"]["views"], 5);
     assert_eq!(json["counts"]["error"], 1);
-    let views = json["views"].as_array().unwrap();
-    let broken = views
-        .iter()
-        .find(|v| v["table"] == "reporting.broken")
-        .unwrap();
+    let broken = entry(&json, "reporting.broken");
     assert_eq!(broken["status"], "error");
     assert!(broken["error"]
         .as_str()
@@ -1021,10 +999,7 @@ async fn json_output_and_results_file() {
         .unwrap()
         .get(0);
     assert_eq!(rows, None);
-    let stg = views
-        .iter()
-        .find(|v| v["table"] == "reporting.stg")
-        .unwrap();
+    let stg = entry(&json, "reporting.stg");
     assert_eq!(stg["action"], "create");
     assert_eq!(stg["rows"], 100);
     assert!(stg["duration_ms"].as_u64().is_some());
@@ -1241,12 +1216,7 @@ async fn a_dependency_through_a_plain_view_is_found() {
         tables,
         ["reporting.d1", "reporting.d2", "reporting.via_plain"]
     );
-    let via = json["views"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["table"] == "reporting.via_plain")
-        .unwrap();
+    let via = entry(&json, "reporting.via_plain");
     assert_eq!(via["upstream"], serde_json::json!(["reporting.d2"]));
 }
 
@@ -1321,12 +1291,7 @@ async fn a_rebuild_under_a_function_or_policy_bound_to_it_stops_before_building(
         .await;
     assert_exit(&out, 0);
     let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
-    let d1_plan = json["views"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["table"] == "reporting.d1")
-        .unwrap_or_else(|| panic!("{json}"));
+    let d1_plan = entry(&json, "reporting.d1");
     assert_eq!(d1_plan["action"], "skip-invalid", "{json}");
     let why = d1_plan["reason"].as_str().unwrap_or_default();
     for part in [
@@ -1347,17 +1312,7 @@ async fn a_rebuild_under_a_function_or_policy_bound_to_it_stops_before_building(
     );
     assert_eq!(status(&rows, "reporting.d2").0, "skipped");
     assert_eq!(db.oid("reporting.d1").await, before, "the old view stays");
-    let temporaries: i64 = db
-        .client()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_class WHERE relname LIKE '\\_rs\\_%'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(temporaries, 0, "nothing was built");
+    assert_eq!(db.temporaries().await, 0, "nothing was built");
 
     // Once they are gone, the rebuild goes ahead.
     db.client()

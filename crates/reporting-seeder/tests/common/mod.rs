@@ -156,6 +156,19 @@ impl TestDb {
             .get(0)
     }
 
+    /// How many rebuilds' temporary views (`_rs_<oid>_new`) exist, in any schema.
+    pub async fn temporaries(&self) -> i64 {
+        self.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM pg_class WHERE relname ~ '^_rs_[0-9]+_new'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// (table_name, status, errors) of one run's history rows, both history tables.
     pub async fn history(&self, run_id: &str) -> Vec<(String, String, Option<String>)> {
         self.client()
